@@ -1,0 +1,346 @@
+"""The `digest` command (Typer): a thin door onto the same functions the web app and the tests call.
+
+Errors a user can cause print one line and exit 2; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import sys
+import webbrowser
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from digest.config import Settings, load_settings
+from digest.errors import DigestError
+
+app = typer.Typer(help="Build and send a weekly newsletter digest.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", envvar="DIGEST_CONFIG", help="The config file (default ./digest.toml).",
+    show_default=False)]
+
+
+def settings_for(config: Path | None, *, create_secret: bool = False) -> Settings:
+    """Load settings and bring the database schema up to date (cheap when it already is)."""
+    from digest.store import migrate
+
+    settings = load_settings(config, create_secret=create_secret)
+    migrate(settings.database_url)
+    return settings
+
+
+def progress_bar(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=False, disable=not err.is_terminal and not _force_progress())
+
+
+def _force_progress() -> bool:
+    import os
+
+    return os.environ.get("DIGEST_PROGRESS") == "1"
+
+
+@app.command()
+def init(folder: Annotated[Path, typer.Argument(help="Where to write digest.toml.")] = Path("."),
+         force: Annotated[bool, typer.Option(help="Overwrite an existing digest.toml.")] = False) -> None:
+    """Write a commented digest.toml (and the sample sources) to start from."""
+    from digest.demo import init as do_init
+
+    result = do_init(folder, force=force)
+    for path in result.written:
+        console.print(f"wrote {path}")
+    console.print("Next: `digest collect` to see what the next issue would hold.")
+
+
+@app.command()
+def collect(config: ConfigOpt = None) -> None:
+    """Fetch the sources and show what would go into the next issue."""
+    from digest.compose import compose
+    from digest.issues import feature_history
+    from digest.sources.collect import collect as do_collect
+    from digest.store import session_scope
+    from digest.store import utcnow as now
+
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        collected = do_collect(session, settings)
+        issue = compose(settings, 0, collected.articles, collected.listings, feature_history(session), now())
+    table = Table(title=f"Next issue: {len(issue.articles)} articles, {len(issue.headlines)} headlines, "
+                        f"{len(issue.listings)} listings")
+    table.add_column("section")
+    table.add_column("date")
+    table.add_column("title")
+    table.add_column("key", style="dim")
+    for i, a in enumerate(issue.articles):
+        table.add_row("top story" if i == 0 else "article", f"{a.published:%Y-%m-%d}", a.title, a.key[:12])
+    for a in issue.headlines:
+        table.add_row("more news", f"{a.published:%Y-%m-%d}", a.title, a.key[:12])
+    for x in issue.listings:
+        table.add_row("listing", x.tier or "", f"{x.name} ({' / '.join(x.categories)})", "")
+    console.print(table)
+    _print_health(collected.feed_health)
+    for problem in collected.problems:
+        err.print(f"[yellow]problem:[/] {problem}")
+
+
+def _print_health(health: list[dict]) -> None:
+    if not health:
+        return
+    table = Table(title="Feed health")
+    for col in ("feed", "health", "items", "new", "failures", "quiet runs", "error"):
+        table.add_column(col)
+    for h in health:
+        colour = {"ok": "green", "quiet": "yellow", "failing": "red"}[h["health"]]
+        table.add_row(h["feed"], f"[{colour}]{h['health']}[/]", str(h["items"]), str(h["new"]),
+                      str(h["failures"]), str(h["quiet_runs"]), h["error"])
+    console.print(table)
+
+
+@app.command()
+def draft(config: ConfigOpt = None,
+          exclude: Annotated[list[str] | None, typer.Option(help="Article key (or prefix) to leave out.")] = None,
+          pin: Annotated[list[str] | None, typer.Option(help="Article key (or prefix) to put first.")] = None,
+          feature: Annotated[list[str] | None, typer.Option(help="Supplier name to feature.")] = None,
+          offline: Annotated[bool, typer.Option(help="Skip the link check.")] = True) -> None:
+    """Build (or rebuild) the next issue's draft and show its checks."""
+    from digest.issues import build_draft
+    from digest.store import session_scope
+
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        d = build_draft(settings, session, offline=offline,
+                        excluded=_expand(session, exclude), pinned=_expand(session, pin), featured=feature)
+        console.print(f"Draft of issue {d.row.number}: {d.row.subject!r}")
+        console.print(f"{len(d.issue.articles)} articles, {len(d.issue.headlines)} headlines, "
+                      f"{len(d.issue.listings)} listings, HTML {d.row.html_bytes / 1024:.1f} KB")
+        _print_checks(d.row.checks)
+        for problem in d.collected.problems:
+            err.print(f"[yellow]problem:[/] {problem}")
+
+
+def _expand(session, keys: list[str] | None) -> list[str] | None:  # type: ignore[no-untyped-def]
+    """Article keys may be given by a unique prefix, as `digest collect` shows them."""
+    if keys is None:
+        return None
+    from sqlalchemy import select
+
+    from digest.store import SeenArticle
+
+    out = []
+    for key in keys:
+        found = session.scalars(select(SeenArticle.key).where(SeenArticle.key.startswith(key)).limit(2)).all()
+        if len(found) != 1:
+            raise DigestError(f"article {key!r}: {'no' if not found else 'more than one'} article has that key")
+        out.append(found[0])
+    return out
+
+
+def _print_checks(checks: list[dict]) -> None:
+    marks = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+    for c in checks:
+        console.print(f"  {marks[c['level']]} {c['name']}: {c['message']}")
+
+
+@app.command()
+def approve(number: Annotated[int | None, typer.Argument(help="Issue number (default: the draft).")] = None,
+            config: ConfigOpt = None) -> None:
+    """Approve the draft: it is frozen and will be sent at the scheduled time."""
+    from digest.issues import approve as do_approve
+    from digest.store import session_scope
+
+    settings = settings_for(config)
+    with session_scope(settings.database_url) as session:
+        row = do_approve(session, number, by="cli")
+        console.print(f"issue {row.number} approved: {row.subject!r}")
+
+
+@app.command()
+def preview(config: ConfigOpt = None,
+            out: Annotated[Path, typer.Option(help="Where to write the HTML.")] = Path("preview.html"),
+            text: Annotated[Path, typer.Option(help="Where to write the plain text.")] = Path("preview.txt"),
+            open_: Annotated[bool, typer.Option("--open", help="Open the HTML in a browser.")] = False) -> None:
+    """Render the current draft (building one if there is none) to files."""
+    from digest.issues import build_draft, open_issue
+    from digest.store import session_scope
+
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        row = open_issue(session) or build_draft(settings, session).row
+        out.write_text(row.html, encoding="utf-8")
+        text.write_text(row.text, encoding="utf-8")
+        console.print(f"issue {row.number} ({row.status}): {row.subject!r}")
+        console.print(f"HTML {row.html_bytes / 1024:.1f} KB -> {out}; text -> {text}")
+        _print_checks(row.checks)
+    if open_:
+        webbrowser.open(out.resolve().as_uri())
+
+
+@app.command()
+def send(config: ConfigOpt = None,
+         dry_run: Annotated[bool, typer.Option("--dry-run", help="Show who would get what; send nothing.")] = False,
+         to: Annotated[str | None, typer.Option("--to", help="Send a test copy to this address only.")] = None,
+         ) -> None:
+    """Send the issue in progress (or build the next one) to every active reader of the list."""
+    from digest import issues
+
+    settings = settings_for(config, create_secret=True)
+    if to:
+        console.print(issues.send_test(settings, to))
+        return
+    if dry_run:
+        _dry_run(settings)
+        return
+    with progress_bar("sending") as bar:
+        task = bar.add_task("send", total=None)
+        outcome = issues.send(settings, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _print_send(outcome)
+    if outcome.report and not outcome.report.ok:
+        raise typer.Exit(1)
+
+
+def _dry_run(settings: Settings) -> None:
+    from digest.issues import build_draft, issue_of, open_issue, recipients
+    from digest.store import session_factory
+
+    with session_factory(settings.database_url)() as session:
+        row = open_issue(session) or build_draft(settings, session).row
+        readers = recipients(session, row.list_slug)
+        issue = issue_of(row)
+        console.print(f"issue {row.number} ({row.status}): {row.subject!r}; {len(issue.articles)} articles, "
+                      f"{len(issue.listings)} listings, HTML {row.html_bytes / 1024:.1f} KB")
+        console.print(f"would send to {len(readers)} active reader(s) of list {row.list_slug!r} "
+                      f"by {settings.delivery.transport}:")
+        for sub in readers[:20]:
+            console.print(f"  {sub.email}")
+        if len(readers) > 20:
+            console.print(f"  ... and {len(readers) - 20} more")
+        session.rollback()  # a dry run records nothing
+
+
+def _print_send(outcome) -> None:  # type: ignore[no-untyped-def]
+    if outcome.report is None:
+        console.print(outcome.message)
+        return
+    r = outcome.report
+    row = outcome.row
+    console.print(f"issue {r.issue_number}: {r.subject!r}")
+    console.print(f"  submitted {r.submitted}, failed {r.failed}, skipped {r.skipped}, "
+                  f"already sent earlier {r.already}, unknown {r.unknown}; HTML {row.html_bytes / 1024:.1f} KB; "
+                  f"{outcome.editions} edition(s) rendered; status {row.status}")
+    for e in r.errors:
+        err.print(f"[red]error:[/] {e}")
+
+
+@app.command()
+def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] = Path(".")) -> None:
+    """The whole job on the embedded default: sample sources, SQLite, sample readers, an outbox folder."""
+    from digest.demo import SAMPLE_READERS
+    from digest.demo import init as do_init
+    from digest.issues import open_issue
+    from digest.issues import send as do_send
+    from digest.store import IssueRow, session_scope
+    from subscribers import lifecycle
+
+    config = folder / "digest.toml"
+    if not config.exists():
+        do_init(folder)
+        console.print(f"wrote {config} and sample sources in {folder / 'sample'}")
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        for email, name in SAMPLE_READERS:
+            lifecycle.subscribe(session, email, name=name, list_slug=settings.delivery.list,
+                                source="digest demo: sample reader", confirmed=True)
+    with progress_bar("sending") as bar:
+        task = bar.add_task("send", total=None)
+        outcome = do_send(settings, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    with session_scope(settings.database_url) as session:
+        from sqlalchemy import select
+
+        row = outcome.row or open_issue(session) or session.scalar(
+            select(IssueRow).order_by(IssueRow.number.desc()))
+        html_out, text_out = folder / "preview.html", folder / "preview.txt"
+        if row is not None:
+            html_out.write_text(row.html, encoding="utf-8")
+            text_out.write_text(row.text, encoding="utf-8")
+    outbox = Path(settings.resolve(settings.delivery.outbox_dir))
+    if outcome.report is None:
+        console.print(f"{outcome.message}; nobody was sent anything twice.")
+    else:
+        issue = row and __import__("digest.issues", fromlist=["issue_of"]).issue_of(row)
+        r = outcome.report
+        console.print(f"[bold]Issue {r.issue_number}[/]: {r.subject}")
+        console.print(f"  articles {len(issue.articles)} + {len(issue.headlines)} headlines, "
+                      f"listings {len(issue.listings)}, appeal {'yes' if issue.appeal else 'no'}")
+        console.print(f"  readers sent {r.submitted} (already had it: {r.already}, failed: {r.failed}), "
+                      f"HTML {row.html_bytes / 1024:.1f} KB (Gmail clips at 102 KB)")
+    console.print(f"  outbox: {outbox}/  preview: {folder / 'preview.html'}, {folder / 'preview.txt'}")
+    console.print(f"  database: {settings.database_url}")
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """Per issue: status and delivery figures."""
+    from digest.reports import issue_figures
+    from digest.store import session_scope
+
+    settings = settings_for(config)
+    with session_scope(settings.database_url) as session:
+        rows = issue_figures(session)
+    table = Table(title="Issues")
+    cols = ("issue", "status", "subject", "readers", "submitted", "failed", "skipped", "unknown",
+            "delivered", "bounced", "complained", "opened", "clicked")
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in cols))
+    console.print(table)
+    unknown = sum(r["unknown"] for r in rows)
+    if unknown:
+        err.print(f"[red]{unknown} reader(s) in batches of unknown fate[/]: resolve with "
+                  "`digest deliveries resolve ISSUE --as submitted|retry`")
+
+
+def _register_areas() -> None:
+    """Each area owns its commands in its own module; the root app only gathers them."""
+    from digest.deliver.commands import register as deliveries
+    from digest.schedule import register as schedule
+    from digest.sources.commands import register as sources
+    from digest.web.commands import register as web
+    from subscribers.cli import register as subscribers
+
+    for register in (subscribers, deliveries, schedule, web, sources):
+        register(app)
+
+
+_register_areas()
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2."""
+    try:
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except DigestError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

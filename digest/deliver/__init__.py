@@ -1,0 +1,25 @@
+"""Delivery: one module per transport over one small interface (base.Transport); the ledger loop is in base."""
+
+from __future__ import annotations
+
+from digest.config import Settings
+from digest.deliver.base import Transport
+from digest.errors import ConfigError
+
+
+def make_transport(settings: Settings) -> Transport:
+    """The transport named by `[delivery] transport`."""
+    name = settings.delivery.transport
+    if name == "outbox":
+        from digest.deliver.outbox import OutboxTransport
+
+        return OutboxTransport(settings)
+    if name == "smtp":
+        from digest.deliver.smtp import SMTPTransport
+
+        return SMTPTransport(settings)
+    if name == "sendgrid":
+        from digest.deliver.sendgrid import SendGridTransport
+
+        return SendGridTransport(settings)
+    raise ConfigError(f"{settings.path}: delivery.transport {name!r} is not outbox, smtp or sendgrid")

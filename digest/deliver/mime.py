@@ -1,0 +1,29 @@
+"""One reader's full MIME message (multipart/alternative, text then HTML), for the outbox and SMTP."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, make_msgid
+
+from digest.config import Settings
+from digest.deliver.base import Message, sender
+from digest.render import personalize
+from digest.store import utcnow
+
+
+def build(settings: Settings, message: Message, *, subject_prefix: str = "") -> EmailMessage:
+    pub = settings.publication
+    msg = EmailMessage()
+    msg["Subject"] = subject_prefix + message.edition.subject
+    msg["From"] = sender(settings)
+    msg["To"] = formataddr((message.to_name, message.to_email)) if message.to_name else message.to_email
+    msg["Reply-To"] = pub.reply_to
+    msg["Date"] = format_datetime(utcnow())
+    msg["Message-ID"] = make_msgid(idstring=f"{message.issue_number}.{message.delivery_id}",
+                                   domain=pub.from_email.rsplit("@", 1)[-1])
+    for name, value in message.headers.items():
+        msg[name] = value
+    msg["X-Digest-Issue"] = str(message.issue_number)
+    msg.set_content(personalize(message.edition.text, message.values))
+    msg.add_alternative(personalize(message.edition.html, message.values), subtype="html")
+    return msg

@@ -1,0 +1,202 @@
+"""Render: Jinja2 -> MJML -> HTML (mjml-python) and a plain-text part, once per issue edition.
+
+Reader-specific parts are left as tokens (%%NAME%%) and filled per reader by `personalize`, a single
+pass over the bytes: per-reader work is O(size of the message), never another template compile.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from html import escape
+from pathlib import Path
+
+import httpx
+import jinja2
+from mjml import mjml2html
+
+from digest import ROOT
+from digest.config import Settings
+from digest.models import Issue
+
+GMAIL_CLIP_BYTES = 102 * 1024
+SUBJECT_MAX = 78
+TEMPLATES = ROOT / "templates"
+
+#: Reader tokens, the same names in the outbox, SMTP and SendGrid substitutions.
+TOKENS = {
+    "greeting": "%%GREETING%%",
+    "greeting_html": "%%GREETING_HTML%%",
+    "unsubscribe_url": "%%UNSUBSCRIBE_URL%%",
+    "preferences_url": "%%PREFERENCES_URL%%",
+}
+_TOKEN_RE = re.compile(r"%%[A-Z_]+%%")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One pre-send check shown to editors: level is ok, warn or fail."""
+
+    name: str
+    level: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "level": self.level, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One compiled edition of an issue: shared by every reader who gets this edition."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    checks: list[Check] = field(default_factory=list)
+    edition: str = "default"
+
+    @property
+    def html_bytes(self) -> int:
+        return len(self.html.encode("utf-8"))
+
+
+def longdate(value: datetime) -> str:
+    return f"{value.day} {value:%B %Y}"
+
+
+def paragraphs(value: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", value or "") if p.strip()]
+
+
+def wrap(value: str, width: int = 72) -> str:
+    return "\n".join(textwrap.wrap(value or "", width=width)) if value else ""
+
+
+@lru_cache(maxsize=4)
+def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "mjml", "j2"),
+                                            disabled_extensions=("txt.j2",), default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    )
+    env.filters.update(longdate=longdate, paragraphs=paragraphs, wrap=wrap)
+    return env
+
+
+def _text_env(templates: Path = TEMPLATES) -> jinja2.Environment:
+    env = environment(templates).overlay(autoescape=False)
+    return env
+
+
+def compile_mjml(template: str, context: Mapping[str, object], templates: Path = TEMPLATES) -> str:
+    """Render an MJML Jinja2 template and compile it to HTML."""
+    source = environment(templates).get_template(template).render(**context)
+    return mjml2html(source, disable_comments=True)
+
+
+def render_text(template: str, context: Mapping[str, object], templates: Path = TEMPLATES) -> str:
+    text = _text_env(templates).get_template(template).render(**context)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def view_url(settings: Settings, number: int) -> str:
+    return f"{settings.publication.public_url}/issues/{number}"
+
+
+def render_issue(settings: Settings, issue: Issue, *, edition: str = "default",
+                 templates: Path = TEMPLATES) -> Rendered:
+    """Compile the issue once: HTML and text with reader tokens left in place."""
+    top = issue.top
+    context = {
+        "publication": settings.publication, "issue": issue, "top": top,
+        "rest": issue.articles[1:], "headlines": issue.headlines, "listings": issue.listings,
+        "appeal": issue.appeal, "reader": TOKENS, "title": issue.subject, "preheader": issue.preheader,
+        "issue_date": longdate(issue.date.astimezone(settings.publication.tz)),
+        "view_url": view_url(settings, issue.number),
+    }
+    html = compile_mjml("email/digest.mjml.j2", context, templates)
+    text = render_text("email/digest.txt.j2", context, templates)
+    rendered = Rendered(issue.subject, issue.preheader, html, text, edition=edition)
+    return Rendered(rendered.subject, rendered.preheader, html, text, checks(issue, rendered), edition)
+
+
+def personalize(template: str, values: Mapping[str, str]) -> str:
+    """Fill %%TOKENS%% in one pass; unknown tokens are left as they are."""
+    return _TOKEN_RE.sub(lambda m: values.get(m.group(0), m.group(0)), template)
+
+
+def public_values(settings: Settings) -> dict[str, str]:
+    """Reader tokens filled for someone who is not a reader: the archive, previews."""
+    base = settings.publication.public_url
+    return token_values("", f"{base}/unsubscribe", f"{base}/subscribe")
+
+
+def token_values(name: str, unsubscribe_url: str, preferences_url: str) -> dict[str, str]:
+    """The substitutions for one reader: the same dict feeds every transport."""
+    greeting = f"Hi {name}," if name.strip() else "Hello,"
+    return {
+        TOKENS["greeting"]: greeting,
+        TOKENS["greeting_html"]: escape(greeting),
+        TOKENS["unsubscribe_url"]: unsubscribe_url,
+        TOKENS["preferences_url"]: preferences_url,
+    }
+
+
+_IMG_TAG = re.compile(r"<img\b[^>]*>", re.I)
+_ALT_ATTR = re.compile(r"\balt\s*=\s*\"([^\"]*)\"", re.I)
+
+
+def checks(issue: Issue, rendered: Rendered) -> list[Check]:
+    """The checks editors see on every draft: size, alt text, subject length, empty sections."""
+    size = rendered.html_bytes
+    out = [Check("size", "fail" if size >= GMAIL_CLIP_BYTES else "warn" if size > 0.8 * GMAIL_CLIP_BYTES else "ok",
+                 f"HTML is {size / 1024:.1f} KB of Gmail's {GMAIL_CLIP_BYTES // 1024} KB clipping limit")]
+    missing = [tag for tag in _IMG_TAG.findall(rendered.html)
+               if not (m := _ALT_ATTR.search(tag)) or not m.group(1).strip()]
+    out.append(Check("alt-text", "warn" if missing else "ok",
+                     f"{len(missing)} image(s) without alt text" if missing else "every image has alt text"))
+    n = len(issue.subject)
+    out.append(Check("subject", "warn" if n > SUBJECT_MAX else "ok",
+                     f"subject is {n} characters" + (f" (over {SUBJECT_MAX})" if n > SUBJECT_MAX else "")))
+    empty = [name for name, items in (("articles", issue.articles), ("listings", issue.listings)) if not items]
+    if issue.appeal is None:
+        empty.append("appeal")
+    out.append(Check("sections", "warn" if empty else "ok",
+                     f"empty section(s): {', '.join(empty)}" if empty else "every section has content"))
+    return out
+
+
+def check_links(urls: Iterable[str], *, timeout: float = 5.0, workers: int = 8) -> Check:
+    """HEAD every distinct link (GET when HEAD is refused); any that do not answer are named."""
+    targets = sorted({u for u in urls if u.startswith(("http://", "https://"))})
+
+    def probe(url: str) -> str | None:
+        try:
+            with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+                r = client.head(url)
+                if r.status_code in (405, 501):
+                    r = client.get(url)
+                return None if r.status_code < 400 else f"{url} ({r.status_code})"
+        except httpx.HTTPError as e:
+            return f"{url} ({e.__class__.__name__})"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        broken = [b for b in pool.map(probe, targets) if b]
+    if broken:
+        return Check("links", "warn", f"{len(broken)} of {len(targets)} link(s) do not answer: " + "; ".join(broken))
+    return Check("links", "ok", f"all {len(targets)} link(s) answer")
+
+
+def issue_links(issue: Issue) -> list[str]:
+    links = [a.link for a in issue.all_articles] + [x.url for x in issue.listings]
+    if issue.appeal:
+        links.append(issue.appeal.url)
+    return [u for u in links if u]

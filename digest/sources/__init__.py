@@ -1,0 +1,1 @@
+"""Sources: feeds and the supplier directory, each reporting its problems instead of failing the issue."""

@@ -1,0 +1,1 @@
+"""The web side: reader pages, editors' and admins' pages, provider webhooks (FastAPI)."""

@@ -1,0 +1,1 @@
+"""The subscriber store: people, lists, memberships with consent, events, signed reader links."""
