@@ -11,41 +11,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from digest.config import Settings, load_settings
+from digest.cli_common import ConfigOpt, console, err, progress_bar, settings_for
+from digest.config import Settings
 from digest.errors import DigestError
 
 app = typer.Typer(help="Build and send a weekly newsletter digest.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console()
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", envvar="DIGEST_CONFIG", help="The config file (default ./digest.toml).",
-    show_default=False)]
-
-
-def settings_for(config: Path | None, *, create_secret: bool = False) -> Settings:
-    """Load settings and bring the database schema up to date (cheap when it already is)."""
-    from digest.store import migrate
-
-    settings = load_settings(config, create_secret=create_secret)
-    migrate(settings.database_url)
-    return settings
-
-
-def progress_bar(label: str) -> Progress:
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=False, disable=not err.is_terminal and not _force_progress())
-
-
-def _force_progress() -> bool:
-    import os
-
-    return os.environ.get("DIGEST_PROGRESS") == "1"
 
 
 @app.command()

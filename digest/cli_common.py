@@ -1,0 +1,40 @@
+"""What every CLI area shares: the --config option, settings loading, consoles, progress bars.
+
+Kept apart from digest.cli so area modules can import it at module level without an import cycle
+(Typer resolves the annotations of command functions from their module's globals).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from digest.config import Settings, load_settings
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", envvar="DIGEST_CONFIG", help="The config file (default ./digest.toml).",
+    show_default=False)]
+
+
+def settings_for(config: Path | None, *, create_secret: bool = False) -> Settings:
+    """Load settings and bring the database schema up to date (cheap when it already is)."""
+    from digest.store import migrate
+
+    settings = load_settings(config, create_secret=create_secret)
+    migrate(settings.database_url)
+    return settings
+
+
+def progress_bar(label: str) -> Progress:
+    """A rich progress bar on stderr; silent when stderr is not a terminal (unless DIGEST_PROGRESS=1)."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=False,
+                    disable=not err.is_terminal and os.environ.get("DIGEST_PROGRESS") != "1")
