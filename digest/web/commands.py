@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
+from digest.cli_common import ConfigOpt, settings_for
+
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root `digest` app."""
-    from digest.cli import ConfigOpt
-
     @app.command()
     def serve(config: ConfigOpt = None,
               host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -18,7 +18,6 @@ def register(app: typer.Typer) -> None:
         """Serve the reader pages, the editors' and admins' pages and the webhooks (uvicorn)."""
         import uvicorn
 
-        from digest.cli import settings_for
         from digest.web.app import create_app
 
         settings = settings_for(config, create_secret=True)
