@@ -82,21 +82,61 @@ def draft(config: ConfigOpt = None,
           exclude: Annotated[list[str] | None, typer.Option(help="Article key (or prefix) to leave out.")] = None,
           pin: Annotated[list[str] | None, typer.Option(help="Article key (or prefix) to put first.")] = None,
           feature: Annotated[list[str] | None, typer.Option(help="Supplier name to feature.")] = None,
-          offline: Annotated[bool, typer.Option(help="Skip the link check.")] = True) -> None:
-    """Build (or rebuild) the next issue's draft and show its checks."""
-    from digest.issues import build_draft
+          reset: Annotated[bool, typer.Option("--reset", help="Forget earlier --exclude/--pin/--feature.")] = False,
+          offline: Annotated[bool, typer.Option("--offline", help="Skip the link check (no HEAD requests).")]
+          = False,
+          notify: Annotated[bool, typer.Option("--notify", help="Email the editors the summary and link.")]
+          = False) -> None:
+    """Build (or rebuild) the next issue's draft, check it (links too, unless --offline) and show the checks.
+
+    Adjustments are kept across rebuilds; an approved issue that is rebuilt becomes a draft again."""
+    from digest import issues
     from digest.store import session_scope
 
     settings = settings_for(config, create_secret=True)
     with session_scope(settings.database_url) as session:
-        d = build_draft(settings, session, offline=offline,
-                        excluded=_expand(session, exclude), pinned=_expand(session, pin), featured=feature)
-        console.print(f"Draft of issue {d.row.number}: {d.row.subject!r}")
-        console.print(f"{len(d.issue.articles)} articles, {len(d.issue.headlines)} headlines, "
-                      f"{len(d.issue.listings)} listings, HTML {d.row.html_bytes / 1024:.1f} KB")
-        _print_checks(d.row.checks)
-        for problem in d.collected.problems:
+        before = issues.newest_issue(session)
+        was = (before.number, before.status) if before is not None else None
+        empty: list[str] | None = [] if reset else None
+        d = issues.build_draft(settings, session, offline=offline, by=_who(),
+                               excluded=_expand(session, exclude) if exclude else empty,
+                               pinned=_expand(session, pin) if pin else empty,
+                               featured=feature if feature else empty)
+        summary = issues.summarize(settings, d.row)
+    if was is not None and was[0] == summary.number and was[1] in ("approved", "held", "skipped"):
+        console.print(f"[yellow]issue {summary.number} was {was[1]}: rebuilt, it is a draft again "
+                      f"(approve it again to send it)[/]")
+    console.print(f"Draft of issue {summary.number}: {summary.subject!r}")
+    console.print(f"{summary.articles} articles, {summary.headlines} headlines, {summary.listings} listings, "
+                  f"HTML {summary.html_bytes / 1024:.1f} KB")
+    if summary.send_at is not None:
+        from digest.schedule import describe
+
+        console.print(f"send at {describe(settings, summary.send_at)}", highlight=False)
+    if d.issue.excluded or d.issue.pinned or d.issue.featured:
+        console.print(f"adjustments: excluded {len(d.issue.excluded)}, pinned {len(d.issue.pinned)}, "
+                      f"featured {', '.join(d.issue.featured) or 'none'}")
+    _print_checks(summary.checks)
+    if offline:
+        console.print("  [dim]links not checked (--offline)[/]")
+    for problem in d.collected.problems:
+        err.print(f"[yellow]problem:[/] {problem}")
+    if notify:
+        from digest.notices import Notice, notify_editors
+
+        problems = notify_editors(settings, Notice("draft", f"Issue {summary.number} is ready for review",
+                                                   (), summary, (f"Approve it: `digest approve {summary.number}`.",)))
+        for problem in problems:
             err.print(f"[yellow]problem:[/] {problem}")
+        if not problems:
+            console.print(f"editors notified: {', '.join(settings.schedule.editors)}")
+
+
+def _who() -> str:
+    """Who did it, for the issue's history: the local user at the command line."""
+    from digest.schedule import cli_user
+
+    return cli_user()
 
 
 def _expand(session, keys: list[str] | None) -> list[str] | None:  # type: ignore[no-untyped-def]
@@ -125,33 +165,51 @@ def _print_checks(checks: list[dict]) -> None:
 @app.command()
 def approve(number: Annotated[int | None, typer.Argument(help="Issue number (default: the draft).")] = None,
             config: ConfigOpt = None) -> None:
-    """Approve the draft: it is frozen and will be sent at the scheduled time."""
-    from digest.issues import approve as do_approve
+    """Approve the draft (or a held issue): it is frozen and goes out at its send moment (or by `digest send`)."""
+    from digest import issues
     from digest.store import session_scope
 
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
-        row = do_approve(session, number, by="cli")
-        console.print(f"issue {row.number} approved: {row.subject!r}")
+        row = issues.approve(session, number, by=_who())
+        summary = issues.summarize(settings, row)
+    console.print(f"issue {summary.number} approved: {summary.subject!r}")
+    if summary.send_at is not None:
+        from digest.schedule import describe
+        from digest.store import utcnow
+
+        if summary.send_at > utcnow():
+            console.print(f"it goes out at {describe(settings, summary.send_at)} "
+                          "(when `digest schedule` runs), or now with `digest send`", highlight=False)
+        else:
+            console.print(f"its send moment ({describe(settings, summary.send_at)}) has passed: "
+                          "send it with `digest send`", highlight=False)
+    _print_checks(summary.problems)
+    if any(c.get("level") == "fail" for c in summary.checks):
+        err.print("[red]warning:[/] a check failed; approved anyway")
 
 
 @app.command()
 def preview(config: ConfigOpt = None,
             out: Annotated[Path, typer.Option(help="Where to write the HTML.")] = Path("preview.html"),
             text: Annotated[Path, typer.Option(help="Where to write the plain text.")] = Path("preview.txt"),
-            open_: Annotated[bool, typer.Option("--open", help="Open the HTML in a browser.")] = False) -> None:
-    """Render the current draft (building one if there is none) to files."""
-    from digest.issues import build_draft, open_issue
+            open_: Annotated[bool, typer.Option("--open", help="Open the HTML in a browser.")] = False,
+            offline: Annotated[bool, typer.Option("--offline", help="If a draft is built, skip the link check.")]
+            = False) -> None:
+    """Write the current draft (building one if there is none) to files and show its status and checks."""
+    from digest import issues
     from digest.store import session_scope
 
     settings = settings_for(config, create_secret=True)
     with session_scope(settings.database_url) as session:
-        row = open_issue(session) or build_draft(settings, session).row
+        row = issues.current_issue(session) or issues.build_draft(settings, session, offline=offline, by=_who()).row
         out.write_text(row.html, encoding="utf-8")
         text.write_text(row.text, encoding="utf-8")
-        console.print(f"issue {row.number} ({row.status}): {row.subject!r}")
-        console.print(f"HTML {row.html_bytes / 1024:.1f} KB -> {out}; text -> {text}")
-        _print_checks(row.checks)
+        summary = issues.summarize(settings, row)
+    for line in summary.lines(settings.publication.tz):
+        console.print(line, highlight=False)
+    console.print(f"HTML -> {out}; text -> {text}")
+    _print_checks(summary.checks)
     if open_:
         webbrowser.open(out.resolve().as_uri())
 
@@ -161,7 +219,8 @@ def send(config: ConfigOpt = None,
          dry_run: Annotated[bool, typer.Option("--dry-run", help="Show who would get what; send nothing.")] = False,
          to: Annotated[str | None, typer.Option("--to", help="Send a test copy to this address only.")] = None,
          ) -> None:
-    """Send the issue in progress (or build the next one) to every active reader of the list."""
+    """Send to every active reader of the list: the issue being sent, else the approved one, else the draft
+    (or a new one). A held issue is not sent until it is approved."""
     from digest import issues
 
     settings = settings_for(config, create_secret=True)
@@ -180,11 +239,11 @@ def send(config: ConfigOpt = None,
 
 
 def _dry_run(settings: Settings) -> None:
-    from digest.issues import build_draft, issue_of, open_issue, recipients
+    from digest.issues import build_draft, current_issue, issue_of, recipients
     from digest.store import session_factory
 
     with session_factory(settings.database_url)() as session:
-        row = open_issue(session) or build_draft(settings, session).row
+        row = current_issue(session) or build_draft(settings, session).row
         readers = recipients(session, row.list_slug)
         issue = issue_of(row)
         console.print(f"issue {row.number} ({row.status}): {row.subject!r}; {len(issue.articles)} articles, "
@@ -297,23 +356,9 @@ _register_areas()
 
 
 def main() -> None:
-    """Entry point: user errors print one line and exit 2."""
+    """Entry point: usage errors are Typer's (exit 2); our own user errors print one line and exit 2."""
     try:
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        app()
     except DigestError as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from digest.config import Settings, load_settings
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", envvar="DIGEST_CONFIG", help="The config file (default ./digest.toml).",

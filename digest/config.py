@@ -105,6 +105,11 @@ class SendGridSettings:
     max_retries: int = 5
     webhook_public_key: str = ""
     webhook_max_age_seconds: int = 600
+    timeout_seconds: float = 60.0  # one mail/send request
+    backoff_seconds: float = 0.5  # first retry delay after a 5xx or a dropped connection (doubles, with jitter)
+    #: a request whose connection dropped after it was fully sent (no answer) is sent again (true), or its
+    #: readers are left of unknown fate for `digest deliveries resolve` (false: never a possible duplicate)
+    retry_unanswered: bool = True
 
     @property
     def api_key(self) -> str:
@@ -131,6 +136,8 @@ class Schedule:
     if_not_approved: str = "hold"  # send | hold
     misfire_grace_seconds: int = 3600
     editors: tuple[str, ...] = ()
+    check_links: bool = True  # scheduled drafts HEAD every link (false where the host has no outbound HTTP)
+    lock_expiry_seconds: int = 120  # a scheduler silent this long is taken for dead; its lock can be taken over
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,19 @@ class Subscribers:
     confirm_expiry_days: int = 7
     link_expiry_days: int = 365
     resend_confirm_minutes: int = 60
+
+
+@dataclass(frozen=True)
+class Web:
+    """`digest serve`: sessions of editors and admins, and the per-process limits on public forms."""
+
+    session_hours: int = 12
+    subscribe_limit: int = 5  # /subscribe posts per IP per window (in-process sliding window)
+    subscribe_window_seconds: int = 600
+    login_limit: int = 10  # login attempts per IP per window
+    login_window_seconds: int = 600
+    forwarded_allow_ips: str = ""  # proxies trusted for X-Forwarded-For (uvicorn), e.g. "127.0.0.1"
+    page_size: int = 50  # subscribers per admin page
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,7 @@ class Settings:
     secret_key: str
     schedule: Schedule = field(default_factory=Schedule)
     subscribers: Subscribers = field(default_factory=Subscribers)
+    web: Web = field(default_factory=Web)
 
     @property
     def base_dir(self) -> Path:
@@ -205,13 +226,13 @@ def _url(value: str, key: str, path: Path) -> str:
     return value.rstrip("/")
 
 
-def _variant(table: dict[str, Any], key: str, where: str, path: Path) -> AppealVariant:
+def _variant(table: dict[str, Any], key: str, where: str, path: Path, *, url_required: bool = True) -> AppealVariant:
     return AppealVariant(
         key=str(table.get("key", key)),
         title=_get(table, "title", str, where, path),
         body=_get(table, "body", str, where, path),
         button=_get(table, "button", str, where, path, "Subscribe"),
-        url=_get(table, "url", str, where, path),
+        url=_get(table, "url", str, where, path, ... if url_required else ""),  # a thank-you may ask nothing
     )
 
 
@@ -276,12 +297,16 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: 
         button=_get(ap, "button", str, "appeal", cfg, "Subscribe"),
         url=_get(ap, "url", str, "appeal", cfg, ""),
         variants=variants,
-        thank_you=_variant(thank, "thank_you", "appeal.thank_you", cfg) if thank else None,
+        thank_you=_variant(thank, "thank_you", "appeal.thank_you", cfg, url_required=False) if thank else None,
         rotate=_get(ap, "rotate", str, "appeal", cfg, "issue", choices=("issue", "reader")),
         quiet_issues_after_click=_get(ap, "quiet_issues_after_click", int, "appeal", cfg, 4),
     )
     if appeal.title and not appeal.url:
         raise ConfigError(f"{cfg}: appeal.url is missing")
+    appeal_keys = [v.key for v in (*appeal.all_variants(), appeal.thank_you) if v is not None]
+    if len(set(appeal_keys)) != len(appeal_keys):
+        raise ConfigError(f"{cfg}: appeal variant keys must differ (they name the editions and the report): "
+                          f"{', '.join(appeal_keys)}")
 
     dl = _section(data, "delivery", cfg)
     sm = _section(dl, "smtp", cfg)
@@ -309,6 +334,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: 
             max_retries=_get(sg, "max_retries", int, "delivery.sendgrid", cfg, 5),
             webhook_public_key=_get(sg, "webhook_public_key", str, "delivery.sendgrid", cfg, ""),
             webhook_max_age_seconds=_get(sg, "webhook_max_age_seconds", int, "delivery.sendgrid", cfg, 600),
+            timeout_seconds=_get(sg, "timeout_seconds", float, "delivery.sendgrid", cfg, 60.0),
+            backoff_seconds=_get(sg, "backoff_seconds", float, "delivery.sendgrid", cfg, 0.5),
+            retry_unanswered=_get(sg, "retry_unanswered", bool, "delivery.sendgrid", cfg, True),
         ),
     )
 
@@ -323,13 +351,29 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: 
         if_not_approved=_get(sc, "if_not_approved", str, "schedule", cfg, "hold", choices=("send", "hold")),
         misfire_grace_seconds=_get(sc, "misfire_grace_seconds", int, "schedule", cfg, 3600),
         editors=tuple(_get(sc, "editors", list, "schedule", cfg, [])),
+        check_links=_get(sc, "check_links", bool, "schedule", cfg, True),
+        lock_expiry_seconds=max(30, _get(sc, "lock_expiry_seconds", int, "schedule", cfg, 120)),
     )
+    for i, editor in enumerate(schedule.editors):
+        if not isinstance(editor, str) or "@" not in editor:
+            raise ConfigError(f"{cfg}: schedule.editors[{i}] {editor!r} is not an email address")
 
     sb = _section(data, "subscribers", cfg)
     subs = Subscribers(
         confirm_expiry_days=_get(sb, "confirm_expiry_days", int, "subscribers", cfg, 7),
         link_expiry_days=max(60, _get(sb, "link_expiry_days", int, "subscribers", cfg, 365)),
         resend_confirm_minutes=_get(sb, "resend_confirm_minutes", int, "subscribers", cfg, 60),
+    )
+
+    wb = _section(data, "web", cfg)
+    web = Web(
+        session_hours=max(1, _get(wb, "session_hours", int, "web", cfg, 12)),
+        subscribe_limit=max(1, _get(wb, "subscribe_limit", int, "web", cfg, 5)),
+        subscribe_window_seconds=max(1, _get(wb, "subscribe_window_seconds", int, "web", cfg, 600)),
+        login_limit=max(1, _get(wb, "login_limit", int, "web", cfg, 10)),
+        login_window_seconds=max(1, _get(wb, "login_window_seconds", int, "web", cfg, 600)),
+        forwarded_allow_ips=_get(wb, "forwarded_allow_ips", str, "web", cfg, ""),
+        page_size=min(500, max(10, _get(wb, "page_size", int, "web", cfg, 50))),
     )
 
     db = _section(data, "database", cfg)
@@ -343,6 +387,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: 
         path=cfg, publication=publication, sources=sources, appeal=appeal, delivery=delivery,
         database_url=url, secret_key=_secret_key(cfg, url, create_secret), schedule=schedule,
         subscribers=subs,
+        web=web,
     )
 
 

@@ -1,38 +1,112 @@
 """Editions: readers who should see the same email share one render.
 
-The key of a reader's edition is what changes the email's content for them (today: nothing, so one
-render per issue). Rendering is lazy and cached per key, so the number of compiles equals the number of
-distinct keys among the readers actually sent to, never the number of readers.
+An edition's key is what changes the email's content for a reader: their category preferences (only
+as far as this issue has articles or listings in them) and the appeal they get (the issue's, another
+variant, the print subscribers' thank-you, or none after a recent click on the appeal). Rendering is
+lazy and cached per key, so the number of compiles equals the number of distinct keys among the readers
+actually sent to (a handful), never the number of readers. `key()` runs once per reader in the send
+loop, so it is a few set operations, with the appeal clickers fetched once per send by one query.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from digest.compose import appeal_for_reader, folded, for_reader, is_print_subscriber
 from digest.config import Settings
-from digest.models import Issue
+from digest.models import Appeal, Issue
 from digest.render import Rendered, render_issue
-from subscribers.models import Subscriber
+from digest.store import DeliveryEvent, IssueRow
 
 DEFAULT = "default"
+NO_APPEAL = "-"
+
+
+def appeal_clickers(session: Session, settings: Settings, number: int) -> set[int]:
+    """Readers who followed an appeal link in the `quiet_issues_after_click` issues before `number`.
+
+    A click counts when its URL is an appeal variant's URL or starts with it (tracking parameters added).
+    """
+    quiet = settings.appeal.quiet_issues_after_click
+    urls = sorted({v.url for v in settings.appeal.all_variants() if v.url})
+    if quiet <= 0 or not urls:
+        return set()
+    query = (select(DeliveryEvent.subscriber_id).join(IssueRow, IssueRow.id == DeliveryEvent.issue_id)
+             .where(DeliveryEvent.kind == "click", DeliveryEvent.subscriber_id.is_not(None),
+                    IssueRow.number >= number - quiet, IssueRow.number < number,
+                    or_(*(DeliveryEvent.url.startswith(u, autoescape=True) for u in urls)))
+             .distinct())
+    return set(session.scalars(query))
 
 
 class Editions:
-    def __init__(self, settings: Settings, issue: Issue) -> None:
+    """The renders of one issue, one per distinct edition key, made on first use and counted."""
+
+    def __init__(self, settings: Settings, issue: Issue, *, appeal_clicked: Iterable[int] = ()) -> None:
         self.settings = settings
         self.issue = issue
+        self.clicked = frozenset(appeal_clicked)
         self._cache: dict[str, Rendered] = {}
+        self._specs: dict[str, tuple[frozenset[str] | None, Appeal | None]] = {}
+        self._lock = threading.Lock()
         self.renders = 0
+        articles = issue.all_articles
+        self._topics = frozenset().union(*(folded(a.categories) for a in articles), *(folded(x.categories)
+                                                                                       for x in issue.listings))
+        self._issue_appeal = issue.appeal.key if issue.appeal else NO_APPEAL
 
-    def key(self, subscriber: Subscriber | None) -> str:
-        return DEFAULT
+    def key(self, reader: Any | None) -> str:
+        """The edition key of a reader (a Subscriber, or a row with id, attributes and categories).
+
+        Readers without preferences who get the issue's appeal share DEFAULT, the editor's edition.
+        """
+        if reader is None:
+            return DEFAULT
+        prefs = getattr(reader, "categories", None)
+        wanted = folded(prefs) if isinstance(prefs, list | tuple) else frozenset()
+        matched: frozenset[str] | None = (wanted & self._topics) if wanted else None
+        reader_id = getattr(reader, "id", None)
+        appeal = appeal_for_reader(self.settings, self.issue, reader_id,
+                                   print_subscriber=is_print_subscriber(getattr(reader, "attributes", None)),
+                                   clicked=reader_id in self.clicked)
+        appeal_key = appeal.key if appeal else NO_APPEAL
+        if matched is None and appeal_key == self._issue_appeal:
+            return DEFAULT
+        key = json.dumps([sorted(matched) if matched is not None else None, appeal_key], ensure_ascii=False)
+        if key not in self._specs:
+            self._specs[key] = (matched, appeal)
+        return key
 
     def issue_for(self, key: str) -> Issue:
-        return self.issue
+        """The issue as the readers of this edition see it."""
+        if key == DEFAULT:
+            return self.issue
+        if key not in self._specs:
+            raise KeyError(f"unknown edition {key!r}: editions are made by key()")
+        categories, appeal = self._specs[key]
+        return for_reader(self.issue, categories, appeal)
 
     def get(self, key: str = DEFAULT) -> Rendered:
-        if key not in self._cache:
-            self._cache[key] = render_issue(self.settings, self.issue_for(key), edition=key)
-            self.renders += 1
-        return self._cache[key]
+        rendered = self._cache.get(key)
+        if rendered is None:
+            with self._lock:
+                rendered = self._cache.get(key)
+                if rendered is None:
+                    rendered = render_issue(self.settings, self.issue_for(key), edition=key)
+                    self._cache[key] = rendered
+                    self.renders += 1
+        return rendered
 
-    def __call__(self, subscriber: Subscriber) -> Rendered:
-        return self.get(self.key(subscriber))
+    @property
+    def keys(self) -> list[str]:
+        """The editions rendered so far."""
+        return list(self._cache)
+
+    def __call__(self, reader: Any) -> Rendered:
+        return self.get(self.key(reader))

@@ -1,6 +1,9 @@
-"""The issue's life: draft (collect + compose + render + store), adjust, approve, send.
+"""The issue's life: draft (collect + compose + render + store), adjust, approve, hold, skip, send.
 
-The CLI, the scheduler and the web app all call these functions; none of them composes on its own.
+The CLI, the scheduler and the web app all call these functions; none of them composes or changes an
+issue's status on its own. Statuses: draft -> approved -> sending -> sent, or held / skipped. The newest
+issue, while it is a draft, approved, held or skipped, is the one the next draft rebuilds (so readers
+never see a gap in the numbers); an approved issue that is rebuilt becomes a draft again.
 """
 
 from __future__ import annotations
@@ -17,16 +20,18 @@ from digest.compose import FeatureHistory, compose
 from digest.config import Settings
 from digest.deliver import make_transport
 from digest.deliver.base import Message, Personalizer, SendReport, Transport, deliver
-from digest.editions import Editions
+from digest.editions import Editions, appeal_clickers
 from digest.errors import DigestError, NotFound
 from digest.models import Collected, Issue
 from digest.render import Check, check_links, issue_links, personalize, public_values
-from digest.sources.collect import collect, mark_sent
+from digest.sources.collect import collect, health_summary, mark_sent
 from digest.store import IssueRow, ListingFeature, session_factory, utcnow
 from subscribers import lifecycle
 from subscribers.models import ACTIVE, Membership, Subscriber
 
 OPEN_STATUSES = ("draft", "approved", "sending")
+#: an issue in one of these, if it is the newest, is rebuilt by the next draft instead of a new number
+REBUILDABLE = ("draft", "approved", "held", "skipped")
 
 
 @dataclass
@@ -54,9 +59,22 @@ def open_issue(session: Session) -> IssueRow | None:
     return None
 
 
+def newest_issue(session: Session) -> IssueRow | None:
+    return session.scalar(select(IssueRow).order_by(IssueRow.number.desc()).limit(1))
+
+
+def current_issue(session: Session) -> IssueRow | None:
+    """The issue editors act on: the one in progress, else the newest if it is held."""
+    row = open_issue(session)
+    if row is not None:
+        return row
+    newest = newest_issue(session)
+    return newest if newest is not None and newest.status == "held" else None
+
+
 def get_issue(session: Session, number: int | None = None) -> IssueRow:
     if number is None:
-        row = open_issue(session)
+        row = current_issue(session)
         if row is None:
             raise NotFound("there is no draft: run `digest draft` first")
         return row
@@ -83,15 +101,17 @@ def store_rendered(settings: Settings, row: IssueRow, issue: Issue, *, offline: 
 
 def build_draft(settings: Settings, session: Session, *, now: datetime | None = None,
                 pinned: Sequence[str] | None = None, excluded: Sequence[str] | None = None,
-                featured: Sequence[str] | None = None, offline: bool = True) -> Draft:
+                featured: Sequence[str] | None = None, offline: bool = True,
+                send_at: datetime | None = None, by: str = "") -> Draft:
     """Collect and compose the next issue into the current draft (created if there is none).
 
-    Adjustments given here replace the draft's; those not given are kept. An approved issue that is
-    changed becomes a draft again.
+    Adjustments given here replace the draft's; those not given are kept. An approved, held or skipped
+    issue that is rebuilt becomes a draft again. `send_at` is the send moment the draft is for (default:
+    the one it already has if still ahead, else the schedule's next).
     """
     now = now or datetime.now(UTC)
-    row = session.scalar(select(IssueRow).where(IssueRow.status.in_(("draft", "approved")))
-                         .order_by(IssueRow.number.desc()))
+    newest = newest_issue(session)
+    row = newest if newest is not None and newest.status in REBUILDABLE else None
     previous = Issue.from_json(row.content) if row is not None and row.content else None
     collected = collect(session, settings, now)
     number = row.number if row is not None else (session.scalar(select(func.max(IssueRow.number))) or 0) + 1
@@ -103,21 +123,127 @@ def build_draft(settings: Settings, session: Session, *, now: datetime | None = 
     )
     if row is None:
         row = IssueRow(number=number, list_slug=settings.delivery.list, status="draft", subject=issue.subject,
-                       content={})
+                       content={}, note="")
         session.add(row)
-    elif row.status == "approved":
+    elif row.status != "draft":
+        add_note(row, f"{row.status} -> draft: rebuilt" + (f" by {by}" if by else ""), now)
         row.status, row.approved_at, row.approved_by = "draft", None, None
+    if send_at is None:
+        from digest.schedule import next_send_at  # the schedule's maths; imported late (it imports us)
+
+        send_at = row.send_at if row.send_at is not None and row.send_at > now else next_send_at(settings, now)
+    row.send_at = send_at
     found = store_rendered(settings, row, issue, offline=offline)
+    found.append(Check("feeds", *health_summary(collected.feed_health, settings.sources.stale_runs)))
+    row.checks = [c.to_json() for c in found]  # feed health is told to the editors with the other checks
     session.flush()
     return Draft(row, issue, collected, found)
 
 
-def approve(session: Session, number: int | None = None, *, by: str = "cli") -> IssueRow:
+def add_note(row: IssueRow, text: str, now: datetime | None = None) -> None:
+    """The issue's history in words (who held it, why it was skipped, a missed run): appended, never lost."""
+    stamp = f"{(now or utcnow()).astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    row.note = f"{row.note or ''}{stamp} {text}\n"
+
+
+def _change(session: Session, number: int | None, allowed: tuple[str, ...], action: str) -> IssueRow:
     row = get_issue(session, number)
-    if row.status != "draft":
-        raise DigestError(f"issue {row.number} is {row.status}, not a draft: only a draft can be approved")
-    row.status, row.approved_at, row.approved_by = "approved", utcnow(), by
+    if row.status not in allowed:
+        raise DigestError(f"issue {row.number} is {row.status}: only an issue that is "
+                          f"{' or '.join(allowed)} can be {action}")
     return row
+
+
+def approve(session: Session, number: int | None = None, *, by: str = "cli", now: datetime | None = None
+            ) -> IssueRow:
+    """Freeze the draft (or a held issue) as it is: it goes out at its send moment, or by `send`."""
+    row = _change(session, number, ("draft", "held"), "approved")
+    now = now or utcnow()
+    if row.status == "held":
+        add_note(row, f"held -> approved by {by}", now)
+    row.status, row.approved_at, row.approved_by = "approved", now, by
+    return row
+
+
+def reopen(session: Session, number: int | None = None, *, by: str = "cli", now: datetime | None = None
+           ) -> IssueRow:
+    """Unfreeze an approved (or held) issue without rebuilding it: it is a draft again."""
+    row = _change(session, number, ("approved", "held"), "reopened")
+    add_note(row, f"{row.status} -> draft by {by}", now)
+    row.status, row.approved_at, row.approved_by = "draft", None, None
+    return row
+
+
+def hold(session: Session, number: int | None = None, *, by: str = "cli", reason: str = "",
+         now: datetime | None = None) -> IssueRow:
+    """Keep the issue from going out at its send moment; approve it later to send it by hand."""
+    row = _change(session, number, ("draft", "approved"), "held")
+    add_note(row, f"{row.status} -> held by {by}" + (f": {reason}" if reason else ""), now)
+    row.status, row.approved_at, row.approved_by = "held", None, None
+    return row
+
+
+def skip(session: Session, number: int | None = None, *, by: str = "cli", reason: str = "",
+         now: datetime | None = None) -> IssueRow:
+    """Send nothing this time. The number is reused by the next draft, so readers see no gap."""
+    row = _change(session, number, ("draft", "approved", "held"), "skipped")
+    add_note(row, f"{row.status} -> skipped by {by}" + (f": {reason}" if reason else ""), now)
+    row.status, row.approved_at, row.approved_by = "skipped", None, None
+    return row
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What editors are shown about an issue: in the notice email, the CLI and the admin pages."""
+
+    number: int
+    status: str
+    subject: str
+    articles: int
+    headlines: int
+    listings: int
+    html_bytes: int
+    checks: list[dict[str, str]]
+    send_at: datetime | None
+    preview_url: str
+    note: str = ""
+
+    @property
+    def new_articles(self) -> int:
+        """Articles new in this issue, headlines included: what `min_articles` is compared with."""
+        return self.articles + self.headlines
+
+    @property
+    def problems(self) -> list[dict[str, str]]:
+        return [c for c in self.checks if c.get("level") != "ok"]
+
+    def lines(self, tz: object | None = None) -> list[str]:
+        when = ""
+        if self.send_at is not None:
+            local = self.send_at.astimezone(tz) if tz is not None else self.send_at  # type: ignore[arg-type]
+            when = f"; send at {local:%a %d %b %Y %H:%M %Z} ({self.send_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC)"
+        return [
+            f"issue {self.number} ({self.status}){when}",
+            f"subject: {self.subject}",
+            f"{self.articles} articles + {self.headlines} headlines, {self.listings} listings, "
+            f"HTML {self.html_bytes / 1024:.1f} KB (Gmail clips at 102 KB)",
+        ]
+
+
+def preview_url(settings: Settings) -> str:
+    return f"{settings.publication.public_url}/admin/draft"
+
+
+def summarize(settings: Settings, row: IssueRow) -> Summary:
+    issue = issue_of(row) if row.content else None
+    return Summary(
+        number=row.number, status=row.status, subject=row.subject,
+        articles=len(issue.articles) if issue else 0, headlines=len(issue.headlines) if issue else 0,
+        listings=len(issue.listings) if issue else 0, html_bytes=row.html_bytes or 0,
+        checks=list(row.checks or []), send_at=row.send_at, preview_url=preview_url(settings),
+        note=row.note or "",
+    )
+
 
 
 def issue_of(row: IssueRow) -> Issue:
@@ -152,9 +278,14 @@ class SendOutcome:
 def send(settings: Settings, *, transport: Transport | None = None, progress: Callable[[int, int], None] | None = None,
          now: datetime | None = None, require_approval: bool = False) -> SendOutcome:
     """Send the issue in progress (resuming one being sent), or build the next one and send it."""
+    transport = transport or make_transport(settings)  # a missing key fails here, before anything changes
     factory = session_factory(settings.database_url)
     with factory() as session:
         row = open_issue(session)
+        newest = newest_issue(session)
+        if row is None and newest is not None and newest.status == "held":
+            return SendOutcome(None, newest, f"issue {newest.number} is held: approve it (`digest approve "
+                                             f"{newest.number}`) to send it, or skip it")
         if row is None or row.status == "draft":
             if require_approval and row is not None:
                 return SendOutcome(None, row, f"issue {row.number} is a draft, not approved: not sent")
@@ -171,8 +302,9 @@ def send(settings: Settings, *, transport: Transport | None = None, progress: Ca
         mlist = lifecycle.ensure_list(session, row.list_slug)
         session.commit()
         issue_id, list_id, issue = row.id, mlist.id, issue_of(row)
-    editions = Editions(settings, issue)
-    report = deliver(factory, settings, issue_id, transport or make_transport(settings), editions,
+        clicked = appeal_clickers(session, settings, row.number)  # one query per send, not per reader
+    editions = Editions(settings, issue, appeal_clicked=clicked)
+    report = deliver(factory, settings, issue_id, transport, editions,
                      list_id=list_id, progress=progress)
     with factory() as session:
         row = session.get(IssueRow, issue_id)
@@ -184,7 +316,7 @@ def send_test(settings: Settings, to: str, *, transport: Transport | None = None
     address = lifecycle.normalize(to)
     factory = session_factory(settings.database_url)
     with factory() as session:
-        row = open_issue(session) or build_draft(settings, session).row
+        row = current_issue(session) or build_draft(settings, session).row
         session.commit()
         issue = issue_of(row)
         mlist = lifecycle.ensure_list(session, row.list_slug)

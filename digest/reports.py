@@ -1,20 +1,31 @@
-"""Figures for people: per-issue delivery and engagement counts (CLI `status`, the admin pages)."""
+"""Figures for people: per-issue delivery and engagement counts (CLI `status`, the admin pages).
+
+The ledger gives who was submitted, failed, skipped or is of unknown fate; provider events give who was
+delivered, bounced, complained, opened and clicked. Event figures count readers, not events: a reader
+who opens twice is one opener, and a reader both bounced and dropped is one bounce.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from digest.store import Delivery, DeliveryEvent, IssueRow
 
+#: stored event kind -> column. `dropped` is stored only for a bad address (see deliver/events.py);
+#: `blocked` (a soft bounce) and other drops are kept but counted nowhere.
 EVENT_COLUMNS = {"delivered": "delivered", "bounce": "bounced", "dropped": "bounced",
                  "spamreport": "complained", "open": "opened", "click": "clicked"}
+EVENT_FIGURES = ("delivered", "bounced", "complained", "opened", "clicked")
+LEDGER = {"submitted": "submitted", "failed": "failed", "skipped": "skipped", "claimed": "unknown",
+          "queued": "queued"}
 
 
 def issue_figures(session: Session, limit: int = 52) -> list[dict[str, Any]]:
-    """Newest first. Opens and clicks count readers, not events (one reader opening twice is one)."""
+    """Newest first: issue, status, subject, readers, submitted, failed, skipped, unknown, queued,
+    delivered, bounced, complained, opened, clicked."""
     issues = session.scalars(select(IssueRow).order_by(IssueRow.number.desc()).limit(limit)).all()
     ids = [i.id for i in issues]
     ledger: dict[int, dict[str, int]] = {}
@@ -22,21 +33,19 @@ def issue_figures(session: Session, limit: int = 52) -> list[dict[str, Any]]:
             select(Delivery.issue_id, Delivery.status, func.count()).where(Delivery.issue_id.in_(ids))
             .group_by(Delivery.issue_id, Delivery.status)):
         ledger.setdefault(issue_id, {})[status] = n
+    column = case(EVENT_COLUMNS, value=DeliveryEvent.kind)
     events: dict[int, dict[str, int]] = {}
-    for issue_id, kind, n in session.execute(
-            select(DeliveryEvent.issue_id, DeliveryEvent.kind, func.count(func.distinct(DeliveryEvent.subscriber_id)))
-            .where(DeliveryEvent.issue_id.in_(ids)).group_by(DeliveryEvent.issue_id, DeliveryEvent.kind)):
-        col = EVENT_COLUMNS.get(kind)
-        if col:
-            events.setdefault(issue_id, {}).setdefault(col, 0)
-            events[issue_id][col] += n
+    for issue_id, col, n in session.execute(
+            select(DeliveryEvent.issue_id, column, func.count(func.distinct(DeliveryEvent.subscriber_id)))
+            .where(DeliveryEvent.issue_id.in_(ids), DeliveryEvent.kind.in_(list(EVENT_COLUMNS)))
+            .group_by(DeliveryEvent.issue_id, column)):
+        events.setdefault(issue_id, {})[col] = n
     rows = []
     for i in issues:
         led, ev = ledger.get(i.id, {}), events.get(i.id, {})
         rows.append({
-            "issue": i.number, "status": i.status, "subject": i.subject,
-            "readers": sum(led.values()), "submitted": led.get("submitted", 0), "failed": led.get("failed", 0),
-            "skipped": led.get("skipped", 0), "unknown": led.get("claimed", 0), "queued": led.get("queued", 0),
-            **{c: ev.get(c, 0) for c in ("delivered", "bounced", "complained", "opened", "clicked")},
+            "issue": i.number, "status": i.status, "subject": i.subject, "readers": sum(led.values()),
+            **{name: led.get(status, 0) for status, name in LEDGER.items()},
+            **{c: ev.get(c, 0) for c in EVENT_FIGURES},
         })
     return rows

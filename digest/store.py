@@ -14,12 +14,17 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
+    Table,
     Text,
+    Unicode,
     UniqueConstraint,
     create_engine,
     event,
@@ -194,6 +199,16 @@ class Lock(Base):
     owner: Mapped[str] = mapped_column(String(255))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+#: APScheduler 3's SQLAlchemyJobStore table, declared here (as that store defines it) so Alembic owns it
+#: like every other table; the store's own create(checkfirst) then finds it and does nothing.
+apscheduler_jobs = Table(
+    "apscheduler_jobs", Base.metadata,
+    Column("id", Unicode(191), primary_key=True),
+    Column("next_run_time", Float(25), index=True),
+    Column("job_state", LargeBinary, nullable=False),
+)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -22,6 +22,8 @@ WITHDRAWN = (UNSUBSCRIBED, BOUNCED, COMPLAINED)
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    #: ids are never reused after an erasure, so an old signed link can never point at someone else
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320))

@@ -1,10 +1,18 @@
-"""Signed reader links (itsdangerous): unforgeable, expiring, and carrying ids, never an address."""
+"""Signed reader links (itsdangerous): unforgeable, expiring, and carrying ids, never an address.
+
+A token is `<subscriber id hex>.<list id hex>.<timestamp>.<signature>`: the ids are readable but mean
+nothing without the database, the address is not in it, and a change to any character breaks the
+signature. One signer per purpose (the salt), so an unsubscribe token never confirms and vice versa.
+The signing time is kept in the token; `confirm` uses it to refuse links sent before an unsubscribe.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from digest.errors import DigestError
 
@@ -23,6 +31,8 @@ class TokenError(DigestError):
 class ReaderRef:
     subscriber_id: int
     list_id: int
+    #: when the link was signed (UTC, whole seconds); None only for refs built by hand
+    issued_at: datetime | None = None
 
 
 class Tokens:
@@ -33,18 +43,32 @@ class Tokens:
             raise ValueError("a signing key is required")
         self._signers = {p: TimestampSigner(secret_key, salt=f"digest.{p}") for p in PURPOSES}
 
+    def _signer(self, purpose: str) -> TimestampSigner:
+        try:
+            return self._signers[purpose]
+        except KeyError:
+            raise ValueError(f"unknown token purpose {purpose!r} (one of {', '.join(PURPOSES)})") from None
+
     def make(self, purpose: str, subscriber_id: int, list_id: int) -> str:
-        return self._signers[purpose].sign(f"{subscriber_id:x}.{list_id:x}").decode("ascii")
+        return self._signer(purpose).sign(f"{subscriber_id:x}.{list_id:x}").decode("ascii")
 
     def read(self, purpose: str, token: str, max_age_days: float) -> ReaderRef:
+        """The ids in a token; TokenError when it is tampered, expired, of another key or purpose."""
+        signer = self._signer(purpose)
+        token = token.strip()
         try:
-            value = self._signers[purpose].unsign(token, max_age=max_age_days * 86400)
+            value, signed_at = signer.unsign(token, max_age=max_age_days * 86400, return_timestamp=True)
         except SignatureExpired:
             raise TokenError("this link has expired", expired=True) from None
         except (BadSignature, UnicodeError):
             raise TokenError("this link is not valid (it may have been changed or cut short)") from None
+        # base64 leaves spare bits in the last character: only the one canonical spelling is accepted,
+        # so a link differs from the one we sent in no character at all
+        signature = token.rsplit(".", 1)[-1].encode("ascii")
+        if base64_encode(base64_decode(signature)) != signature:
+            raise TokenError("this link is not valid (it may have been changed or cut short)")
         try:
             sid, lid = value.decode("ascii").split(".")
-            return ReaderRef(int(sid, 16), int(lid, 16))
+            return ReaderRef(int(sid, 16), int(lid, 16), signed_at)
         except ValueError:
             raise TokenError("this link is not valid") from None

@@ -148,7 +148,7 @@ def test_init_and_preview_write_files(tmp_path: Path) -> None:
     assert run_cli("init", str(tmp_path / "pub"), cwd=tmp_path).returncode == 0
     again = run_cli("init", str(tmp_path / "pub"), cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
-    result = run_cli("preview", "--out", "p.html", "--text", "p.txt", cwd=tmp_path / "pub")
+    result = run_cli("preview", "--offline", "--out", "p.html", "--text", "p.txt", cwd=tmp_path / "pub")
     assert result.returncode == 0, result.stderr
     html = (tmp_path / "pub" / "p.html").read_text()
     text = (tmp_path / "pub" / "p.txt").read_text()

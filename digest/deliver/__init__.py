@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from digest.config import Settings
-from digest.deliver.base import Transport
 from digest.errors import ConfigError
+
+if TYPE_CHECKING:  # the CLI imports this package at start-up: keep it light
+    from digest.deliver.base import Transport
 
 
 def make_transport(settings: Settings) -> Transport:

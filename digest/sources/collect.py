@@ -20,6 +20,11 @@ from digest.store import FeedState, IssueRow, SeenArticle
 
 
 def _match(session: Session, article: Article) -> SeenArticle | None:
+    """The stored article this one is, by GUID key, canonical link, or title + date (dated items only).
+
+    If several match (a republished item with a new GUID whose link matches an older row), a row
+    that was already sent wins: an updated article must never become a candidate again.
+    """
     link_key = canonical_link(article.link) or None
     tkey = title_key(article.title, article.published if article.dated_by_feed else None)
     conditions = [SeenArticle.key == article.key]
@@ -27,7 +32,15 @@ def _match(session: Session, article: Article) -> SeenArticle | None:
         conditions.append(SeenArticle.link_key == link_key)
     if article.dated_by_feed:
         conditions.append(SeenArticle.title_key == tkey)
-    return session.scalars(select(SeenArticle).where(or_(*conditions)).limit(1)).first()
+    rows = session.scalars(select(SeenArticle).where(or_(*conditions)).order_by(SeenArticle.id)).all()
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: (r.sent_issue_id is None, r.key != article.key, r.id))
+    if best.sent_issue_id is not None:
+        for other in rows:  # they were all this one article: what was sent is used up for all of them
+            if other.sent_issue_id is None:
+                other.sent_issue_id = best.sent_issue_id
+    return best
 
 
 def remember(session: Session, result: FeedResult, now: datetime) -> int:
@@ -39,13 +52,17 @@ def remember(session: Session, result: FeedResult, now: datetime) -> int:
             new += 1
             row = SeenArticle(key=article.key, first_seen_at=now, feed=result.source)
             session.add(row)
+            if not article.dated_by_feed:
+                article = dataclasses.replace(article, published=now)
         elif not article.dated_by_feed:
             # an undated item is dated by when it was first seen, not by every later fetch
-            article = dataclasses.replace(article, published=row.published_at, key=row.key)
+            article = dataclasses.replace(article, published=row.published_at or row.first_seen_at, key=row.key)
         else:
             article = dataclasses.replace(article, key=row.key)
-        row.link_key = canonical_link(article.link) or row.link_key
-        row.title_key = title_key(article.title, article.published if article.dated_by_feed else None)
+        # the identities are those first seen: copies elsewhere are made of the original, not the edit
+        row.link_key = row.link_key or canonical_link(article.link) or None
+        row.title_key = row.title_key or title_key(article.title, article.published if article.dated_by_feed
+                                                   else None)
         row.title = article.title
         row.published_at = article.published
         row.data = _article_json(article)
@@ -93,15 +110,54 @@ def window_start(session: Session, settings: Settings, now: datetime) -> datetim
 
 
 def candidates(session: Session, settings: Settings, now: datetime) -> list[Article]:
-    """Unsent articles published inside the window, newest first; future-dated ones wait."""
+    """Unsent articles of the window, newest first; future-dated (embargoed) ones wait for their date.
+
+    The window is since the last issue sent, at most `window_days` back. An article published before
+    that send but first seen after the last issue was drafted (a feed that was down, or a late
+    backdated post) was never offered, so it is offered now, unless the editor left it out of that issue.
+    """
+    floor = now - timedelta(days=settings.sources.window_days)
     start = window_start(session, settings, now)
+    last = session.scalar(select(IssueRow).where(IssueRow.status == "sent").order_by(IssueRow.sent_at.desc())
+                          .limit(1))
+    fresh = SeenArticle.published_at >= start
+    if last is not None:
+        fresh = or_(fresh, SeenArticle.first_seen_at >= last.created_at)
     rows = session.scalars(
         select(SeenArticle)
-        .where(SeenArticle.sent_issue_id.is_(None), SeenArticle.published_at >= start,
-               SeenArticle.published_at <= now)
+        .where(SeenArticle.sent_issue_id.is_(None), SeenArticle.published_at >= floor,
+               SeenArticle.published_at <= now, fresh)
         .order_by(SeenArticle.published_at.desc(), SeenArticle.id)
     ).all()
-    return [_article(r.data) for r in rows if r.data]
+    left_out = set((last.content or {}).get("excluded", [])) if last is not None else set()
+    return [_article(r.data) for r in rows if r.data and r.key not in left_out]
+
+
+def health_of(state: FeedState, stale_runs: int) -> dict:
+    """One feed's health for `digest collect` and the editors: failing, quiet or ok, and whether it has
+    been so for `stale_runs` runs (then editors are told)."""
+    failures, quiet = state.failures or 0, state.quiet_runs or 0
+    health = "failing" if failures else "quiet" if quiet >= stale_runs else "ok"
+    return {"feed": state.url, "health": health, "failures": failures, "quiet_runs": quiet,
+            "error": state.last_error or "", "stale": failures >= stale_runs or quiet >= stale_runs,
+            "last_new_at": state.last_new_at.isoformat() if state.last_new_at else ""}
+
+
+def health_summary(feed_health: list[dict], stale_runs: int) -> tuple[str, str]:
+    """(level, message) for the editors' checks: warn when a feed has failed or given nothing new for
+    `stale_runs` runs, naming each such feed and why."""
+    stale = [h for h in feed_health if h.get("stale")]
+    failing_now = [h for h in feed_health if h["health"] == "failing" and not h.get("stale")]
+    parts = [f"{h['feed']} failed {h['failures']} run(s) in a row ({h['error']})" if h["failures"]
+             else f"{h['feed']} gave nothing new for {h['quiet_runs']} run(s)" for h in stale]
+    parts += [f"{h['feed']} failed this run ({h['error']})" for h in failing_now]
+    if not feed_health:
+        return "ok", "no feeds configured"
+    if stale:
+        return "warn", f"{len(stale)} of {len(feed_health)} feed(s) need attention: " + "; ".join(parts)
+    if failing_now:
+        return "ok", f"{len(feed_health)} feed(s); " + "; ".join(parts)
+    return "ok", f"all {len(feed_health)} feed(s) healthy"
 
 
 def collect(session: Session, settings: Settings, now: datetime | None = None) -> Collected:
@@ -112,19 +168,16 @@ def collect(session: Session, settings: Settings, now: datetime | None = None) -
     validators = {url: Validators(s.etag, s.last_modified) for url, s in states.items()}
     results = read_feeds(sources, validators, timeout=settings.sources.timeout_seconds,
                          max_bytes=settings.sources.max_feed_bytes,
-                         summary_chars=settings.sources.summary_chars)
+                         summary_chars=settings.sources.summary_chars, tz=settings.publication.tz, now=now)
     collected = Collected()
     for result in results:
         new = remember(session, result, now)
         state = update_state(session, result, new, now)
         if result.problem:
             collected.problems.append(result.problem)
-        health = "failing" if state.failures else "quiet" if state.quiet_runs >= settings.sources.stale_runs \
-            else "ok"
-        collected.feed_health.append({
-            "feed": result.source, "health": health, "items": len(result.articles), "new": new,
-            "failures": state.failures, "quiet_runs": state.quiet_runs, "error": state.last_error or "",
-        })
+        collected.problems.extend(result.notes)
+        collected.feed_health.append({**health_of(state, settings.sources.stale_runs),
+                                      "feed": result.source, "items": len(result.articles), "new": new})
     session.flush()
     collected.articles = candidates(session, settings, now)
     if settings.sources.directory:

@@ -41,7 +41,8 @@ def _listing(row: dict[str, object], source: str, where: str) -> Listing | Sourc
     if tier not in TIERS:
         return SourceProblem(source, where, f"tier {tier!r} is not one of featured, standard or empty")
     cats = row.get("categories") or ""
-    categories = tuple(str(c).strip() for c in cats) if isinstance(cats, list) else split_categories(str(cats))
+    categories = tuple(dict.fromkeys(str(c).strip() for c in cats if str(c).strip())) if isinstance(cats, list) \
+        else split_categories(str(cats))
     logo = str(row.get("logo") or "").strip()
     return Listing(name=name, url=url, summary=plain_text(str(row.get("summary") or "")),
                    categories=categories, logo=logo if urlsplit(logo).scheme in ("http", "https") else "",
@@ -61,14 +62,24 @@ def read_directory(source: str, *, timeout: float = 10.0) -> tuple[list[Listing]
             data = json.loads(text)
         except json.JSONDecodeError as e:
             return [], [SourceProblem(source, f"line {e.lineno}", f"not valid JSON: {e.msg}")]
-        rows = data.get("listings", []) if isinstance(data, dict) else data
+        rows = data.get("listings") if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            return [], [SourceProblem(source, "", "JSON must be a list of listings or an object with a "
+                                                  "\"listings\" list")]
         items = [(f"item {i}", r) for i, r in enumerate(rows, start=1)]
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        missing = [c for c in ("name", "url") if c not in (reader.fieldnames or [])]
-        if missing:
-            return [], [SourceProblem(source, "header", f"missing column(s): {', '.join(missing)}")]
-        items = [(f"row {i}", r) for i, r in enumerate(reader, start=2)]
+        try:
+            fields = [(f or "").strip().lower() for f in reader.fieldnames or []]
+            reader.fieldnames = fields
+            missing = [c for c in ("name", "url") if c not in fields]
+            if missing:
+                return [], [SourceProblem(source, "header", f"missing column(s): {', '.join(missing)}")]
+            items = []
+            for i, r in enumerate(reader, start=2):
+                items.append((f"row {i}", r))
+        except csv.Error as e:
+            return [], [SourceProblem(source, f"line {reader.line_num + 1}", f"not valid CSV: {e}")]
     seen: set[str] = set()
     for where, row in items:
         if not isinstance(row, dict):

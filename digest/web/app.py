@@ -1,18 +1,151 @@
-"""The FastAPI application: one factory, routers per audience (readers, admin, webhooks)."""
+"""The FastAPI application: one factory, routers per audience (readers, editors, admins, webhooks).
+
+Errors a user can cause (a bad link, a missing issue, a refused form) answer with a page that says
+what happened; a bug answers with a plain 500 page and its traceback goes to the server log only.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
 
 from digest.config import Settings
-from digest.store import migrate
+from digest.deliver.base import Personalizer
+from digest.errors import DigestError, NotFound
+from digest.store import migrate, session_factory
+from digest.web.auth import SESSION_COOKIE, Forbidden, LoginRequired, session_key
+from digest.web.catalog import Catalog
+from digest.web.pages import WEB_TEMPLATES, render
+from digest.web.ratelimit import SlidingWindow
+from subscribers.tokens import TokenError
+
+log = logging.getLogger("digest.web")
+
+#: our own pages run no script at all; issue HTML (the archive) needs inline styles and remote images
+CSP = ("default-src 'self'; script-src 'none'; img-src * data:; style-src 'self' 'unsafe-inline' https:; "
+       "font-src 'self' https: data:; frame-src 'self'; frame-ancestors 'self'; form-action 'self'; "
+       "base-uri 'none'; object-src 'none'")
+
+
+class RedactTokens(logging.Filter):
+    """Access logs keep the page, never a reader's signed token (it acts for that reader)."""
+
+    _TOKEN_PATH = re.compile(r"^(/(?:c|u|p)/)[^/?\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], self._TOKEN_PATH.sub(r"\1[token]", args[2]), *args[3:])
+        return True
 
 
 def create_app(settings: Settings) -> FastAPI:
     migrate(settings.database_url)
-    app = FastAPI(title=f"{settings.publication.name} digest", docs_url=None, redoc_url=None)
+    app = FastAPI(title=f"{settings.publication.name} digest", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
-    from digest.web import webhooks
+    app.state.sessions = session_factory(settings.database_url)
+    app.state.catalog = Catalog(settings)
+    app.state.personalizer = Personalizer(settings)
+    app.state.subscribe_limiter = SlidingWindow(settings.web.subscribe_limit, settings.web.subscribe_window_seconds)
+    app.state.login_limiter = SlidingWindow(settings.web.login_limit, settings.web.login_window_seconds)
 
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        if request.url.path.startswith(("/admin", "/login", "/c/", "/u/", "/p/")):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    app.add_middleware(SessionMiddleware, secret_key=session_key(settings.secret_key), session_cookie=SESSION_COOKIE,
+                       max_age=settings.web.session_hours * 3600, same_site="lax",
+                       https_only=settings.publication.public_url.startswith("https://"))
+    app.mount("/static", StaticFiles(directory=WEB_TEMPLATES / "static"), name="static")
+
+    from digest.web import admin, auth, editor, reader, webhooks
+
+    app.include_router(auth.router)
+    app.include_router(reader.router)
+    app.include_router(editor.router)
+    app.include_router(admin.router)
     app.include_router(webhooks.router)
+    _error_pages(app)
     return app
+
+
+def _for_machines(request: Request) -> bool:
+    """Provider webhooks get JSON errors; people get pages."""
+    return request.url.path.startswith("/webhooks/")
+
+
+def _error_pages(app: FastAPI) -> None:
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        if request.method == "GET":
+            from digest.web.auth import login_redirect
+
+            return login_redirect(request)
+        return render(request, "message.html", {"title": "Please log in",
+                                                "message": "Your session has ended. Log in and try again."},
+                      status_code=401)
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        return render(request, "message.html", {"title": "Not allowed", "message": exc.message}, status_code=403)
+
+    @app.exception_handler(TokenError)
+    async def bad_link(request: Request, exc: TokenError) -> Response:
+        return render(request, "bad_link.html", {"expired": exc.expired, "message": str(exc)}, status_code=400)
+
+    @app.exception_handler(DigestError)
+    async def user_error(request: Request, exc: DigestError) -> Response:
+        status = 404 if isinstance(exc, NotFound) else 400
+        if _for_machines(request):
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+        title = "Not found" if status == 404 else "That did not work"
+        if request.url.path.startswith("/admin/") and request.method == "POST" and status == 400:
+            # an action refused: back to the page it came from, with the reason on top
+            from digest.web.pages import flash
+
+            flash(request, str(exc), "error")
+            return RedirectResponse(request.url.path.rsplit("/", 1)[0], status_code=303)
+        return render(request, "message.html", {"title": title, "message": str(exc)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _for_machines(request):
+            return await http_exception_handler(request, exc)
+        titles = {404: "Not found", 405: "Not allowed"}
+        message = "There is no page here." if exc.status_code == 404 else str(exc.detail)
+        return render(request, "message.html", {"title": titles.get(exc.status_code, "Error"), "message": message},
+                      status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if _for_machines(request):
+            return await request_validation_exception_handler(request, exc)
+        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) or "request" for e in exc.errors())
+        return render(request, "message.html", {"title": "Bad request",
+                                                "message": f"Something in the form was missing or wrong: {fields}."},
+                      status_code=422)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> Response:
+        log.exception("error on %s %s", request.method, request.url.path)
+        message = "Sorry: this is a fault on our side and it has been logged. Please try again later."
+        try:
+            return render(request, "message.html", {"title": "Something went wrong", "message": message},
+                          status_code=500)
+        except Exception:  # the page itself failed: still no traceback for the visitor
+            return HTMLResponse(f"<!doctype html><title>Error</title><p>{message}</p>", status_code=500)

@@ -1,16 +1,75 @@
-"""CLI commands of the web side: `digest serve`."""
+"""CLI commands of the web side: `digest serve` and `digest users add|list|remove`."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Annotated
 
 import typer
 
-from digest.cli_common import ConfigOpt, settings_for
+from digest.cli_common import ConfigOpt, console, settings_for
+
+users_app = typer.Typer(help="Editors and admins of the web pages (readers never log in).", no_args_is_help=True)
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@users_app.command("add")
+def users_add(email: Annotated[str, typer.Argument(help="The user's email address (their login).")],
+              role: Annotated[str, typer.Option(help="editor (drafts) or admin (drafts and subscribers).")],
+              password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                           help="Read the password from standard input.")] = False,
+              config: ConfigOpt = None) -> None:
+    """Add an editor or admin; the password is asked for (or read from stdin) and stored as an argon2 hash."""
+    from digest.store import session_scope
+    from digest.web.users import add_user
+
+    settings = settings_for(config, create_secret=True)
+    password = _password(password_stdin)
+    with session_scope(settings.database_url) as session:
+        user = add_user(session, email, role, password)
+        console.print(f"added {user.role} {user.email}")
+
+
+@users_app.command("list")
+def users_list(config: ConfigOpt = None) -> None:
+    """The editors and admins."""
+    from rich.table import Table
+
+    from digest.store import session_scope
+    from digest.web.users import list_users
+
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        table = Table(title="Users")
+        for col in ("email", "role", "created"):
+            table.add_column(col)
+        for user in list_users(session):
+            table.add_row(user.email, user.role, f"{user.created_at:%Y-%m-%d %H:%M} UTC")
+        console.print(table)
+
+
+@users_app.command("remove")
+def users_remove(email: Annotated[str, typer.Argument(help="The user to remove.")],
+                 config: ConfigOpt = None) -> None:
+    """Remove a user: their sessions stop working on their next request."""
+    from digest.store import session_scope
+    from digest.web.users import remove_user
+
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        user = remove_user(session, email)
+        console.print(f"removed {user.role} {user.email}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root `digest` app."""
+
     @app.command()
     def serve(config: ConfigOpt = None,
               host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -18,8 +77,13 @@ def register(app: typer.Typer) -> None:
         """Serve the reader pages, the editors' and admins' pages and the webhooks (uvicorn)."""
         import uvicorn
 
-        from digest.web.app import create_app
+        from digest.web.app import RedactTokens, create_app
 
         settings = settings_for(config, create_secret=True)
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        forwarded = settings.web.forwarded_allow_ips
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="info",
+                                               proxy_headers=bool(forwarded), forwarded_allow_ips=forwarded or None))
+        logging.getLogger("uvicorn.access").addFilter(RedactTokens())  # after uvicorn set up its logging
+        server.run()
 
+    app.add_typer(users_app, name="users")

@@ -1,7 +1,106 @@
-"""Provider webhooks: delivery events flowing back into the subscriber store."""
+"""Provider webhooks: delivery events flowing back into the subscriber store.
+
+`POST /webhooks/sendgrid` takes SendGrid's Event Webhook JSON. Only signed batches are accepted: SendGrid
+signs timestamp + raw body with ECDSA P-256 / SHA-256 (Signed Event Webhook); the verification key is
+`[delivery.sendgrid] webhook_public_key` (base64 DER, as SendGrid shows it). A missing, stale or wrong
+signature is answered 403 and nothing is read. Events are recorded once per `sg_event_id`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import logging
+import time
+from functools import lru_cache
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sendgrid.helpers.eventwebhook import EventWebhook
+from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
+
+from digest.config import Settings
+from digest.deliver.events import apply_batch
+from digest.errors import ConfigError
+from digest.store import session_factory
 
 router = APIRouter()
+log = logging.getLogger("digest.webhooks")
+MAX_BODY = 5 * 1024 * 1024  # SendGrid posts batches well under this
+
+
+@lru_cache(maxsize=4)
+def verifier(public_key: str) -> EventWebhook:
+    """The library's verifier for a configured key; ConfigError names the key when it is not one."""
+    try:
+        hook = EventWebhook(public_key.strip())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise ConfigError(f"delivery.sendgrid.webhook_public_key is not a base64 DER public key: {e}") from None
+    return hook
+
+
+def check_signature(settings: Settings, body: bytes, signature: str | None, timestamp: str | None,
+                    *, now: float | None = None) -> str | None:
+    """None when the batch is SendGrid's, signed recently; otherwise why it is refused."""
+    sg = settings.delivery.sendgrid
+    if not sg.webhook_public_key:
+        return "webhook_public_key is not configured: unsigned events are refused"
+    if not signature or not timestamp:
+        return "missing signature"
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return "bad timestamp"
+    if abs((now if now is not None else time.time()) - sent) > sg.webhook_max_age_seconds:
+        return "stale signature"
+    try:
+        ok = verifier(sg.webhook_public_key).verify_signature(body.decode("utf-8"), signature, timestamp)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        ok = False
+    return None if ok else "bad signature"
+
+
+async def _body(request: Request) -> bytes | None:
+    size = int(request.headers.get("content-length") or 0)
+    if size > MAX_BODY:
+        return None
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/webhooks/sendgrid", include_in_schema=False)
+async def sendgrid_events(request: Request) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    body = await _body(request)
+    if body is None:
+        return JSONResponse({"detail": f"body over {MAX_BODY} bytes"}, status_code=413)
+    try:
+        why = check_signature(settings, body, request.headers.get(EventWebhookHeader.SIGNATURE),
+                              request.headers.get(EventWebhookHeader.TIMESTAMP))
+    except ConfigError as e:
+        log.error("%s", e)
+        return JSONResponse({"detail": "the webhook verification key is misconfigured"}, status_code=500)
+    if why is not None:
+        log.warning("sendgrid webhook refused: %s", why)
+        return JSONResponse({"detail": why}, status_code=403)
+    try:
+        events: Any = json.loads(body)
+    except ValueError:
+        return JSONResponse({"detail": "the body is not JSON"}, status_code=400)
+    if not isinstance(events, list):
+        return JSONResponse({"detail": "expected a JSON array of events"}, status_code=400)
+
+    def apply() -> dict[str, Any]:
+        with session_factory(settings.database_url)() as session:
+            r = apply_batch(session, events)
+        return {"received": r.received, "recorded": r.recorded, "duplicates": r.duplicates,
+                "applied": r.applied, "unmatched": r.unmatched, "invalid": r.invalid[:20]}
+
+    return JSONResponse(await run_in_threadpool(apply))

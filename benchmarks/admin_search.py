@@ -1,0 +1,147 @@
+"""How fast the admins' subscriber pages answer with 100,000 subscribers (goal: under 200 ms a page).
+
+Seeds N subscribers with memberships in a fresh SQLite file (bulk inserts), logs in as an admin and
+times each page through FastAPI's TestClient (the whole request: routing, session, query, template).
+
+    python benchmarks/admin_search.py [--n 100000] [--repeat 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("DIGEST_SECRET_KEY", "benchmark-secret-key-0123456789")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
+
+from digest.config import load_settings  # noqa: E402
+from digest.demo import init  # noqa: E402
+from digest.store import migrate, session_scope, utcnow  # noqa: E402
+from digest.web.app import create_app  # noqa: E402
+from digest.web.users import add_user  # noqa: E402
+from subscribers import queries  # noqa: E402
+from subscribers.models import MailingList, Membership, Subscriber  # noqa: E402
+
+PASSWORD = "benchmark password"
+WEIGHTS = {"active": 80, "pending": 8, "unsubscribed": 9, "bounced": 2, "complained": 1}
+
+
+def seed(url: str, n: int) -> None:
+    rng = random.Random(6)
+    now = utcnow()
+    domains = [f"example{i}.com" for i in range(50)] + ["gmail.com", "outlook.com", "bigpond.com"]
+    first = ["ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal", "ida", "jon", "kim", "lou", "max", "ned"]
+    with session_scope(url) as s:
+        weekly = MailingList(slug="weekly", name="Weekly")
+        offers = MailingList(slug="offers", name="Offers")
+        s.add_all([weekly, offers])
+        s.flush()
+        lists = (weekly.id, offers.id)
+        batch = 20_000
+        for start in range(0, n, batch):
+            rows = []
+            for i in range(start, min(n, start + batch)):
+                name = f"{rng.choice(first)}.{i}"
+                email = f"{name}@{rng.choice(domains)}"
+                rows.append({"id": i + 1, "email": email, "email_key": email.casefold(),
+                             "name": name.split(".")[0].title(), "attributes": {}, "categories": [],
+                             "created_at": now})
+            s.execute(insert(Subscriber), rows)
+            members = []
+            for row in rows:
+                status = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+                members.append({"subscriber_id": row["id"], "list_id": lists[0], "status": status,
+                                "created_at": now, "updated_at": now})
+                if row["id"] % 4 == 0:
+                    members.append({"subscriber_id": row["id"], "list_id": lists[1], "status": "active",
+                                    "created_at": now, "updated_at": now})
+            s.execute(insert(Membership), members)
+        add_user(s, "admin@example.com", "admin", PASSWORD)
+
+
+def timed(client: TestClient, url: str, repeat: int) -> tuple[float, float, str]:
+    times = []
+    body = ""
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        r = client.get(url)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert r.status_code == 200, (url, r.status_code)
+        body = r.text
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1 if len(times) > 1 else 0], body
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        init(folder)
+        settings = load_settings(folder / "digest.toml")
+        migrate(settings.database_url)
+        t0 = time.perf_counter()
+        seed(settings.database_url, args.n)
+        print(f"seeded {args.n:,} subscribers (+ memberships) in {time.perf_counter() - t0:.1f} s")
+        app = create_app(settings)
+        with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+            page = client.get("/login").text
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+            r = client.post("/login", data={"csrf_token": token, "email": "admin@example.com",
+                                            "password": PASSWORD, "next": "/admin"}, follow_redirects=False)
+            assert r.status_code == 303
+            deep = args.n // 2
+            pages = [
+                ("first page", "/admin/subscribers"),
+                ("page in the middle (keyset)", f"/admin/subscribers?before={deep}"),
+                ("last page", "/admin/subscribers?before=40"),
+                ("search 'gmail' (substring)", "/admin/subscribers?q=gmail"),
+                ("search exact address", "/admin/subscribers?q=ann.12345%40"),
+                ("search with no match", "/admin/subscribers?q=zzzz-nobody"),
+                ("status=bounced", "/admin/subscribers?status=bounced"),
+                ("list=offers status=active", "/admin/subscribers?list=offers&status=active"),
+                ("list=weekly status=active", "/admin/subscribers?list=weekly&status=active"),
+                ("weekly+active, middle page", f"/admin/subscribers?list=weekly&status=active&before={deep}"),
+                ("list counts", "/admin/lists"),
+                ("one subscriber", f"/admin/subscribers/{deep}"),
+                ("dashboard", "/admin"),
+            ]
+            print(f"\n{'page':34} {'median ms':>10} {'p95 ms':>8}")
+            worst = 0.0
+            for label, url in pages:
+                median, p95, _ = timed(client, url, args.repeat)
+                worst = max(worst, p95)
+                print(f"{label:34} {median:10.1f} {p95:8.1f}")
+            print(f"\nworst p95: {worst:.1f} ms (goal: under 200 ms)")
+
+        # the CLI's search (OFFSET paging, exact DISTINCT count), which the admin page does not use
+        print("\nfor comparison, subscribers.queries.search (the query alone, no page around it):")
+        with session_scope(settings.database_url) as s:
+            for label, kwargs in (("first page", {}), ("offset 50,000", {"offset": deep}),
+                                  ("text 'gmail'", {"text": "gmail"}), ("status=bounced", {"status": "bounced"}),
+                                  ("weekly+active", {"list_slug": "weekly", "status": "active"}),
+                                  ("weekly+active, offset 50,000",
+                                   {"list_slug": "weekly", "status": "active", "offset": deep})):
+                times = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    queries.search(s, **kwargs)
+                    times.append((time.perf_counter() - t0) * 1000)
+                print(f"  {label:32} {statistics.median(times):8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

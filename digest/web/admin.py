@@ -1,0 +1,204 @@
+"""Admins' pages: subscribers (search, history, unsubscribe), CSV import and export, list counts and
+per-issue delivery figures.
+
+Statuses change only through subscribers.lifecycle; import and export are subscribers.csvio's; the
+figures are digest.reports'. These routes read forms, call those and show the result.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from digest.config import Settings
+from digest.errors import DigestError, NotFound
+from digest.reports import issue_figures
+from digest.store import Delivery, IssueRow, User
+from digest.web.auth import check_csrf, require_admin, require_user
+from digest.web.deps import client_ip, get_db, get_settings
+from digest.web.pages import flash, render
+from digest.web.search import Query, search
+from subscribers import csvio, lifecycle
+from subscribers.categories import known_categories
+from subscribers.models import STATUSES, MailingList, Subscriber
+from subscribers.queries import list_counts, profile
+
+router = APIRouter(prefix="/admin",
+                   dependencies=[Depends(require_user), Depends(require_admin), Depends(check_csrf)])
+
+
+def _int(value: str) -> int | None:
+    return int(value) if value.isdigit() else None
+
+
+@router.get("/subscribers")
+def subscribers(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+                db: Annotated[Session, Depends(get_db)], q: str = "", status: str = "", list: str = "",  # noqa: A002
+                before: str = "", after: str = "") -> Response:
+    """Search and page through subscribers (digest.web.search: keyset pages, a capped count)."""
+    query = Query(q=q.strip()[:320], status=status, list_slug=list, before=_int(before), after=_int(after),
+                  size=settings.web.page_size)
+    lists = db.scalars(select(MailingList.slug).order_by(MailingList.slug)).all()
+    return render(request, "admin/subscribers.html", {"page": search(db, query), "query": query,
+                                                      "statuses": STATUSES, "lists": lists})
+
+
+def _subscriber(db: Session, subscriber_id: int) -> Subscriber:
+    sub = db.get(Subscriber, subscriber_id)
+    if sub is None:
+        raise NotFound(f"there is no subscriber {subscriber_id}")
+    return sub
+
+
+@router.get("/subscribers/{subscriber_id}")
+def subscriber(request: Request, subscriber_id: int, db: Annotated[Session, Depends(get_db)]) -> Response:
+    """One reader: memberships, the consent history (every event, newest first) and what was sent to them."""
+    found = profile(db, _subscriber(db, subscriber_id).email)
+    deliveries = db.execute(
+        select(IssueRow.number, IssueRow.subject, Delivery.status, Delivery.updated_at, Delivery.error)
+        .join(IssueRow, IssueRow.id == Delivery.issue_id).where(Delivery.subscriber_id == subscriber_id)
+        .order_by(IssueRow.number.desc()).limit(100)).all()
+    return render(request, "admin/subscriber.html", {"sub": found.subscriber, "memberships": found.memberships,
+                                                     "history": list(reversed(found.history)),
+                                                     "deliveries": deliveries})
+
+
+@router.post("/subscribers/{subscriber_id}/unsubscribe")
+def unsubscribe(request: Request, subscriber_id: int, db: Annotated[Session, Depends(get_db)],
+                user: Annotated[User, Depends(require_user)], list: Annotated[str, Form()] = "") -> Response:  # noqa: A002
+    """Unsubscribe from one list, or from every list when none is named; recorded with the admin's name."""
+    sub = _subscriber(db, subscriber_id)
+    changed = lifecycle.unsubscribe(db, sub, list or None, source=f"admin {user.email} (web)", ip=client_ip(request))
+    db.commit()
+    where = f"list {list}" if list else "every list"
+    flash(request, f"{sub.email} unsubscribed from {where}." if changed else
+          f"{sub.email} was not subscribed to {where}: nothing changed.", "ok" if changed else "warn")
+    return RedirectResponse(f"/admin/subscribers/{sub.id}", status_code=303)
+
+
+@router.get("/lists")
+def lists(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
+    return render(request, "admin/lists.html", {"counts": list_counts(db), "statuses": STATUSES})
+
+
+@router.get("/issues")
+def figures(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
+    return render(request, "admin/issues.html", {"figures": issue_figures(db)})
+
+
+# -- CSV import and export (subscribers.csvio) ------------------------------------------------------
+
+IMPORTS_DIR = "imports"
+#: uploaded files are deleted after the import; their rejects reports are kept this long to download
+KEEP_REJECTS_SECONDS = 7 * 86400
+REJECTS_SHOWN = 200
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_REJECTS_NAME = re.compile(r"\A[0-9]{8}T[0-9]{6}-[0-9a-f]{6}-[A-Za-z0-9._-]+\.rejects\.csv\Z")
+
+
+def imports_dir(settings: Settings) -> Path:
+    folder = Path(settings.resolve(IMPORTS_DIR))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _prune(folder: Path) -> None:
+    cutoff = time.time() - KEEP_REJECTS_SECONDS
+    for old in folder.glob("*.csv"):
+        if old.stat().st_mtime < cutoff:
+            old.unlink(missing_ok=True)
+
+
+def _rejects_rows(path: Path | None, limit: int = REJECTS_SHOWN) -> tuple[list[str], list[list[str]]]:
+    if path is None or not path.exists():
+        return [], []
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        rows = [row for _, row in zip(range(limit), reader, strict=False)]
+    return header, rows
+
+
+@router.get("/import")
+def import_form(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
+    return render(request, "admin/import.html", {"lists": db.scalars(select(MailingList.slug)
+                                                                      .order_by(MailingList.slug)).all()})
+
+
+@router.post("/import")
+def import_upload(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+                  db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)],
+                  file: Annotated[UploadFile, File()], list: Annotated[str, Form()] = lifecycle.DEFAULT_LIST,  # noqa: A002
+                  preconfirmed: Annotated[bool, Form()] = False, source: Annotated[str, Form()] = "",
+                  dry_run: Annotated[bool, Form()] = False) -> Response:
+    """Import an uploaded CSV with csvio (batches, rules of lifecycle) and show the report and rejects."""
+    folder = imports_dir(settings)
+    _prune(folder)
+    original = Path(file.filename or "upload.csv").name
+    stem = _SAFE_NAME.sub("_", Path(original).stem)[:60] or "upload"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = folder / f"{stamp}-{secrets.token_hex(3)}-{stem}.csv"
+    with path.open("wb") as out:
+        shutil.copyfileobj(file.file, out, 1 << 20)
+    try:
+        report = csvio.import_csv(db, path, list_slug=list or lifecycle.DEFAULT_LIST, preconfirmed=preconfirmed,
+                                  source=f"{source.strip()} (imported by {user.email})" if source.strip() else "",
+                                  dry_run=dry_run, categories=known_categories(settings))
+    except DigestError as e:
+        db.rollback()
+        return render(request, "admin/import.html", {
+            "lists": db.scalars(select(MailingList.slug).order_by(MailingList.slug)).all(),
+            "error": f"{original}: {e}".replace(str(path), original)}, status_code=400)
+    finally:
+        path.unlink(missing_ok=True)  # the upload holds personal data: only the rejects report is kept
+    header, rejects = _rejects_rows(report.rejects_path)
+    return render(request, "admin/import_result.html", {
+        "report": report, "file_name": original, "header": header, "rejects": rejects,
+        "rejects_name": report.rejects_path.name if report.rejects_path else "", "shown": REJECTS_SHOWN,
+    })
+
+
+@router.get("/import/rejects/{name}")
+def rejects_download(name: str, settings: Annotated[Settings, Depends(get_settings)]) -> Response:
+    path = imports_dir(settings) / name
+    if not _REJECTS_NAME.match(name) or not path.is_file():
+        raise NotFound("that rejects report is not there (reports are kept for 7 days)")
+    return FileResponse(path, media_type="text/csv; charset=utf-8", filename=name.split("-", 2)[2])
+
+
+@router.get("/export")
+def export(db: Annotated[Session, Depends(get_db)], list: str = "", status: str = "") -> Response:  # noqa: A002
+    """The CSV that csvio writes (it re-imports to the same selection), streamed from a temporary file."""
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the response has streamed it)
+    text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
+    try:
+        csvio.export_csv(db, text, list_slug=list or None, status=status or None)
+        text.flush()
+        text.detach()
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+
+    def chunks() -> Iterator[bytes]:
+        with spool:
+            while block := spool.read(1 << 16):
+                yield block
+
+    name = f"subscribers-{list or 'all'}-{status or 'all'}-{datetime.now(UTC):%Y%m%d}.csv"
+    return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})

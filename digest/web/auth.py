@@ -1,0 +1,142 @@
+"""Sessions, CSRF and login for editors and admins.
+
+The session is a signed cookie (Starlette's SessionMiddleware, which signs with itsdangerous) keyed by a
+key derived from settings.secret_key for this one purpose, so a reader link can never pass for a session
+and the other way round. It carries the user id, a stamp of the password hash (a new password ends old
+sessions) and the CSRF token. Every POST under /admin, the login, and the reader forms check that token;
+the RFC 8058 one-click unsubscribe POST is the one exception (its signed URL is the authority).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Annotated
+from urllib.parse import quote, urlsplit
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from digest.config import Settings
+from digest.store import User
+from digest.web import users
+from digest.web.deps import client_ip, get_db, get_settings
+from digest.web.pages import flash, render
+
+SESSION_COOKIE = "digest_session"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+router = APIRouter()
+
+
+class LoginRequired(Exception):
+    """No valid session: a page asked for is sent to the login form, anything else is refused."""
+
+
+class Forbidden(Exception):
+    """A session without the right (an editor on an admin page, a missing or wrong CSRF token)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def session_key(secret_key: str) -> str:
+    """The session cookie's own key, derived from the one secret with a distinct purpose."""
+    return hmac.new(secret_key.encode("utf-8"), b"digest.web.session", hashlib.sha256).hexdigest()
+
+
+def csrf_token(request: Request) -> str:
+    """This session's CSRF token, created on first use."""
+    token = request.session.get("csrf")
+    if not token:
+        token = request.session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+async def check_csrf(request: Request) -> None:
+    """Refuse a form whose token is missing or is not this session's."""
+    if request.method in SAFE_METHODS:
+        return
+    form = await request.form()
+    sent = form.get(CSRF_FIELD)
+    expected = request.session.get("csrf")
+    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
+        raise Forbidden("This form has expired or did not come from this site. Go back, reload the page and "
+                        "try again (this site needs its cookie to accept a form).")
+
+
+def current_user(request: Request, db: Session) -> User | None:
+    uid = request.session.get("uid")
+    if not isinstance(uid, int):
+        return None
+    user = db.get(User, uid)
+    if user is None or not hmac.compare_digest(request.session.get("stamp", ""), users.session_stamp(user)):
+        return None
+    return user
+
+
+def require_user(request: Request, db: Annotated[Session, Depends(get_db)]) -> User:
+    user = current_user(request, db)
+    if user is None:
+        raise LoginRequired()
+    request.state.user = user
+    return user
+
+
+def require_admin(user: Annotated[User, Depends(require_user)]) -> User:
+    if user.role != "admin":
+        raise Forbidden("This page is for admins.")
+    return user
+
+
+def login_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path on this site: never an open redirect to somewhere else."""
+    if not value:
+        return "/admin"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/admin"
+    return value
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "/admin") -> Response:  # noqa: A002 (the query name)
+    return render(request, "login.html", {"next": _safe_next(next), "email": ""})
+
+
+@router.post("/login", dependencies=[Depends(check_csrf)])
+def login(request: Request, db: Annotated[Session, Depends(get_db)],
+          settings: Annotated[Settings, Depends(get_settings)],
+          email: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
+          next: Annotated[str, Form()] = "/admin") -> Response:  # noqa: A002
+    limiter = request.app.state.login_limiter
+    if not limiter.hit(client_ip(request)):
+        return render(request, "login.html", {"next": _safe_next(next), "email": email,
+                                              "error": "Too many attempts from your address. Wait a few "
+                                                       "minutes and try again."}, status_code=429)
+    user = users.authenticate(db, email, password)
+    if user is None:
+        return render(request, "login.html", {"next": _safe_next(next), "email": email,
+                                              "error": "That email and password do not match a user."},
+                      status_code=401)
+    db.commit()  # a rehashed password
+    request.session.clear()  # a fresh session (and CSRF token) on every login
+    request.session.update(uid=user.id, stamp=users.session_stamp(user), csrf=secrets.token_urlsafe(32))
+    return RedirectResponse(_safe_next(next), status_code=303)
+
+
+@router.post("/logout", dependencies=[Depends(check_csrf)])
+def logout(request: Request) -> Response:
+    request.session.clear()
+    request.session["csrf"] = secrets.token_urlsafe(32)
+    flash(request, "You are logged out.")
+    return RedirectResponse("/login", status_code=303)

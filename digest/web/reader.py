@@ -1,0 +1,184 @@
+"""Reader pages (no login): subscribe, the signed confirm / unsubscribe / preferences links, the archive.
+
+Every change goes through subscribers.optin (and so through lifecycle, which records the event); these
+routes only read the form, call it and show the answer. The signed token in the URL is the whole
+authority of a link page, so a token can act on its own subscriber only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from digest.config import Settings
+from digest.errors import NotFound
+from digest.store import IssueRow
+from digest.web.auth import check_csrf
+from digest.web.deps import client_ip, get_db, get_settings
+from digest.web.pages import render
+from subscribers import lifecycle, optin
+from subscribers.categories import known_categories
+from subscribers.models import ACTIVE, PENDING, MailingList, Membership, Subscriber
+from subscribers.tokens import Tokens
+
+router = APIRouter()
+
+#: issues a reader may see in the archive (the view-in-browser link works from the first batch on)
+PUBLIC_STATUSES = ("sending", "sent")
+HONEYPOT = "website"
+
+
+def directory_categories(request: Request) -> list[str]:
+    """The directory's categories, the only ones a reader may choose (subscribers.categories)."""
+    return list(known_categories(request.app.state.settings) or ())
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/issues", status_code=303)
+
+
+@router.get("/subscribe")
+def subscribe_form(request: Request) -> Response:
+    return render(request, "subscribe.html", {"categories": directory_categories(request), "email": "",
+                                              "name": "", "chosen": [], "error": ""})
+
+
+@router.post("/subscribe", dependencies=[Depends(check_csrf)])
+def subscribe(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+              db: Annotated[Session, Depends(get_db)], email: Annotated[str, Form()] = "",
+              name: Annotated[str, Form()] = "", categories: Annotated[list[str] | None, Form()] = None,
+              website: Annotated[str, Form()] = "") -> Response:
+    email, name = email.strip()[:320], name.strip()[:255]
+    known = directory_categories(request)
+    chosen = [c for c in categories or [] if c in known]
+    if website:
+        # the honeypot: a bot filled the field people cannot see; answer as if it worked, do nothing
+        return render(request, "subscribe_sent.html", {"email": email})
+    if not request.app.state.subscribe_limiter.hit(client_ip(request)):
+        return render(request, "message.html", {
+            "title": "Please wait a little",
+            "message": "There have been too many sign-ups from your address. Please try again in a few minutes.",
+        }, status_code=429)
+    try:
+        optin.request_confirmation(settings, db, email, name=name, list_slug=settings.delivery.list,
+                                   categories=chosen, source="web form /subscribe", ip=client_ip(request))
+        db.commit()
+    except lifecycle.InvalidEmail:
+        db.rollback()
+        return render(request, "subscribe.html", {
+            "categories": known, "email": email, "name": name, "chosen": chosen,
+            "error": "That does not look like an email address. Please check it and try again."},
+            status_code=422)
+    except lifecycle.Suppressed:
+        db.rollback()  # answered like any other address: the page never tells who is known
+    return render(request, "subscribe_sent.html", {"email": email})
+
+
+def _read(settings: Settings, db: Session, purpose: str, token: str,
+          days: int) -> tuple[MailingList | None, Subscriber | None]:
+    """Check a link before showing its page (raises TokenError for a bad one; nothing is changed)."""
+    ref = Tokens(settings.secret_key).read(purpose, token, days)
+    return db.get(MailingList, ref.list_id), db.get(Subscriber, ref.subscriber_id)
+
+
+@router.get("/c/{token}")
+def confirm_page(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
+                 db: Annotated[Session, Depends(get_db)]) -> Response:
+    """A button, not an action: mail scanners that open links must not confirm for the reader."""
+    mlist, sub = _read(settings, db, "confirm", token, settings.subscribers.confirm_expiry_days)
+    if sub is None or mlist is None:
+        raise NotFound("this subscription no longer exists")
+    return render(request, "confirm.html", {"token": token, "list": mlist})
+
+
+@router.post("/c/{token}")
+def confirm(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
+            db: Annotated[Session, Depends(get_db)]) -> Response:
+    member = optin.confirm_from_token(settings, db, token, ip=client_ip(request))
+    db.commit()
+    prefs = request.app.state.personalizer.preferences_url(member.subscriber_id, member.list_id)
+    return render(request, "confirmed.html", {"list": member.mailing_list, "active": member.status == ACTIVE,
+                                              "preferences_url": prefs})
+
+
+@router.get("/u/{token}")
+def unsubscribe_page(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
+                     db: Annotated[Session, Depends(get_db)]) -> Response:
+    mlist, sub = _read(settings, db, "unsubscribe", token, settings.subscribers.link_expiry_days)
+    if sub is None or mlist is None:
+        return render(request, "unsubscribed.html", {"list": mlist, "email": ""})
+    return render(request, "unsubscribe.html", {"token": token, "list": mlist, "email": sub.email})
+
+
+@router.post("/u/{token}")
+def unsubscribe(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
+                db: Annotated[Session, Depends(get_db)],
+                one_click: Annotated[str, Form(alias="List-Unsubscribe")] = "") -> Response:
+    """RFC 8058 one-click (a mail provider's POST: no cookie, no form token) and the page's button alike.
+
+    The signed URL is the authority; the answer is 200 with no redirect, as RFC 8058 asks.
+    """
+    ref = Tokens(settings.secret_key).read("unsubscribe", token, settings.subscribers.link_expiry_days)
+    sub = optin.unsubscribe_from_token(settings, db, token, ip=client_ip(request),
+                                       source="one-click (RFC 8058)" if one_click == "One-Click" else "link")
+    db.commit()
+    return render(request, "unsubscribed.html", {"list": db.get(MailingList, ref.list_id), "email": sub.email})
+
+
+def _preferences_context(request: Request, db: Session, sub: Subscriber, token: str, **extra: object) -> dict:
+    statuses = dict(db.execute(select(Membership.list_id, Membership.status)
+                               .where(Membership.subscriber_id == sub.id)).tuples().all())
+    lists = [(mlist, statuses.get(mlist.id)) for mlist in db.scalars(select(MailingList).order_by(MailingList.name))]
+    known = directory_categories(request)
+    return {"token": token, "subscriber": sub, "lists": lists, "categories": known,
+            "chosen": set(sub.categories or []), "joined": (PENDING, ACTIVE), "saved": False, **extra}
+
+
+@router.get("/p/{token}")
+def preferences_page(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
+                     db: Annotated[Session, Depends(get_db)]) -> Response:
+    sub, _mlist = optin.preferences_from_token(settings, db, token)
+    return render(request, "preferences.html", _preferences_context(request, db, sub, token))
+
+
+@router.post("/p/{token}", dependencies=[Depends(check_csrf)])
+def save_preferences(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
+                     db: Annotated[Session, Depends(get_db)],
+                     categories: Annotated[list[str] | None, Form()] = None,
+                     lists: Annotated[list[str] | None, Form()] = None) -> Response:
+    sub, _mlist = optin.preferences_from_token(settings, db, token)
+    known = directory_categories(request)
+    wanted = set(lists or [])
+    choice = {slug: slug in wanted for slug in db.scalars(select(MailingList.slug))}
+    optin.update_preferences(settings, db, sub, categories=[c for c in categories or [] if c in known], lists=choice,
+                             ip=client_ip(request))
+    db.commit()
+    db.refresh(sub)
+    return render(request, "preferences.html", _preferences_context(request, db, sub, token, saved=True))
+
+
+@router.get("/unsubscribe")
+def leave(request: Request) -> Response:
+    """Where the archive copy's unsubscribe link lands: it carries no reader, so explain the way out."""
+    return render(request, "leave.html")
+
+
+@router.get("/issues")
+def archive(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
+    rows = db.execute(select(IssueRow.number, IssueRow.subject, IssueRow.sent_at, IssueRow.approved_at)
+                      .where(IssueRow.status.in_(PUBLIC_STATUSES)).order_by(IssueRow.number.desc())).all()
+    return render(request, "archive.html", {"issues": rows})
+
+
+@router.get("/issues/{number}")
+def archived_issue(number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
+    """The issue as readers saw it, with the reader-specific parts replaced by generic ones."""
+    html = db.scalar(select(IssueRow.html).where(IssueRow.number == number, IssueRow.status.in_(PUBLIC_STATUSES)))
+    if html is None:
+        raise NotFound(f"there is no sent issue {number}")
+    return HTMLResponse(html)

@@ -1,0 +1,112 @@
+"""Read-only views of the subscriber store, shared by the CLI and the admin pages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from digest.errors import DigestError, NotFound
+from subscribers import lifecycle
+from subscribers.models import STATUSES, Event, MailingList, Membership, Subscriber
+
+
+@dataclass
+class ListCounts:
+    slug: str
+    name: str
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def list_counts(session: Session) -> list[ListCounts]:
+    """Every list with how many memberships it has in each status (zeros included)."""
+    counts: dict[int, dict[str, int]] = {}
+    for lid, status, n in session.execute(select(Membership.list_id, Membership.status, func.count())
+                                          .group_by(Membership.list_id, Membership.status)):
+        counts.setdefault(lid, {})[status] = n
+    return [ListCounts(m.slug, m.name, {s: counts.get(m.id, {}).get(s, 0) for s in STATUSES})
+            for m in session.scalars(select(MailingList).order_by(MailingList.slug))]
+
+
+@dataclass
+class Found:
+    subscriber: Subscriber
+    memberships: list[tuple[str, str]] = field(default_factory=list)  # (list slug, status)
+
+
+def search(session: Session, *, status: str | None = None, list_slug: str | None = None, text: str | None = None,
+           limit: int = 50, offset: int = 0) -> tuple[list[Found], int]:
+    """Subscribers matching the filters (newest first) and how many match in all."""
+    if status is not None and status not in STATUSES:
+        raise DigestError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
+    q = select(Subscriber.id)
+    if status is not None or list_slug is not None:
+        q = q.join(Membership, Membership.subscriber_id == Subscriber.id)
+        if list_slug is not None:
+            q = q.where(Membership.list_id == lifecycle.get_list(session, list_slug).id)
+        if status is not None:
+            q = q.where(Membership.status == status)
+    if text:
+        like = f"%{text.strip().casefold()}%"
+        q = q.where(or_(Subscriber.email_key.like(like), func.lower(Subscriber.name).like(like)))
+    q = q.distinct()
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    ids = list(session.scalars(q.order_by(Subscriber.id.desc()).limit(limit).offset(offset)))
+    subs = {s.id: Found(s) for s in session.scalars(select(Subscriber).where(Subscriber.id.in_(ids)))}
+    for sid, slug, mstatus in session.execute(
+            select(Membership.subscriber_id, MailingList.slug, Membership.status)
+            .join(MailingList, MailingList.id == Membership.list_id)
+            .where(Membership.subscriber_id.in_(ids)).order_by(MailingList.slug)):
+        subs[sid].memberships.append((slug, mstatus))
+    return [subs[i] for i in ids], total
+
+
+@dataclass
+class MembershipView:
+    slug: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    confirmed_at: datetime | None
+    confirm_sent_at: datetime | None
+
+
+@dataclass
+class HistoryItem:
+    at: datetime
+    list_slug: str
+    kind: str
+    old: str | None
+    new: str | None
+    source: str
+    ip: str | None
+    detail: str
+
+
+@dataclass
+class Profile:
+    subscriber: Subscriber
+    memberships: list[MembershipView]
+    history: list[HistoryItem]
+
+
+def profile(session: Session, email: str) -> Profile:
+    """One person: memberships and the whole consent history, oldest first (what `show` prints)."""
+    sub = lifecycle.find(session, email)
+    if sub is None:
+        raise NotFound(f"no subscriber {email.strip()!r}")
+    members = [MembershipView(slug, m.status, m.created_at, m.updated_at, m.confirmed_at, m.confirm_sent_at)
+               for m, slug in session.execute(
+                   select(Membership, MailingList.slug).join(MailingList, MailingList.id == Membership.list_id)
+                   .where(Membership.subscriber_id == sub.id).order_by(MailingList.slug))]
+    history = [HistoryItem(e.at, slug or "", e.kind, e.old_status, e.new_status, e.source, e.ip, e.detail)
+               for e, slug in session.execute(
+                   select(Event, MailingList.slug).outerjoin(MailingList, MailingList.id == Event.list_id)
+                   .where(Event.subscriber_id == sub.id).order_by(Event.at, Event.id))]
+    return Profile(sub, members, history)

@@ -1,0 +1,443 @@
+"""A strict local server for SendGrid's v3 `POST /v3/mail/send` contract, for tests and the benchmark.
+
+It checks what SendGrid documents (auth, JSON, at most 1,000 personalizations and recipients, unique
+addresses, text/plain before text/html, reserved headers, string-only substitutions / custom_args /
+headers and their size limits, categories, the 30 MB cap), answers 202 with an X-Message-Id, and
+records every recipient of every accepted request. Faults can be scripted per request: a status (429
+with X-RateLimit-Reset, 5xx, 400...), a dropped connection, a delay. Written apart from the transport's
+own checks, so one catches the other's mistakes.
+
+Run alone (the benchmark does): `python -m tests.fakes.sendgrid_server --key SG.x` prints its URL;
+`GET /_stats` answers the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MAX_BYTES = 30 * 1024 * 1024
+RESERVED = {"x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type", "content-transfer-encoding",
+            "to", "from", "subject", "reply-to", "cc", "bcc"}
+TOP_KEYS = {"personalizations", "from", "reply_to", "reply_to_list", "subject", "content", "attachments",
+            "template_id", "sections", "headers", "categories", "custom_args", "send_at", "batch_id", "asm",
+            "ip_pool_name", "mail_settings", "tracking_settings"}
+P_KEYS = {"to", "cc", "bcc", "from", "subject", "headers", "substitutions", "dynamic_template_data",
+          "custom_args", "send_at"}
+EMAIL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+@dataclass
+class Fault:
+    """What to do with one incoming request instead of (or before) accepting it."""
+
+    kind: str  # "status" | "drop" | "accept_then_drop" | "delay"
+    status: int = 0
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def status(code: int, message: str = "", field_name: str | None = None, **headers: str) -> Fault:
+    body = {"errors": [{"message": message or f"error {code}", "field": field_name, "help": None}]}
+    return Fault("status", code, body, {k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def rate_limited(reset_in: float) -> Fault:
+    return status(429, "too many requests", None, X_RateLimit_Limit="600", X_RateLimit_Remaining="0",
+                  X_RateLimit_Reset=str(int(time.time() + reset_in + 0.999)))
+
+
+def drop() -> Fault:
+    """Read the request, then close the connection without answering or accepting it (the server died
+    before processing it). The client cannot tell this from `accept_then_drop`."""
+    return Fault("drop")
+
+
+def accept_then_drop() -> Fault:
+    """Accept and record the request, then close without answering: the client cannot know."""
+    return Fault("accept_then_drop")
+
+
+def delay(seconds: float) -> Fault:
+    return Fault("delay", seconds=seconds)
+
+
+@dataclass
+class Received:
+    """One accepted request."""
+
+    number: int
+    message_id: str
+    recipients: list[str]
+    subscriber_ids: list[str]
+    at: float
+    payload: dict[str, Any] | None = None  # kept unless keep_payloads=False (the benchmark)
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _map_bytes(value: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+
+
+def _address_errors(value: Any, where: str) -> list[tuple[str, str]]:
+    if not isinstance(value, dict) or not isinstance(value.get("email"), str):
+        return [(where, "Each email object must at least have an email address and may also contain a name.")]
+    errors = []
+    email = value["email"]
+    if len(email) > 320:
+        errors.append((f"{where}.email", "The email exceeds the maximum total length of 320 characters"))
+    if not email.isascii() or not EMAIL.match(email):
+        errors.append((f"{where}.email", "Does not contain a valid address."))
+    name = value.get("name")
+    if name is not None and (not isinstance(name, str) or ";" in name or "," in name):
+        errors.append((f"{where}.name", "The name cannot include either the ; or , characters."))
+    if set(value) - {"email", "name"}:
+        errors.append((where, f"Unknown keys {sorted(set(value) - {'email', 'name'})}"))
+    return errors
+
+
+def _header_errors(headers: Any, where: str) -> list[tuple[str, str]]:
+    if not _is_str_map(headers):
+        return [(where, "All values of the headers object must be strings.")]
+    errors = []
+    seen: set[str] = set()
+    for key in headers:
+        if not key.isascii() or " " in key or not key:
+            errors.append((where, "Header keys cannot contain non-ASCII characters or empty spaces."))
+        if key.lower() in RESERVED:
+            errors.append((where, f"Header cannot be one of the reserved keys: {key}"))
+        if key.lower() in seen:
+            errors.append((where, "The headers cannot contain duplicate keys."))
+        seen.add(key.lower())
+        if "\n" in headers[key] or "\r" in headers[key]:
+            errors.append((where, f"Header {key} value contains a line break."))
+    return errors
+
+
+def validate(body: Any) -> list[tuple[str, str]]:
+    """Every documented rule of mail/send that a request from us could break: [(field, message)]."""
+    if not isinstance(body, dict):
+        return [("", "The request body must be a JSON object.")]
+    errors: list[tuple[str, str]] = []
+    unknown = set(body) - TOP_KEYS
+    if unknown:
+        errors.append(("", f"Unknown keys {sorted(unknown)}"))
+    ps = body.get("personalizations")
+    if not isinstance(ps, list) or not ps:
+        return errors + [("personalizations", "You must have at least one personalization.")]
+    if len(ps) > 1000:
+        errors.append(("personalizations", "The personalization block is limited to 1000 personalizations per "
+                                           f"API request. You have provided {len(ps)} personalizations."))
+    recipients = 0
+    seen: set[str] = set()
+    global_args = body.get("custom_args", {})
+    if "custom_args" in body and (not _is_str_map(global_args) or not global_args):
+        errors.append(("custom_args", "custom_args must be a non-empty object of strings."))
+        global_args = {}
+    for i, p in enumerate(ps):
+        where = f"personalizations.{i}"
+        if not isinstance(p, dict):
+            errors.append((where, "A personalization must be an object."))
+            continue
+        if set(p) - P_KEYS:
+            errors.append((where, f"Unknown keys {sorted(set(p) - P_KEYS)}"))
+        to = p.get("to")
+        if not isinstance(to, list) or not to:
+            errors.append((f"{where}.to", "The to parameter is required for all personalization objects."))
+            to = []
+        for kind in ("to", "cc", "bcc"):
+            for j, addr in enumerate(p.get(kind, []) if isinstance(p.get(kind, []), list) else [None]):
+                errors += _address_errors(addr, f"{where}.{kind}.{j}")
+                recipients += 1
+                if isinstance(addr, dict) and isinstance(addr.get("email"), str):
+                    key = addr["email"].lower()
+                    if key in seen:
+                        errors.append((f"{where}.{kind}", "Each unique email address in the personalizations "
+                                                          f"array should only be included once. You have included "
+                                                          f"{addr['email']} more than once."))
+                    seen.add(key)
+        if "substitutions" in p:
+            subs = p["substitutions"]
+            if not _is_str_map(subs):
+                errors.append((f"{where}.substitutions", "The substitution values must be an object of key/value "
+                                                         "pairs, where the values are all strings."))
+            elif _map_bytes(subs) > 10_000:
+                errors.append((f"{where}.substitutions", "Substitutions may not exceed 10,000 bytes per "
+                                                         "personalization."))
+        if "headers" in p:
+            errors += _header_errors(p["headers"], f"{where}.headers")
+        if "custom_args" in p:
+            args = p["custom_args"]
+            if not _is_str_map(args) or not args:
+                errors.append((f"{where}.custom_args", "All values of custom arguments object must be strings "
+                                                       "and it cannot be empty."))
+            elif _map_bytes({**global_args, **args}) > 10_000:
+                errors.append((f"{where}.custom_args", "The combined size of both global and personalization "
+                                                       "custom arguments may not exceed 10,000 bytes."))
+        if "subject" in p and (not isinstance(p["subject"], str) or not p["subject"]):
+            errors.append((f"{where}.subject", "The subject of your email must be a string at least one "
+                                               "character in length."))
+        if not body.get("subject") and not p.get("subject") and "template_id" not in body:
+            errors.append(("subject", "The subject is required."))
+    if recipients > 1000:
+        errors.append(("personalizations", "There is a limit of 1000 total recipients (to + cc + bcc) per request."))
+    sender = body.get("from")
+    if sender is None:
+        errors.append(("from", "The from object must be provided for every email send."))
+    else:
+        errors += _address_errors(sender, "from")
+    if "reply_to" in body:
+        errors += _address_errors(body["reply_to"], "reply_to")
+    if "subject" in body and (not isinstance(body["subject"], str) or not body["subject"]):
+        errors.append(("subject", "The subject of your email must be a string at least one character in length."))
+    content = body.get("content")
+    if "template_id" not in body:
+        if not isinstance(content, list) or not content:
+            errors.append(("content", "There must be at least one defined content block."))
+            content = []
+        types = []
+        for i, c in enumerate(content):
+            if not isinstance(c, dict) or not isinstance(c.get("type"), str) or not c["type"] \
+                    or any(ch in c["type"] for ch in ";\r\n"):
+                errors.append((f"content.{i}.type", "A content type is required."))
+                continue
+            if not isinstance(c.get("value"), str) or not c["value"]:
+                errors.append((f"content.{i}.value", "The content value must be a string at least one character "
+                                                     "in length."))
+            types.append(c["type"])
+        plain_first = "text/plain" not in types or types.index("text/plain") == 0
+        html_next = "text/html" not in types or types.index("text/html") == int("text/plain" in types)
+        if not plain_first or not html_next or len(set(types)) != len(types):
+            errors.append(("content", "text/plain needs to be first, followed by text/html, followed by any other "
+                                      "content."))
+    if "headers" in body:
+        errors += _header_errors(body["headers"], "headers")
+    if "categories" in body:
+        cats = body["categories"]
+        if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+            errors.append(("categories", "Categories must be an array of strings."))
+        else:
+            if len(cats) > 10:
+                errors.append(("categories", f"There is a limit of 10 categories. You provided {len(cats)}."))
+            if len(set(cats)) != len(cats):
+                errors.append(("categories", "The categories must be a unique list."))
+            for c in cats:
+                if len(c) > 255:
+                    errors.append(("categories", f"Each category must not be longer than 255 characters. {c[:20]}..."))
+                if not c.isascii():
+                    errors.append(("categories", "Categories can not contain non-ASCII characters."))
+    return errors
+
+
+class _Quiet(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out) is the client's business, not a server error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class SendGridServer:
+    """The contract on 127.0.0.1:<free port>, in a thread. Use as a context manager."""
+
+    def __init__(self, api_key: str = "SG.test-key", *, delay: float = 0.0, keep_payloads: bool = True,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.api_key = api_key
+        self.delay = delay
+        self.keep_payloads = keep_payloads
+        self.faults: deque[Fault] = deque()
+        self.received: list[Received] = []
+        self.refused: list[tuple[int, list[tuple[str, str]]]] = []  # (status, errors) answered
+        self.requests = 0
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.recipient_count = 0
+        self.unique: set[str] = set()
+        self._server = _Quiet((host, port), _handler(self))
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="sendgrid-contract", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> SendGridServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> SendGridServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def script(self, *faults: Fault) -> None:
+        """The next requests meet these faults, in order, one each."""
+        with self.lock:
+            self.faults.extend(faults)
+
+    def recipients(self) -> list[str]:
+        with self.lock:
+            return [r for rec in self.received for r in rec.recipients]
+
+    def stats(self) -> dict[str, int]:
+        with self.lock:
+            return {"requests": self.requests, "accepted": len(self.received), "refused": len(self.refused),
+                    "recipients": self.recipient_count, "unique": len(self.unique),
+                    "max_in_flight": self.max_in_flight, "cpu": time.process_time()}
+
+    # called by the handler
+    def next_fault(self) -> Fault | None:
+        with self.lock:
+            self.requests += 1
+            return self.faults.popleft() if self.faults else None
+
+    def accept(self, payload: dict[str, Any]) -> Received:
+        emails, ids = [], []
+        for p in payload["personalizations"]:
+            for kind in ("to", "cc", "bcc"):
+                emails += [a["email"] for a in p.get(kind, [])]
+            ids.append(p.get("custom_args", {}).get("digest_subscriber", ""))
+        with self.lock:
+            rec = Received(len(self.received) + 1, secrets.token_urlsafe(16), emails, ids, time.time(),
+                           payload if self.keep_payloads else None)
+            self.received.append(rec)
+            self.recipient_count += len(emails)
+            self.unique.update(e.lower() for e in emails)
+        return rec
+
+
+def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def _answer(self, code: int, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                    errors: list[tuple[str, str]] | None = None) -> None:
+            if errors is not None:
+                body = {"errors": [{"message": m, "field": f or None, "help": None} for f, m in errors]}
+            data = json.dumps(body).encode() if body is not None else b""
+            if code >= 400:
+                with server.lock:
+                    server.refused.append((code, [(e.get("field"), e.get("message")) for e in
+                                                  (body or {}).get("errors", [])]))
+            self.send_response(code)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            if data:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _drop(self) -> None:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def do_GET(self) -> None:
+            if self.path == "/_stats":
+                self._answer(200, server.stats())
+            else:
+                self._answer(404, errors=[("", "not found")])
+
+        def do_POST(self) -> None:
+            with server.lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                self._post()
+            finally:
+                with server.lock:
+                    server.in_flight -= 1
+
+        def _post(self) -> None:
+            fault = server.next_fault()
+            length = self.headers.get("Content-Length")
+            if length is None:
+                return self._answer(411, errors=[("", "Content-Length required")])
+            raw = self.rfile.read(int(length)) if int(length) <= MAX_BYTES + 1 else b""
+            if len(raw) < int(length) and int(length) <= MAX_BYTES + 1:
+                return  # the client went away mid-request: nothing was received
+            if fault is not None and fault.kind == "drop":
+                return self._drop()
+            if fault is not None and fault.kind == "delay":
+                time.sleep(fault.seconds)
+                fault = None
+            if server.delay:
+                time.sleep(server.delay)
+            if self.path.split("?")[0] != "/v3/mail/send":
+                return self._answer(404, errors=[("", "not found")])
+            if self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                return self._answer(401, errors=[("", "The provided authorization grant is invalid, expired, or "
+                                                      "revoked")])
+            if fault is not None and fault.kind == "status":
+                return self._answer(fault.status, fault.body, fault.headers)
+            if int(length) > MAX_BYTES:
+                return self._answer(413, errors=[("", "The JSON payload you have included in your request is too "
+                                                      "large.")])
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            if ctype != "application/json":
+                return self._answer(415, errors=[("", f"Content-Type must be application/json, not {ctype!r}")])
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return self._answer(415, errors=[("", "Invalid UTF8 in request")])
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                return self._answer(400, errors=[("", "Bad Request: the body is not JSON")])
+            errors = validate(payload)
+            if errors:
+                return self._answer(400, errors=errors)
+            rec = server.accept(payload)
+            if fault is not None and fault.kind == "accept_then_drop":
+                return self._drop()
+            self._answer(202, None, {"X-Message-Id": rec.message_id})
+
+    return Handler
+
+
+def _serve(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--key", default="SG.test-key")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    server = SendGridServer(args.key, delay=args.delay, keep_payloads=False, port=args.port).start()
+    print(server.url, flush=True)
+    try:
+        for _line in _stdin_lines():
+            pass  # serve until stdin closes (the parent exits or closes the pipe)
+    finally:
+        server.stop()
+
+
+def _stdin_lines() -> Iterator[str]:
+    yield from sys.stdin
+
+
+if __name__ == "__main__":
+    _serve()

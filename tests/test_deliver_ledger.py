@@ -1,0 +1,236 @@
+"""Exactly once: the ledger survives SIGKILL at random points; unknown batches wait for the admin."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from digest.config import Settings, load_settings
+from digest.deliver.base import counts, resolve, unknown_batches
+from digest.errors import DeliveryError
+from digest.issues import send
+from digest.store import Delivery, IssueRow, Lock, migrate, session_factory
+from tests.conftest import SECRET, run_cli
+from tests.fakes.readers import seed_readers, set_keys
+from tests.fakes.sendgrid_server import SendGridServer
+
+KEY = "SG.ledger-test-key"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def configure(workdir: Path, *, batch: int, concurrency: int) -> Settings:
+    set_keys(workdir, "delivery", transport="sendgrid")
+    set_keys(workdir, "delivery.sendgrid", batch_size=batch, concurrency=concurrency, backoff_seconds=0.01)
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    return settings
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_sends_everyone_exactly_once(workdir: Path) -> None:
+    rng = random.Random(int(os.environ.get("DIGEST_KILL_SEED", time.time_ns() % 10_000)))
+    settings = configure(workdir, batch=100, concurrency=2)
+    emails = seed_readers(settings, 3000)
+    by_id = {i + 1: e for i, e in enumerate(emails)}
+    decided: dict[str, tuple[str, bool]] = {}  # batch -> (admin's choice, did SendGrid have it)
+    rows_of: dict[str, list[int]] = {}
+    with SendGridServer(KEY, delay=0.03) as server:
+        env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY,
+               "DIGEST_SENDGRID_API_URL": server.url, "COLUMNS": "250"}
+        kills = 0
+        for round_ in range(4):
+            before = server.stats()["requests"]
+            proc = subprocess.Popen([sys.executable, "-m", "digest", "send"], cwd=workdir, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if round_ == 0:
+                time.sleep(rng.uniform(0.2, 1.2))  # anywhere: start-up, draft, snapshot or the first requests
+            else:
+                target = before + rng.randint(1, 5)
+                with contextlib.suppress(AssertionError):  # it may finish first: then nothing to kill
+                    wait_for(lambda t=target, p=proc: server.stats()["requests"] >= t or p.poll() is not None)
+                time.sleep(rng.uniform(0, 0.05))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+            wait_for(lambda: server.in_flight == 0)  # SendGrid finishes what it received, client or not
+            with session_factory(settings.database_url)() as s:
+                issue = s.scalar(select(IssueRow))
+                if issue is None:
+                    continue
+                batches = unknown_batches(s, issue.id)
+                if batches and "shown" not in decided:
+                    status = run_cli("status", cwd=workdir, env={"COLUMNS": "250"})
+                    assert "batches of unknown fate" in status.stderr, status.stderr
+                    decided["shown"] = ("", True)
+                got = set(server.recipients())
+                for b in batches:
+                    ids = list(s.scalars(select(Delivery.subscriber_id).where(Delivery.batch == b.batch)))
+                    had_it = by_id[ids[0]] in got
+                    assert all((by_id[i] in got) == had_it for i in ids), "a batch is one request: all or none"
+                    choice = rng.choice(["submitted", "retry"])
+                    rows_of[b.batch], decided[b.batch] = ids, (choice, had_it)
+                    if len(decided) == 2:  # once through the real command, the rest by the same function
+                        result = run_cli("deliveries", "resolve", str(issue.number), "--as", choice,
+                                         "--batch", b.batch[:10], cwd=workdir)
+                        assert result.returncode == 0, result.stderr
+                    else:
+                        assert resolve(s, issue, choice, batch=b.batch) == len(ids)
+        assert kills >= 3, "the random points should mostly land inside the send"
+        assert len(decided) >= 2, "some kill should have left a batch of unknown fate"
+        print("unknown batches (choice, SendGrid had it):", [v for k, v in decided.items() if k != "shown"])
+        final = subprocess.run([sys.executable, "-m", "digest", "send"], cwd=workdir, env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert final.returncode == 0, final.stderr
+        received = Counter(server.recipients())
+
+    expected = Counter(emails)
+    for batch, (choice, had_it) in decided.items():
+        if batch == "shown":
+            continue
+        for sid in rows_of[batch]:
+            if choice == "retry" and had_it:
+                expected[by_id[sid]] = 2  # the admin chose to send again what SendGrid already had
+            elif choice == "submitted" and not had_it:
+                expected[by_id[sid]] = 0  # the admin said it went out; it had not
+    assert received == +expected, "every reader exactly once, except where the admin's choice says otherwise"
+    assert set(received) | {by_id[s] for b, (c, h) in decided.items() if b != "shown" and c == "submitted"
+                            and not h for s in rows_of[b]} == set(emails), "nobody skipped"
+    with session_factory(settings.database_url)() as s:
+        issue = s.scalar(select(IssueRow))
+        assert counts(s, issue.id) == {"submitted": 3000} and issue.status == "sent"
+
+
+def claimed_issue(settings: Settings) -> None:
+    """Issue 1 snapshotted, its readers claimed in one batch, as a sender leaves them mid-request."""
+    from digest.deliver.base import snapshot
+    from digest.issues import build_draft, start_sending
+
+    with session_factory(settings.database_url)() as s:
+        issue = build_draft(settings, s).row
+        start_sending(s, issue)
+        snapshot(s, issue, 1)
+        s.execute(update(Delivery).values(status="claimed", batch="abcdef0123456789"))
+        s.commit()
+
+
+def test_a_second_sender_waits_and_resolve_refuses_while_a_send_runs(workdir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with SendGridServer(KEY) as server:
+            monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+            monkeypatch.setenv("DIGEST_SENDGRID_API_URL", server.url)
+            settings = configure(workdir, batch=10, concurrency=1)
+            seed_readers(settings, 20)
+            claimed_issue(settings)
+            with session_factory(settings.database_url)() as s:  # ... by a process that is still running
+                s.add(Lock(name="send:1", owner=f"{socket.gethostname()}:{holder.pid}"))
+                s.commit()
+            with pytest.raises(DeliveryError, match=f"issue 1 is being sent by .*:{holder.pid}"):
+                send(settings)
+            with session_factory(settings.database_url)() as s, \
+                    pytest.raises(DeliveryError, match="being sent right now.*in flight"):
+                resolve(s, s.scalar(select(IssueRow)), "retry")
+            holder.kill()
+            holder.wait()
+            with session_factory(settings.database_url)() as s:  # the holder is dead: its batch is unknown
+                assert resolve(s, s.scalar(select(IssueRow)), "retry") == 20
+            outcome = send(settings)
+            assert outcome.report is not None and outcome.report.submitted == 20
+            assert len(set(server.recipients())) == len(server.recipients()) == 20
+            with session_factory(settings.database_url)() as s:
+                assert s.scalar(select(Lock).where(Lock.name.startswith("send:"))) is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_ctrl_c_records_the_requests_already_out(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with SendGridServer(KEY, delay=0.2) as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        monkeypatch.setenv("DIGEST_SENDGRID_API_URL", server.url)
+        settings = configure(workdir, batch=10, concurrency=3)
+        seed_readers(settings, 100)
+        calls = []
+
+        def progress(done: int, total: int) -> None:
+            calls.append(done)
+            if len(calls) == 2:  # after the first answer, while two more requests are out
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            send(settings, progress=progress)
+        got = server.recipients()
+    with session_factory(settings.database_url)() as s:
+        issue = s.scalar(select(IssueRow))
+        ledger = counts(s, issue.id)
+        submitted = set(s.scalars(select(Delivery.email).where(Delivery.status == "submitted")))
+    assert "claimed" not in ledger, "nothing left of unknown fate after Ctrl-C"
+    assert ledger["submitted"] == len(got) == 30 and submitted == set(got)
+    assert ledger["queued"] == 70
+
+
+def test_resolve_command_explains_itself(workdir: Path) -> None:
+    settings = configure(workdir, batch=10, concurrency=1)
+    seed_readers(settings, 5)
+    claimed_issue(settings)
+    shown = run_cli("deliveries", "show", "1", cwd=workdir, env={"COLUMNS": "250"})
+    assert shown.returncode == 0, shown.stderr
+    assert "abcdef012345" in shown.stdout and "claimed 5" in shown.stdout and "reader1@example.com" in shown.stdout
+    with session_factory(settings.database_url)() as s, pytest.raises(DeliveryError, match="submitted or retry"):
+        resolve(s, s.scalar(select(IssueRow)), "maybe")
+    done = run_cli("deliveries", "resolve", "1", "--as", "submitted", cwd=workdir)
+    assert done.returncode == 0 and "5 reader(s) recorded as submitted" in done.stdout and "is sent" in done.stdout
+
+
+def test_a_batch_stopped_halfway_records_what_went_and_requeues_the_rest(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two editions in one batch are two requests: the first accepted, the second refused."""
+    from digest.deliver.base import deliver
+    from digest.deliver.sendgrid import SendGridTransport
+    from digest.issues import build_draft, start_sending
+    from digest.render import Rendered
+    from tests.fakes.sendgrid_server import delay, status
+
+    with SendGridServer(KEY) as server:
+        monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+        monkeypatch.setenv("DIGEST_SENDGRID_API_URL", server.url)
+        settings = configure(workdir, batch=10, concurrency=1)
+        emails = seed_readers(settings, 10)
+        factory = session_factory(settings.database_url)
+        with factory() as s:
+            issue = build_draft(settings, s).row
+            start_sending(s, issue)
+            s.commit()
+            issue_id = issue.id
+        odd = Rendered("Issue 1", "", "<p>odd %%GREETING%%</p>", "odd", [], "odd")
+        even = Rendered("Issue 1", "", "<p>even %%GREETING%%</p>", "even", [], "even")
+        server.script(delay(0), status(400, "The content value must be a string at least one character."))
+        with pytest.raises(DeliveryError, match="at least one character"):
+            deliver(factory, settings, issue_id, SendGridTransport(settings),
+                    lambda r: odd if r.id % 2 else even, list_id=1)
+        got = server.recipients()
+    assert got == emails[0::2]
+    with factory() as s:
+        rows = dict(s.execute(select(Delivery.email, Delivery.status)).all())
+    assert rows == {e: ("submitted" if e in got else "queued") for e in emails}

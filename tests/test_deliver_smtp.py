@@ -1,0 +1,196 @@
+"""The SMTP transport against a real SMTP server (aiosmtpd) started here."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from digest.config import Settings, load_settings
+from digest.deliver.base import counts
+from digest.deliver.smtp import Pacer, SMTPTransport
+from digest.errors import DeliveryError
+from digest.issues import send
+from digest.store import Delivery, IssueRow, migrate, session_factory
+from tests.conftest import run_cli
+from tests.fakes.readers import seed_readers, set_keys
+from tests.fakes.smtp_server import Recorder, SMTPServer, self_signed
+
+
+def smtp_settings(workdir: Path, port: int, *, security: str = "none", username: str = "",
+                  rate: float = 0) -> Settings:
+    set_keys(workdir, "delivery", transport="smtp")
+    set_keys(workdir, "delivery.smtp", host="127.0.0.1", port=port, security=security, username=username,
+             max_per_second=float(rate), timeout_seconds=10.0)
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    return settings
+
+
+def quick(settings: Settings, **kwargs: object) -> SMTPTransport:
+    """The transport with short retry waits (the waits themselves are checked in the pacing test)."""
+    return SMTPTransport(settings, backoff=0.01, **kwargs)  # type: ignore[arg-type]
+
+
+def ledger(settings: Settings) -> dict[str, int]:
+    with session_factory(settings.database_url)() as s:
+        return counts(s, s.scalar(select(IssueRow.id)))
+
+
+def test_one_connection_carries_every_readers_full_message(workdir: Path) -> None:
+    with SMTPServer() as server:
+        settings = smtp_settings(workdir, server.port)
+        emails = seed_readers(settings, 45)
+        outcome = send(settings, transport=quick(settings))
+        rec = server.recorder
+    assert outcome.report is not None and outcome.report.submitted == 45 and outcome.report.ok
+    assert rec.connections == 1, "one connection reused for every batch"
+    assert Counter(rec.recipients()) == Counter(emails)
+    with session_factory(settings.database_url)() as s:
+        ids = {d.email: d.message_id for d in s.scalars(select(Delivery))}
+    for received in rec.received:
+        msg = received.message
+        (to,) = received.rcpt_tos
+        assert received.mail_from == "digest@news.example.com"
+        assert msg["To"].addresses[0].addr_spec == to
+        assert msg["Message-ID"] == ids[to]
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        text, html = (p.get_content() for p in msg.iter_parts())
+        name = f"Reader {to.removeprefix('reader').split('@')[0]}"
+        assert f"Hi {name}," in text and f"Hi {name}," in html
+        assert "%%" not in text and "%%" not in html
+        unsub = msg["List-Unsubscribe"].split("<")[1].split(">")[0]
+        assert unsub in html and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert ledger(settings) == {"submitted": 45}
+
+
+def test_a_refused_recipient_fails_alone_and_a_deferred_one_is_tried_again(workdir: Path) -> None:
+    rec = Recorder(refuse={"reader3@example.com"}, defer_once={"reader5@example.com"})
+    with SMTPServer(rec) as server:
+        settings = smtp_settings(workdir, server.port)
+        emails = seed_readers(settings, 8)
+        outcome = send(settings, transport=quick(settings))
+    assert outcome.report is not None and (outcome.report.submitted, outcome.report.failed) == (7, 1)
+    assert not outcome.report.ok
+    assert any("550" in e and "User unknown" in e for e in outcome.report.errors), outcome.report.errors
+    assert Counter(rec.recipients()) == Counter(e for e in emails if e != "reader3@example.com")
+    assert rec.rcpt_attempts.count("reader5@example.com") == 2
+    with session_factory(settings.database_url)() as s:
+        failed = s.scalars(select(Delivery).where(Delivery.status == "failed")).all()
+    assert [d.email for d in failed] == ["reader3@example.com"] and "550" in failed[0].error
+
+
+
+def test_failed_readers_can_be_queued_again_once_the_cause_is_fixed(workdir: Path) -> None:
+    rec = Recorder(refuse={"reader2@example.com"})
+    with SMTPServer(rec) as server:
+        settings = smtp_settings(workdir, server.port)
+        emails = seed_readers(settings, 4)
+        send(settings, transport=quick(settings))
+        with session_factory(settings.database_url)() as s:
+            assert s.scalar(select(IssueRow)).status == "sent"
+        rec.refuse.clear()  # the mailbox exists again
+        result = run_cli("deliveries", "retry-failed", "1", cwd=workdir)
+        assert result.returncode == 0 and "1 failed reader(s) queued again" in result.stdout, result.stderr
+        outcome = send(settings, transport=quick(settings))
+    assert outcome.report is not None and outcome.report.submitted == 1 and outcome.report.already == 3
+    assert Counter(rec.recipients()) == Counter(emails)
+    assert ledger(settings) == {"submitted": 4}
+
+
+def test_a_connection_dropped_mid_batch_is_reopened_and_nobody_is_missed_or_doubled(workdir: Path) -> None:
+    rec = Recorder(drop_at={5, 23})
+    with SMTPServer(rec) as server:
+        settings = smtp_settings(workdir, server.port)
+        emails = seed_readers(settings, 30)
+        transport = quick(settings)
+        outcome = send(settings, transport=transport)
+    assert outcome.report is not None and outcome.report.submitted == 30 and outcome.report.ok
+    assert transport.connections == 3 and rec.connections == 3
+    assert Counter(rec.recipients()) == Counter(emails), "every reader exactly once"
+    assert ledger(settings) == {"submitted": 30}
+
+
+def test_starttls_and_login(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = self_signed(workdir)
+    trust = ssl.create_default_context(cafile=str(cert))
+    with SMTPServer(tls=(cert, key), password=("digest", "s3cret-pass")) as server:
+        settings = smtp_settings(workdir, server.port, security="starttls", username="digest")
+        emails = seed_readers(settings, 4)
+        monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "wrong")
+        with pytest.raises(DeliveryError, match="refused the login of 'digest'"):
+            send(settings, transport=quick(settings, ssl_context=trust))
+        assert ledger(settings) == {"queued": 4}
+        assert server.recorder.received == []
+        monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "s3cret-pass")
+        outcome = send(settings, transport=quick(settings, ssl_context=trust))
+        assert outcome.report is not None and outcome.report.submitted == 4
+        assert Counter(server.recorder.recipients()) == Counter(emails)
+        # the system's CAs do not know our certificate: TLS fails, and says so
+        with pytest.raises(DeliveryError, match="TLS with the SMTP server"):
+            quick(settings)._open()
+
+
+def test_missing_password_fails_in_one_line_before_anything_is_claimed(workdir: Path) -> None:
+    settings = smtp_settings(workdir, 2525, security="starttls", username="digest")
+    seed_readers(settings, 2)
+    result = run_cli("send", cwd=workdir, env={"COLUMNS": "500"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DIGEST_SMTP_PASSWORD is not set" in lines[0], result.stderr
+    with session_factory(settings.database_url)() as s:
+        assert s.scalar(select(Delivery.id).limit(1)) is None
+
+
+def test_an_unreachable_server_stops_the_send_and_requeues(workdir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = smtp_settings(workdir, port)
+    seed_readers(settings, 3)
+    with pytest.raises(DeliveryError, match=r"lost the SMTP server 127\.0\.0\.1:\d+ 4 times.*queued again"):
+        send(settings, transport=quick(settings))
+    assert ledger(settings) == {"queued": 3}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_pacer_spaces_messages_evenly() -> None:
+    clock = FakeClock()
+    pacer = Pacer(4, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        pacer.wait()
+    assert clock.slept == [0.25, 0.25, 0.25, 0.25]
+    clock.now += 10  # idle for a while: no burst allowance is built up beyond the next slot
+    pacer.wait()
+    pacer.wait()
+    assert clock.slept[-1] == 0.25 and len(clock.slept) == 5
+    unlimited = Pacer(0, clock=clock, sleep=clock.sleep)
+    unlimited.wait()
+    unlimited.wait()
+    assert len(clock.slept) == 5
+
+
+def test_the_rate_cap_applies_to_a_real_send(workdir: Path) -> None:
+    clock = FakeClock()
+    with SMTPServer() as server:
+        settings = smtp_settings(workdir, server.port, rate=5)
+        seed_readers(settings, 6)
+        outcome = send(settings, transport=quick(settings, clock=clock, sleep=clock.sleep))
+    assert outcome.report is not None and outcome.report.submitted == 6
+    assert clock.slept == [pytest.approx(0.2)] * 5

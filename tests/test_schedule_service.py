@@ -1,0 +1,93 @@
+"""`digest schedule` as a real process: it starts, prints the next moments, refuses a second scheduler on
+the same database (exit 2, a clear message), and stops cleanly on SIGINT (Ctrl-C) and SIGTERM (systemd)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from digest.config import Settings
+from digest.schedule import SchedulerLock
+from digest.store import Lock, engine_for
+from tests.conftest import SECRET, run_cli
+
+
+def start(workdir: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "DIGEST_SECRET_KEY": SECRET}
+    return subprocess.Popen([sys.executable, "-m", "digest", "schedule"], cwd=workdir, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 30) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while marker not in seen:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(f"no {marker!r} from `digest schedule`: {seen!r}")
+        seen += proc.stdout.readline()
+    return seen
+
+
+def lock_owner(settings: Settings) -> str | None:
+    with engine_for(settings.database_url).begin() as conn:
+        return conn.execute(select(Lock.owner)).scalar()
+
+
+def stop(proc: subprocess.Popen[str], how: signal.Signals) -> tuple[str, str]:
+    proc.send_signal(how)
+    try:
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_digest_schedule_runs_refuses_a_second_and_stops_on_ctrl_c(settings: Settings, workdir: Path) -> None:
+    proc = start(workdir)
+    try:
+        banner = read_until(proc, "next send:")
+        assert "scheduler running on sqlite:///" in banner and "Ctrl-C stops" in banner
+        assert "next draft: " in banner and " UTC" in banner and ("AEST" in banner or "AEDT" in banner)
+        owner = lock_owner(settings)
+        assert owner is not None and owner in banner
+
+        second = run_cli("schedule", cwd=workdir, timeout=60)
+        assert second.returncode == 2
+        message = " ".join(second.stderr.split())
+        assert "error: another scheduler is running" in message and "only one may run" in message
+        assert "Traceback" not in second.stderr
+
+        shown = run_cli("schedule", "--show", cwd=workdir, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert f"scheduler: running: {owner}" in shown.stdout
+        assert "stored send job: " in shown.stdout
+    finally:
+        out, err = stop(proc, signal.SIGINT)
+    assert proc.returncode == 0, err
+    assert "scheduler stopped" in out and "Traceback" not in err
+    assert lock_owner(settings) is None, "a clean stop releases the lock"
+    after = SchedulerLock(settings.database_url)
+    assert "taken by" in after.acquire() and after.release(), "the next scheduler may start at once"
+
+
+@pytest.mark.slow
+def test_digest_schedule_stops_cleanly_on_sigterm(settings: Settings, workdir: Path) -> None:
+    proc = start(workdir)
+    try:
+        read_until(proc, "next send:")
+        assert lock_owner(settings) is not None
+    finally:
+        out, err = stop(proc, signal.SIGTERM)
+    assert proc.returncode == 0, err
+    assert "scheduler stopped" in out and "Traceback" not in err
+    assert lock_owner(settings) is None

@@ -1,0 +1,337 @@
+"""CSV import and export: ugly files, rejects with row numbers, idempotence, consent rules, round trip."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from digest.config import Settings, load_settings
+from digest.errors import DigestError, NotFound
+from digest.store import migrate, session_factory
+from subscribers import csvio, lifecycle
+from subscribers.categories import known_categories
+from subscribers.csvio import export_csv, import_csv
+from subscribers.models import ACTIVE, PENDING, UNSUBSCRIBED, Event, MailingList, Membership, Subscriber
+
+
+def _write(path: Path, data: str | bytes) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return path
+
+
+def _rejects(report: csvio.ImportReport) -> list[dict[str, str]]:
+    assert report.rejects_path is not None
+    # the report keeps a row's bytes as they were, even when they are not UTF-8
+    with open(report.rejects_path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _statuses(session: Session) -> dict[tuple[str, str], str]:
+    return {(email, slug): status for email, slug, status in session.execute(
+        select(Subscriber.email, MailingList.slug, Membership.status)
+        .join(Membership, Membership.subscriber_id == Subscriber.id)
+        .join(MailingList, MailingList.id == Membership.list_id))}
+
+
+UGLY = (
+    "\ufeffEmail;Name;Region;categories\r\n"
+    "ann@example.com;Ann Smith;NSW;Aquatics / fitness\r\n"
+    '"bob@example.com";"Bob; ""the builder""\r\nsecond line";VIC;\r\n'
+    "not-an-email;X;QLD;\r\n"
+    "ANN@EXAMPLE.COM;Ann again;NSW;\r\n"
+    "\r\n"
+    "carla@bücher.example;Carla;WA;Underwater Basket Weaving\r\n"
+    "dmitri@example.com;Dmitri;SA\r\n"
+    "eve@example.com;Eve;TAS;;extra\r\n"
+    "zoë@example.org;Zoë;NT;Fitness\r\n"
+)
+
+
+def test_an_ugly_file_imports_what_is_good_and_reports_every_bad_row(settings: Settings, session: Session,
+                                                                     tmp_path: Path) -> None:
+    """BOM, semicolons, CRLF, quoted delimiters, quotes and newlines in fields, blank lines, bad rows."""
+    path = _write(tmp_path / "ugly.csv", UGLY)
+    report = import_csv(session, path, categories=known_categories(settings))
+    assert (report.rows, report.added, report.rejected, report.blank) == (8, 3, 5, 1)
+    assert (report.updated, report.unchanged, report.suppressed) == (0, 0, 0)
+
+    bob = lifecycle.find(session, "bob@example.com")
+    assert bob.name == 'Bob; "the builder"\r\nsecond line' and bob.attributes == {"Region": "VIC"}
+    ann = lifecycle.find(session, "ann@example.com")
+    assert ann.name == "Ann Smith" and ann.categories == ["Aquatics", "Fitness"]
+    assert lifecycle.find(session, "zoë@example.org").email == "zoë@example.org"
+    assert set(_statuses(session).values()) == {PENDING}  # no consent evidence: pending
+
+    rejects = _rejects(report)
+    # _row counts records as a spreadsheet does (header = 1); _line is where the record starts in the file
+    assert [(r["_row"], r["_line"]) for r in rejects] == [("4", "5"), ("5", "6"), ("6", "8"), ("7", "9"),
+                                                          ("8", "10")]
+    reasons = [r["_reason"] for r in rejects]
+    assert "not a valid email address" in reasons[0]
+    assert reasons[1].startswith("duplicate of row 2")
+    assert "unknown category 'Underwater Basket Weaving'" in reasons[2]
+    assert "3 fields but the header has 4" in reasons[3]
+    assert "5 fields but the header has 4" in reasons[4]
+    assert rejects[0]["Email"] == "not-an-email" and rejects[0]["Region"] == "QLD"  # the row as it was
+
+
+def test_non_utf8_rows_are_rejected_not_garbled(session: Session, tmp_path: Path) -> None:
+    data = "email,name\nok@example.com,Ok\n".encode() + "bad@example.com,Jos\xe9\n".encode("latin-1") + \
+        b"ok2@example.com,Fine\n"
+    report = import_csv(session, _write(tmp_path / "latin1.csv", data))
+    assert (report.added, report.rejected) == (2, 1)
+    [reject] = _rejects(report)
+    assert reject["_row"] == "3" and "UTF-8" in reject["_reason"]
+    assert lifecycle.find(session, "bad@example.com") is None
+
+
+def test_commas_and_multiline_quoted_fields_with_windows_line_endings(session: Session, tmp_path: Path) -> None:
+    data = ('email,name,lists\r\n"a@example.com","Smith, Ann","weekly"\r\n'
+            '"b@example.com","Line one\r\nLine two, with comma",weekly\r\n')
+    report = import_csv(session, _write(tmp_path / "c.csv", data))
+    assert (report.added, report.rejected) == (2, 0) and report.rejects_path is None
+    assert lifecycle.find(session, "a@example.com").name == "Smith, Ann"
+    assert lifecycle.find(session, "b@example.com").name == "Line one\r\nLine two, with comma"
+
+
+def test_the_file_must_have_an_email_column_and_no_repeated_columns(session: Session, tmp_path: Path) -> None:
+    with pytest.raises(csvio.CSVError, match="no `email` column"):
+        import_csv(session, _write(tmp_path / "a.csv", "name,region\nAnn,NSW\n"))
+    with pytest.raises(csvio.CSVError, match="appears twice"):
+        import_csv(session, _write(tmp_path / "b.csv", "email,Email\na@example.com,b@example.com\n"))
+    with pytest.raises(csvio.CSVError, match="empty"):
+        import_csv(session, _write(tmp_path / "c.csv", ""))
+    with pytest.raises(csvio.CSVError, match="cannot open"):
+        import_csv(session, tmp_path / "missing.csv")
+
+
+def test_reimporting_is_idempotent_and_updates_are_counted(session: Session, tmp_path: Path) -> None:
+    path = _write(tmp_path / "r.csv", "email,name,region\na@example.com,Ann,NSW\nb@example.com,Bob,VIC\n")
+    first = import_csv(session, path)
+    assert (first.added, first.updated, first.unchanged) == (2, 0, 0)
+    events = session.scalar(select(func.count()).select_from(Event))
+    again = import_csv(session, path)
+    assert (again.added, again.updated, again.unchanged, again.rejected) == (0, 0, 2, 0)
+    assert session.scalar(select(func.count()).select_from(Event)) == events  # nothing recorded twice
+    changed = import_csv(session, _write(tmp_path / "r2.csv", "email,name,region\na@example.com,Ann B,NSW\n"
+                                                               "b@example.com,,\n"))
+    assert (changed.added, changed.updated, changed.unchanged) == (0, 1, 1)
+    assert lifecycle.find(session, "a@example.com").name == "Ann B"
+    assert lifecycle.find(session, "b@example.com").name == "Bob"  # an empty cell changes nothing
+
+
+def test_an_import_never_reactivates_a_withdrawn_membership_and_says_so(session: Session, tmp_path: Path) -> None:
+    for email in ("gone@example.com", "bounced@example.com"):
+        lifecycle.subscribe(session, email, source="test", confirmed=True)
+    lifecycle.unsubscribe(session, lifecycle.find(session, "gone@example.com"), source="reader")
+    lifecycle.apply_event(session, lifecycle.find(session, "bounced@example.com").id, "bounce", source="webhook")
+    session.commit()
+    path = _write(tmp_path / "back.csv", "email,lists\ngone@example.com,weekly:active\nbounced@example.com,weekly\n")
+    report = import_csv(session, path, preconfirmed=True, source="old CRM export")
+    assert report.kept_withdrawn == 2 and report.unchanged == 2 and report.added == 0
+    assert _statuses(session) == {("gone@example.com", "weekly"): UNSUBSCRIBED,
+                                  ("bounced@example.com", "weekly"): "bounced"}
+    reasons = [r["_reason"] for r in _rejects(report)]
+    assert reasons == ["weekly: kept unsubscribed: an import never changes a withdrawn membership (only the reader "
+                       "can)", "weekly: kept bounced: an import never changes a withdrawn membership (only the "
+                       "reader can)"]
+
+
+def test_withdrawals_in_a_file_are_honoured_at_once(session: Session, tmp_path: Path) -> None:
+    lifecycle.subscribe(session, "leaving@example.com", source="test", confirmed=True)
+    session.commit()
+    report = import_csv(session, _write(tmp_path / "u.csv", "email,lists\nleaving@example.com,weekly:unsubscribed\n"))
+    assert report.updated == 1
+    assert _statuses(session) == {("leaving@example.com", "weekly"): UNSUBSCRIBED}
+
+
+def test_preconfirmed_needs_a_source_and_records_it_as_consent_evidence(session: Session, tmp_path: Path) -> None:
+    path = _write(tmp_path / "p.csv", "email\np@example.com\n")
+    with pytest.raises(DigestError, match="--source"):
+        import_csv(session, path, preconfirmed=True)
+    report = import_csv(session, path, preconfirmed=True, source="paper sign-up sheets, Expo 2024")
+    assert report.added == 1
+    member = session.scalars(select(Membership)).one()
+    assert member.status == ACTIVE and member.confirmed_at is not None
+    event = session.scalars(select(Event)).one()
+    assert (event.kind, event.new_status, event.source) == ("imported", ACTIVE, "paper sign-up sheets, Expo 2024")
+    assert event.detail == "p.csv row 2"
+
+
+def test_active_in_the_file_without_consent_evidence_is_pending(session: Session, tmp_path: Path) -> None:
+    report = import_csv(session, _write(tmp_path / "a.csv", "email,lists\na@example.com,weekly:active\n"))
+    assert report.pending_only == 1
+    assert _statuses(session) == {("a@example.com", "weekly"): PENDING}
+
+
+def test_erased_addresses_are_suppressed_and_never_come_back(session: Session, tmp_path: Path) -> None:
+    lifecycle.subscribe(session, "forget.me@example.com", source="test", confirmed=True)
+    session.commit()
+    lifecycle.erase(session, "forget.me@example.com")
+    session.commit()
+    path = _write(tmp_path / "s.csv", "email,name\nFORGET.ME@example.com,Again\nkeep@example.com,Keep\n")
+    report = import_csv(session, path, preconfirmed=True, source="old list")
+    assert (report.added, report.suppressed) == (1, 1)
+    assert lifecycle.find(session, "forget.me@example.com") is None
+    [reject] = _rejects(report)
+    assert reject["_row"] == "2" and "erased on request" in reject["_reason"]
+    assert "forget" not in (tmp_path / "s.rejects.csv").read_text().lower()  # the report keeps no trace of them
+
+
+def test_lists_column_unknown_lists_and_statuses_are_rejected(session: Session, tmp_path: Path) -> None:
+    lifecycle.create_list(session, "offers", "Offers")
+    session.commit()
+    data = ("email,lists\na@example.com,weekly;offers:unsubscribed\nb@example.com,events\n"
+            "c@example.com,weekly:maybe\nd@example.com,weekly|weekly\ne@example.com,\n")
+    report = import_csv(session, _write(tmp_path / "l.csv", data))
+    assert (report.added, report.rejected) == (2, 3)
+    assert _statuses(session) == {("a@example.com", "weekly"): PENDING, ("a@example.com", "offers"): UNSUBSCRIBED}
+    assert lifecycle.find(session, "e@example.com").memberships == []  # an empty `lists` cell: no list
+    reasons = [r["_reason"] for r in _rejects(report)]
+    assert "unknown list 'events'" in reasons[0] and "unknown status 'maybe'" in reasons[1]
+    assert "named twice" in reasons[2]
+    created = import_csv(session, _write(tmp_path / "l2.csv", "email,lists\nb@example.com,events\n"),
+                         create_lists=True)
+    assert created.added == 1 and _statuses(session)[("b@example.com", "events")] == PENDING
+
+
+def test_an_unknown_target_list_is_an_error_unless_created(session: Session, tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.csv", "email\nt@example.com\n")
+    with pytest.raises(NotFound, match="lists create vip"):
+        import_csv(session, path, list_slug="vip")
+    assert import_csv(session, path, list_slug="vip", create_lists=True).added == 1
+    assert _statuses(session) == {("t@example.com", "vip"): PENDING}
+
+
+def test_a_dry_run_writes_nothing_but_counts_and_reports_everything(session: Session, tmp_path: Path) -> None:
+    lifecycle.subscribe(session, "old@example.com", source="test", confirmed=True)
+    session.commit()
+    rows = "".join(f"r{i}@example.com\n" for i in range(30)) + "r3@example.com\nold@example.com\nbad\n"
+    report = import_csv(session, _write(tmp_path / "d.csv", "email\n" + rows), dry_run=True, batch_size=7,
+                        create_lists=True, list_slug="brand-new")
+    assert (report.added, report.updated, report.rejected, report.dry_run) == (30, 1, 2, True)
+    assert session.scalar(select(func.count()).select_from(Subscriber)) == 1
+    assert session.scalar(select(func.count()).select_from(MailingList).where(MailingList.slug == "brand-new")) == 0
+    assert [r["_reason"][:18] for r in _rejects(report)] == ["duplicate of row 5", "'bad' is not a val"]
+
+
+def test_duplicates_across_batches_are_found_with_the_first_row(session: Session, tmp_path: Path) -> None:
+    rows = [f"user{i}@example.com" for i in range(40)] + ["USER3@example.com", "user39@EXAMPLE.com"]
+    report = import_csv(session, _write(tmp_path / "d.csv", "email\n" + "\n".join(rows) + "\n"), batch_size=8)
+    assert (report.added, report.rejected) == (40, 2)
+    assert [r["_reason"].split(" (")[0] for r in _rejects(report)] == ["duplicate of row 5", "duplicate of row 41"]
+
+
+def test_each_batch_is_all_or_nothing_and_a_rerun_completes(session: Session, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path / "b.csv", "email\n" + "".join(f"b{i}@example.com\n" for i in range(25)))
+    real = lifecycle.apply_imported
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "apply_imported", failing)
+    with pytest.raises(DigestError, match=r"rows 12-21 of b.csv could not be written .*disk full"):
+        import_csv(session, path, batch_size=10)
+    # the first batch is saved whole; of the failed batch not even the subscriber rows remain
+    assert session.scalar(select(func.count()).select_from(Subscriber)) == 10
+    assert session.scalar(select(func.count()).select_from(Membership)) == 10
+    monkeypatch.setattr(lifecycle, "apply_imported", real)
+    report = import_csv(session, path, batch_size=10)
+    assert (report.added, report.unchanged) == (15, 10)
+    assert session.scalar(select(func.count()).select_from(Membership)) == 25
+
+
+def _fresh(tmp_path: Path, settings: Settings, name: str) -> Session:
+    (tmp_path / name).mkdir()
+    cfg = tmp_path / name / "digest.toml"
+    cfg.write_text(settings.path.read_text())
+    fresh = load_settings(cfg)
+    migrate(fresh.database_url)
+    return session_factory(fresh.database_url)()
+
+
+def test_export_then_import_into_a_fresh_database_round_trips(settings: Settings, session: Session,
+                                                              tmp_path: Path) -> None:
+    lifecycle.create_list(session, "offers", "Offers")
+    lifecycle.subscribe(session, "a@example.com", name="Ann, the first", source="t", confirmed=True,
+                        categories=["Aquatics", "Fitness"])
+    lifecycle.subscribe(session, "a@example.com", source="t", list_slug="offers")
+    lifecycle.subscribe(session, "Zoë@Bücher.example", name='Zoë "Z"\nQuinn', source="t", confirmed=True)
+    lifecycle.subscribe(session, "gone@example.com", source="t", confirmed=True)
+    lifecycle.unsubscribe(session, lifecycle.find(session, "gone@example.com"), source="reader")
+    lifecycle.subscribe(session, "b@example.com", source="t", confirmed=True)
+    lifecycle.apply_event(session, lifecycle.find(session, "b@example.com").id, "bounce", source="webhook")
+    lifecycle.subscribe(session, "c@example.com", source="t", confirmed=True)
+    lifecycle.apply_event(session, lifecycle.find(session, "c@example.com").id, "spamreport", source="webhook")
+    sub = lifecycle.find(session, "a@example.com")
+    sub.attributes = {"print_subscriber": "yes", "region": "NSW"}
+    session.commit()
+
+    out = io.StringIO()
+    assert export_csv(session, out) == 5
+    (tmp_path / "export.csv").write_text(out.getvalue(), encoding="utf-8")
+
+    with _fresh(tmp_path, settings, "fresh") as other:
+        report = import_csv(other, tmp_path / "export.csv", preconfirmed=True, source="export of the old database",
+                            create_lists=True)
+        assert (report.added, report.rejected) == (5, 0)
+
+        def people(s: Session) -> list[tuple]:
+            return sorted((x.email, x.email_key, x.name, x.attributes, x.categories, x.created_at)
+                          for x in s.scalars(select(Subscriber)))
+
+        assert people(other) == people(session)
+        assert _statuses(other) == _statuses(session)
+        again = io.StringIO()
+        export_csv(other, again)
+
+        def rows(text: str) -> list[list[str]]:
+            header, *body = csv.reader(io.StringIO(text))
+            return [header, *sorted(body)]
+
+        assert rows(again.getvalue()) == rows(out.getvalue())  # the same file, up to row order
+
+
+def test_export_filters_by_list_and_status(session: Session) -> None:
+    lifecycle.create_list(session, "offers", "Offers")
+    lifecycle.subscribe(session, "a@example.com", source="t", confirmed=True)
+    lifecycle.subscribe(session, "a@example.com", source="t", list_slug="offers")
+    lifecycle.subscribe(session, "b@example.com", source="t")
+    session.commit()
+    out = io.StringIO()
+    assert export_csv(session, out, list_slug="weekly", status=ACTIVE) == 1
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [(r["email"], r["lists"]) for r in rows] == [("a@example.com", "weekly:active")]
+    out = io.StringIO()
+    assert export_csv(session, out, status=PENDING) == 2
+    assert [r["lists"] for r in csv.DictReader(io.StringIO(out.getvalue()))] == ["offers:pending", "weekly:pending"]
+    with pytest.raises(NotFound):
+        export_csv(session, io.StringIO(), list_slug="nope")
+    with pytest.raises(DigestError):
+        export_csv(session, io.StringIO(), status="gone")
+
+
+def test_a_large_file_imports_in_batches_with_progress(session: Session, tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["email", "name", "region"])
+        for i in range(12_000):
+            w.writerow([f"person{i}@domain{i % 97}.example.com", f"Person {i}", ("NSW", "VIC")[i % 2]])
+    seen: list[tuple[int, int]] = []
+    report = import_csv(session, path, batch_size=2500, progress=lambda done, total: seen.append((done, total)))
+    assert report.added == 12_000 and report.rejected == 0
+    assert session.scalar(select(func.count()).select_from(Membership)) == 12_000
+    assert session.scalar(select(func.count()).select_from(Event)) == 12_000
+    assert len(seen) >= 5 and seen[-1][0] == seen[-1][1] == path.stat().st_size
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)

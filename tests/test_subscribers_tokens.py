@@ -1,0 +1,115 @@
+"""Signed reader links: unforgeable, expiring, bound to one purpose and one key, and address-free."""
+
+from __future__ import annotations
+
+import base64
+import string
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+
+from digest.config import Settings
+from subscribers.tokens import PURPOSES, Tokens, TokenError
+
+KEY = "test-secret-key-0123456789abcdef"
+
+
+def test_a_token_reads_back_to_its_ids_and_signing_time() -> None:
+    tokens = Tokens(KEY)
+    before = datetime.now(UTC).replace(microsecond=0)
+    for purpose in PURPOSES:
+        token = tokens.make(purpose, 123456, 7)
+        ref = tokens.read(purpose, token, max_age_days=1)
+        assert (ref.subscriber_id, ref.list_id) == (123456, 7)
+        assert ref.issued_at is not None and before <= ref.issued_at <= datetime.now(UTC)
+        assert token.isascii() and "/" not in token and " " not in token  # safe as a URL path segment
+
+
+def test_every_single_character_change_is_refused() -> None:
+    """Including the spare bits of base64's last character: no second spelling of a link is accepted."""
+    tokens = Tokens(KEY)
+    token = tokens.make("unsubscribe", 42, 1)
+    alphabet = string.ascii_letters + string.digits + "-_."
+    tried = 0
+    for i, ch in enumerate(token):
+        for other in alphabet.replace(ch, ""):
+            forged = token[:i] + other + token[i + 1:]
+            with pytest.raises(TokenError) as e:
+                tokens.read("unsubscribe", forged, max_age_days=365)
+            assert not e.value.expired
+            tried += 1
+    assert tried == len(token) * (len(alphabet) - 1)
+
+
+def test_ids_cannot_be_swapped_for_another_readers() -> None:
+    tokens = Tokens(KEY)
+    token = tokens.make("unsubscribe", 42, 1)
+    forged = token.replace("2a.1.", "2b.1.", 1)  # subscriber 43 with 42's signature
+    assert forged != token
+    with pytest.raises(TokenError):
+        tokens.read("unsubscribe", forged, max_age_days=365)
+
+
+def test_truncated_empty_and_garbage_tokens_are_refused() -> None:
+    tokens = Tokens(KEY)
+    token = tokens.make("preferences", 5, 1)
+    for bad in (token[:-1], token[: len(token) // 2], "", "....", "not-a-token", "é" * 20, token + "x"):
+        with pytest.raises(TokenError):
+            tokens.read("preferences", bad, max_age_days=365)
+
+
+def test_a_token_signed_with_another_key_is_refused() -> None:
+    token = Tokens("another-secret-key-0123456789").make("unsubscribe", 1, 1)
+    with pytest.raises(TokenError) as e:
+        Tokens(KEY).read("unsubscribe", token, max_age_days=365)
+    assert not e.value.expired
+
+
+def test_a_token_is_good_for_its_own_purpose_only() -> None:
+    tokens = Tokens(KEY)
+    unsubscribe = tokens.make("unsubscribe", 9, 1)
+    for other in ("confirm", "preferences"):
+        with pytest.raises(TokenError):
+            tokens.read(other, unsubscribe, max_age_days=365)
+
+
+def test_expired_tokens_are_refused_and_say_so() -> None:
+    tokens = Tokens(KEY)
+    with time_machine.travel(datetime(2025, 1, 1, 12, tzinfo=UTC), tick=False):
+        token = tokens.make("confirm", 1, 1)
+    with time_machine.travel(datetime(2025, 1, 8, 11, 59, tzinfo=UTC), tick=False):
+        assert tokens.read("confirm", token, max_age_days=7).subscriber_id == 1
+    with time_machine.travel(datetime(2025, 1, 8, 12, 0, 1, tzinfo=UTC), tick=False):
+        with pytest.raises(TokenError) as e:
+            tokens.read("confirm", token, max_age_days=7)
+    assert e.value.expired
+
+
+def test_unsubscribe_links_work_for_at_least_60_days_whatever_the_config(settings: Settings) -> None:
+    assert settings.subscribers.link_expiry_days >= 60
+    tokens = Tokens(settings.secret_key)
+    sent = datetime(2025, 3, 1, tzinfo=UTC)
+    with time_machine.travel(sent, tick=False):
+        token = tokens.make("unsubscribe", 77, 1)
+    with time_machine.travel(sent + timedelta(days=60), tick=False):
+        assert tokens.read("unsubscribe", token, settings.subscribers.link_expiry_days).subscriber_id == 77
+
+
+def test_a_token_carries_no_email_address() -> None:
+    tokens = Tokens(KEY)
+    token = tokens.make("unsubscribe", 1000, 2)
+    text = token
+    for part in token.split("."):
+        padded = part + "=" * (-len(part) % 4)
+        try:
+            text += base64.urlsafe_b64decode(padded).decode("latin-1")
+        except ValueError:
+            pass
+    assert "@" not in text
+    assert len(token) < 60  # short enough for a URL in a plain-text email line
+
+
+def test_a_signing_key_is_required() -> None:
+    with pytest.raises(ValueError):
+        Tokens("")
