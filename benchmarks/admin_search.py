@@ -30,7 +30,6 @@ from digest.demo import init  # noqa: E402
 from digest.store import migrate, session_scope, utcnow  # noqa: E402
 from digest.web.app import create_app  # noqa: E402
 from digest.web.users import add_user  # noqa: E402
-from subscribers import queries  # noqa: E402
 from subscribers.models import MailingList, Membership, Subscriber  # noqa: E402
 
 PASSWORD = "benchmark password"
@@ -126,21 +125,6 @@ def main() -> None:
                 worst = max(worst, p95)
                 print(f"{label:34} {median:10.1f} {p95:8.1f}")
             print(f"\nworst p95: {worst:.1f} ms (goal: under 200 ms)")
-
-        # the CLI's search (OFFSET paging, exact DISTINCT count), which the admin page does not use
-        print("\nfor comparison, subscribers.queries.search (the query alone, no page around it):")
-        with session_scope(settings.database_url) as s:
-            for label, kwargs in (("first page", {}), ("offset 50,000", {"offset": deep}),
-                                  ("text 'gmail'", {"text": "gmail"}), ("status=bounced", {"status": "bounced"}),
-                                  ("weekly+active", {"list_slug": "weekly", "status": "active"}),
-                                  ("weekly+active, offset 50,000",
-                                   {"list_slug": "weekly", "status": "active", "offset": deep})):
-                times = []
-                for _ in range(5):
-                    t0 = time.perf_counter()
-                    queries.search(s, **kwargs)
-                    times.append((time.perf_counter() - t0) * 1000)
-                print(f"  {label:32} {statistics.median(times):8.1f} ms")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         """Add a reader: a confirmation email is sent (double opt-in) unless --confirmed --source."""
         from digest.store import session_scope
         from subscribers import lifecycle, optin
-        from subscribers.models import ACTIVE, WITHDRAWN
+        from subscribers.models import ACTIVE, PENDING, WITHDRAWN
 
         settings = settings_for(config, create_secret=True)
         slug = list_ or settings.delivery.list
@@ -65,9 +65,11 @@ def register(app: typer.Typer) -> None:
             address = lifecycle.normalize(email).email
             if outcome == optin.SUPPRESSED:
                 raise DigestError(f"{address} was erased on request and cannot be added again")
-            messages = {optin.SENT: "confirmation email sent; pending until the reader confirms",
+            member = lifecycle.membership(session, lifecycle.find(session, address), lifecycle.get_list(session, slug))
+            status = member.status if member is not None else PENDING
+            messages = {optin.SENT: f"confirmation email sent; {status} until the reader confirms",
                         optin.ALREADY_ACTIVE: "already active: nothing sent",
-                        optin.RECENTLY_SENT: "a confirmation was sent recently: not sent again yet"}
+                        optin.RECENTLY_SENT: f"a confirmation was sent recently: not sent again yet ({status})"}
             console.print(f"{address} on {slug!r}: {messages[outcome]}", markup=False)
 
     @subs.command()
@@ -110,20 +112,24 @@ def register(app: typer.Typer) -> None:
                  config: ConfigOpt = None) -> None:
         """A table of subscribers, newest first."""
         from digest.store import session_scope
-        from subscribers.queries import search as do_search
+        from subscribers.search import Query
+        from subscribers.search import search as do_search
 
         settings = settings_for(config)
         with session_scope(settings.database_url) as session:
-            found, total = do_search(session, status=status, list_slug=list_, text=search, limit=limit)
-            table = Table(title=f"Subscribers: {total} match" + ("" if total == 1 else "es"))
+            page = do_search(session, Query(q=search or "", status=status or "", list_slug=list_ or "", size=limit))
+            if page.error:
+                raise DigestError(page.error)
+            total = f"{page.count}{'+' if page.capped else ''}"
+            table = Table(title=f"Subscribers: {total} match" + ("" if total == "1" else "es"))
             for col in ("email", "name", "lists", "created"):
                 table.add_column(col)
-            for f in found:
-                table.add_row(escape(f.subscriber.email), escape(f.subscriber.name),
-                              ", ".join(f"{slug}:{s}" for slug, s in f.memberships), _when(f.subscriber.created_at))
+            for row in page.rows:
+                table.add_row(escape(row.email), escape(row.name),
+                              ", ".join(f"{slug}:{s}" for slug, s in row.memberships), _when(row.created_at))
             console.print(table)
-            if total > len(found):
-                console.print(f"... {total - len(found)} more (use --limit, --search or export)")
+            if page.count > len(page.rows) or page.capped:
+                console.print(f"... {total} in all; {len(page.rows)} shown (use --limit, --search or export)")
 
     @subs.command()
     def show(email: Annotated[str, typer.Argument(help="The reader's address.")], config: ConfigOpt = None) -> None:
@@ -165,7 +171,7 @@ def register(app: typer.Typer) -> None:
                    create_lists: Annotated[bool, typer.Option(
                        "--create-lists", help="Create lists named in the `lists` column that do not exist.")]
                    = False,
-                   batch_size: Annotated[int, typer.Option(help="Rows per transaction.")] = 5000,
+                   batch_size: Annotated[int, typer.Option(help="Rows per transaction.")] = 10_000,
                    config: ConfigOpt = None) -> None:
         """Import readers from CSV; bad rows go to FILE.rejects.csv with their row number and reason."""
         from digest.store import session_factory

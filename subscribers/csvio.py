@@ -55,6 +55,9 @@ _LIST_SPLIT = re.compile(r"[;|,]")
 _CATEGORY_SPLIT = re.compile(r"[/;|]")
 _DELIMITERS = (",", ";", "\t")
 NAME_MAX = 255
+#: rows per transaction: large enough that SQLite writes each index page once for many rows, small
+#: enough that a million-row import stays well under 150 MB (three batches are in memory at once)
+BATCH_SIZE = 10_000
 Progress = Callable[[int, int], None]
 
 
@@ -81,11 +84,10 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        verb = "would be" if self.dry_run else ""
         parts = [f"{self.added} added", f"{self.updated} updated", f"{self.unchanged} unchanged",
                  f"{self.rejected} rejected", f"{self.suppressed} suppressed"]
         text = f"{self.rows} rows: " + ", ".join(parts)
-        return f"{text} ({verb} nothing written: dry run)" if self.dry_run else text
+        return f"{text} (dry run: nothing was written)" if self.dry_run else text
 
 
 @dataclass(slots=True)
@@ -97,7 +99,7 @@ class _Row:
     name: str
     lists: tuple[tuple[str, str | None], ...]
     categories: list[str] | None
-    attributes: dict[str, str]
+    attributes: tuple[tuple[str, str], ...]  # (a tuple is a third of a dict's size: rows are many)
     created_at: datetime | None
     fields: list[str]
     #: the subscriber row for a new person, but `created_at` (attributes and categories as the database
@@ -216,23 +218,17 @@ class _Rejects:
     def write(self, row: int, line: int, reason: str, fields: list[str] | None) -> None:
         self._pending.append((row, line, reason, fields or []))
 
-    def flush(self, before: int | None = None) -> None:
-        """Write what was found, in row order (parse errors and batch checks come at different times).
-
-        With `before`, only rows before that one (the first row of a batch still being filled).
-        """
+    def flush(self) -> None:
+        """Write what was found, in row order (parse errors and batch checks come at different times)."""
         if not self._pending:
             return
-        if before is not None:
-            keep = [p for p in self._pending if p[0] >= before]
-            self._pending = [p for p in self._pending if p[0] < before]
         if self._writer is None:
             self._file = open(self.path, "w", encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
             self._writer = csv.writer(self._file)
             self._writer.writerow(["_row", "_line", "_reason", *self.header])
         self._pending.sort(key=lambda item: item[0])
         self._writer.writerows([row, line, reason, *fields] for row, line, reason, fields in self._pending)
-        self._pending = keep if before is not None else []
+        self._pending = []
 
     def close(self) -> Path | None:
         self.flush()
@@ -278,10 +274,10 @@ class _Parser:
             raise _Reject(f"name is {len(name)} characters (at most {NAME_MAX})")
         lists = self._lists(fields[lay.lists]) if lay.lists is not None else self.default
         cats = self._categories(fields[lay.categories]) if lay.categories is not None else None
-        attributes = {key: v for i, key in lay.attributes if (v := fields[i].strip())}
+        attributes = tuple((key, v) for i, key in lay.attributes if (v := fields[i].strip()))
         created = self._created(fields[lay.created_at]) if lay.created_at is not None else None
         convert = self.convert_json
-        insert = (address.email, address.key, name, convert(attributes), convert(cats or []))
+        insert = (address.email, address.key, name, convert(dict(attributes)), convert(cats or []))
         return _Row(row, line, address.email, address.key, name, lists, cats, attributes, created, fields, insert)
 
     def _lists(self, cell: str) -> tuple[tuple[str, str | None], ...]:
@@ -380,7 +376,7 @@ def _fewer_collections() -> Iterator[None]:
 
 def import_csv(session: Session, path: Path, *, list_slug: str = lifecycle.DEFAULT_LIST,
                preconfirmed: bool = False, source: str = "", dry_run: bool = False, create_lists: bool = False,
-               categories: tuple[str, ...] | None = None, batch_size: int = 5000,
+               categories: tuple[str, ...] | None = None, batch_size: int = BATCH_SIZE,
                progress: Progress | None = None) -> ImportReport:
     """Import a subscribers CSV (see the module doc). Re-running the same file changes nothing more.
 
@@ -419,8 +415,9 @@ def _import(session: Session, path: Path, raw: io.BufferedReader, size: int, *, 
         delimiter = _delimiter(header_line)
         header = next(csv.reader([header_line], delimiter=delimiter))
         layout = _layout(header, path)
-        if any(i for i in layout.ignored if layout.names[i] == ""):
-            report.warnings.append("columns without a name in the header are ignored")
+        unnamed = [str(i + 1) for i in layout.ignored if layout.names[i] == ""]
+        if unnamed:
+            report.warnings.append(f"column(s) {', '.join(unnamed)} have no name in the header: ignored")
         lists: dict[str, int | None] = dict(session.execute(select(MailingList.slug, MailingList.id)).all())
         lists.setdefault(lifecycle.DEFAULT_LIST, None)  # the default list always exists (made on first use)
         if layout.lists is None and list_slug not in lists:
@@ -453,6 +450,10 @@ def _import(session: Session, path: Path, raw: io.BufferedReader, size: int, *, 
     finally:
         if chunks is not None:
             chunks.close()  # stops the parsing thread before the file is closed
+        if session.get_bind().dialect.name == "sqlite":
+            session.rollback()
+            session.connection().exec_driver_sql("PRAGMA wal_autocheckpoint=1000")  # SQLite's default
+            session.rollback()
         text.close()
         if seen is not None:
             seen.close()
@@ -566,8 +567,14 @@ class _BatchWriter:
             self.lists[slug] = lid
         return lid
 
+    #: SQLite copies its write-ahead log into the database every 1000 pages by default (a checkpoint,
+    #: with two fsyncs); a batch dirties thousands, so the import lets the log grow to ~40 MB first
+    WAL_PAGES = 10_000
+
     def write(self, batch: list[_Row], seen: _Seen, rejects: _Rejects, report: ImportReport) -> None:
         try:
+            if self.dialect == "sqlite":  # per batch: the session may hand out another pooled connection
+                self.session.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={self.WAL_PAGES}")
             self._write(batch, seen, rejects, report)
         except DigestError:
             self.session.rollback()
@@ -609,8 +616,8 @@ class _BatchWriter:
             change: dict[str, Any] = {}
             if r.name and r.name != name:
                 change["name"] = r.name
-            if r.attributes and {**attrs, **r.attributes} != attrs:
-                change["attributes"] = {**attrs, **r.attributes}
+            if r.attributes and {**attrs, **dict(r.attributes)} != attrs:
+                change["attributes"] = {**attrs, **dict(r.attributes)}
             if r.categories is not None and r.categories != cats:
                 change["categories"] = r.categories
             if change:

@@ -65,7 +65,7 @@ def confirmation_message(settings: Settings, tokens: Tokens, member: Membership,
     url = confirm_url(settings, subscriber.id, member.list_id, tokens)
     return Message(delivery_id=member.id, subscriber_id=subscriber.id, issue_id=0, issue_number=0,
                    to_email=subscriber.email, to_name=subscriber.name, edition=edition,
-                   values=_values(subscriber.name, url), headers={})
+                   values=_values(subscriber.name, url), headers={}, list_id=member.list_id)
 
 
 def _send_one(settings: Settings, message: Message, transport: Transport | None) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from digest.errors import DigestError, NotFound
+from digest.errors import NotFound
 from subscribers import lifecycle
 from subscribers.models import STATUSES, Event, MailingList, Membership, Subscriber
 
@@ -32,39 +32,6 @@ def list_counts(session: Session) -> list[ListCounts]:
         counts.setdefault(lid, {})[status] = n
     return [ListCounts(m.slug, m.name, {s: counts.get(m.id, {}).get(s, 0) for s in STATUSES})
             for m in session.scalars(select(MailingList).order_by(MailingList.slug))]
-
-
-@dataclass
-class Found:
-    subscriber: Subscriber
-    memberships: list[tuple[str, str]] = field(default_factory=list)  # (list slug, status)
-
-
-def search(session: Session, *, status: str | None = None, list_slug: str | None = None, text: str | None = None,
-           limit: int = 50, offset: int = 0) -> tuple[list[Found], int]:
-    """Subscribers matching the filters (newest first) and how many match in all."""
-    if status is not None and status not in STATUSES:
-        raise DigestError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
-    q = select(Subscriber.id)
-    if status is not None or list_slug is not None:
-        q = q.join(Membership, Membership.subscriber_id == Subscriber.id)
-        if list_slug is not None:
-            q = q.where(Membership.list_id == lifecycle.get_list(session, list_slug).id)
-        if status is not None:
-            q = q.where(Membership.status == status)
-    if text:
-        like = f"%{text.strip().casefold()}%"
-        q = q.where(or_(Subscriber.email_key.like(like), func.lower(Subscriber.name).like(like)))
-    q = q.distinct()
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    ids = list(session.scalars(q.order_by(Subscriber.id.desc()).limit(limit).offset(offset)))
-    subs = {s.id: Found(s) for s in session.scalars(select(Subscriber).where(Subscriber.id.in_(ids)))}
-    for sid, slug, mstatus in session.execute(
-            select(Membership.subscriber_id, MailingList.slug, Membership.status)
-            .join(MailingList, MailingList.id == Membership.list_id)
-            .where(Membership.subscriber_id.in_(ids)).order_by(MailingList.slug)):
-        subs[sid].memberships.append((slug, mstatus))
-    return [subs[i] for i in ids], total
 
 
 @dataclass

@@ -81,7 +81,7 @@ def test_an_ugly_file_imports_what_is_good_and_reports_every_bad_row(settings: S
 
 
 def test_non_utf8_rows_are_rejected_not_garbled(session: Session, tmp_path: Path) -> None:
-    data = "email,name\nok@example.com,Ok\n".encode() + "bad@example.com,Jos\xe9\n".encode("latin-1") + \
+    data = b"email,name\nok@example.com,Ok\n" + "bad@example.com,Jos\xe9\n".encode("latin-1") + \
         b"ok2@example.com,Fine\n"
     report = import_csv(session, _write(tmp_path / "latin1.csv", data))
     assert (report.added, report.rejected) == (2, 1)
@@ -335,3 +335,28 @@ def test_a_large_file_imports_in_batches_with_progress(session: Session, tmp_pat
     assert session.scalar(select(func.count()).select_from(Event)) == 12_000
     assert len(seen) >= 5 and seen[-1][0] == seen[-1][1] == path.stat().st_size
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_new_and_known_people_mixed_after_a_gap_in_the_ids(session: Session, tmp_path: Path) -> None:
+    """Inserting first and looking up after (and the fallback when the newest person was erased)."""
+    for i in range(5):
+        lifecycle.subscribe(session, f"old{i}@example.com", name=f"Old {i}", source="t", confirmed=True)
+    session.commit()
+    lifecycle.erase(session, "old4@example.com")  # the newest id is now a gap that is never reused
+    session.commit()
+    lines = ["email,name,lists"]
+    for i in range(12):
+        lines.append(f"new{i}@example.com,New {i},weekly")
+        if i < 4:
+            lines.append(f"old{i}@example.com,Old {i} renamed,weekly")
+    report = import_csv(session, _write(tmp_path / "mix.csv", "\n".join(lines) + "\n"), batch_size=6)
+    assert (report.added, report.updated, report.rejected) == (12, 4, 0)
+    statuses = _statuses(session)
+    assert all(statuses[(f"new{i}@example.com", "weekly")] == PENDING for i in range(12))
+    assert all(statuses[(f"old{i}@example.com", "weekly")] == ACTIVE for i in range(4))
+    for i in range(12):  # each new membership and event belongs to its own person
+        sub = lifecycle.find(session, f"new{i}@example.com")
+        assert sub.name == f"New {i}"
+        detail = session.scalar(select(Event.detail).where(Event.subscriber_id == sub.id))
+        assert detail == f"mix.csv row {lines.index(f'new{i}@example.com,New {i},weekly') + 1}"
+    assert lifecycle.find(session, "old2@example.com").name == "Old 2 renamed"

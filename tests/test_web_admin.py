@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from digest import issues
 from digest.store import session_scope
-from digest.web.search import Page, Query, search
 from subscribers import lifecycle
 from subscribers.models import ACTIVE, UNSUBSCRIBED, Event, Membership
+from subscribers.search import Page, Query, search
 from tests.test_web_support import app_fixture, client_fixture, csrf, csrf_from, login  # noqa: F401 (fixtures)
 
 
@@ -63,7 +63,7 @@ def test_search_filters_and_keyset_pages_through_everyone(client, settings):
 
 def test_count_is_capped_for_broad_searches(settings, session, monkeypatch):
     add(settings, *(f"r{i}@example.com" for i in range(30)))
-    monkeypatch.setattr("digest.web.search.COUNT_CAP", 10)
+    monkeypatch.setattr("subscribers.search.COUNT_CAP", 10)
     page = search(session, Query(q="example", size=5))
     assert page.capped and page.count == 10 and len(page.rows) == 5
     page = search(session, Query(q="example", size=50))  # all on the first page: counted exactly
@@ -88,7 +88,7 @@ def test_list_and_status_filters_page_the_same_whether_many_or_few_match(setting
     add(settings, *(f"o{i:02d}@example.com" for i in range(5)), list_slug="offers")
     active = sorted(f"a{i:02d}@example.com" for i in range(40))
     for cap in (10_000, 10):  # few matches (read the members once) and many (probe per subscriber)
-        monkeypatch.setattr("digest.web.search.COUNT_CAP", cap)
+        monkeypatch.setattr("subscribers.search.COUNT_CAP", cap)
         emails, first = walk(session, Query(list_slug="weekly", status="active", size=6))
         assert sorted(emails) == active and len(emails) == len(set(emails))
         assert (first.count, first.capped) == ((10, True) if cap == 10 else (40, False))

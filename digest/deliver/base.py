@@ -10,6 +10,7 @@ only talk to the provider.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import json
 import os
@@ -414,9 +415,14 @@ def deliver(factory: sessionmaker[Session], settings: Settings, issue_id: int, t
         issue = session.get(IssueRow, issue_id)
         assert issue is not None
         me = acquire(session, issue_id, issue.number)
+        # A send makes millions of short-lived objects; every full collection would re-scan the hundred
+        # thousand long-lived ones (modules, SQLAlchemy's registries) for nothing: 0.8 s of 4 in the
+        # benchmark. Frozen objects are still freed by reference counting; unfrozen again after.
+        gc.freeze()
         try:
             return _run(session, settings, issue, transport, editions, personal, list_id, me, progress, now)
         finally:
+            gc.unfreeze()
             try:
                 transport.close()
             finally:

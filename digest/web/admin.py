@@ -31,11 +31,11 @@ from digest.store import Delivery, IssueRow, User
 from digest.web.auth import check_csrf, require_admin, require_user
 from digest.web.deps import client_ip, get_db, get_settings
 from digest.web.pages import flash, render
-from digest.web.search import Query, search
 from subscribers import csvio, lifecycle
 from subscribers.categories import known_categories
 from subscribers.models import STATUSES, MailingList, Subscriber
 from subscribers.queries import list_counts, profile
+from subscribers.search import Query, search
 
 router = APIRouter(prefix="/admin",
                    dependencies=[Depends(require_user), Depends(require_admin), Depends(check_csrf)])

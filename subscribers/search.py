@@ -1,11 +1,11 @@
-"""The admins' subscriber search: filtered, keyset-paged and counted with a cap, so a page of a
-100,000-reader list answers well under 200 ms (benchmarks/admin_search.py measures it).
+"""Subscriber search (the admin pages and `digest subscribers list`): filtered, keyset-paged and
+counted with a cap, so a page of a 100,000-reader list answers well under 200 ms
+(benchmarks/admin_search.py measures it).
 
-Why not subscribers.queries.search (the CLI's `list`: OFFSET paging, an exact DISTINCT count): with
-100,000 readers its query alone takes 120-170 ms for "active members of weekly" and 230-300 ms for a
-page in the middle of them on the 2-core CI machine, because the exact count and the OFFSET both walk
-every match. Here pages are keyset (`id < last id seen`: the last page costs what the first does), a
-list/status filter is counted on the (list_id, status) index and the count stops at COUNT_CAP.
+Why not OFFSET paging and an exact DISTINCT count: with 100,000 readers those took 120-170 ms for
+"active members of weekly" and 230-300 ms for a page in the middle on the 2-core machine, because both
+walk every match. Here pages are keyset (`id < last id seen`: the last page costs what the first does),
+a list/status filter is counted on the (list_id, status) index and the count stops at COUNT_CAP.
 """
 
 from __future__ import annotations
