@@ -109,7 +109,7 @@ class SendGridSettings:
     backoff_seconds: float = 0.5  # first retry delay after a 5xx or a dropped connection (doubles, with jitter)
     #: a request whose connection dropped after it was fully sent (no answer) is sent again (true), or its
     #: readers are left of unknown fate for `digest deliveries resolve` (false: never a possible duplicate)
-    retry_unanswered: bool = True
+    retry_unanswered: bool = False  # exactly once first: an unanswered request is left for an admin
 
     @property
     def api_key(self) -> str:
@@ -336,7 +336,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: 
             webhook_max_age_seconds=_get(sg, "webhook_max_age_seconds", int, "delivery.sendgrid", cfg, 600),
             timeout_seconds=_get(sg, "timeout_seconds", float, "delivery.sendgrid", cfg, 60.0),
             backoff_seconds=_get(sg, "backoff_seconds", float, "delivery.sendgrid", cfg, 0.5),
-            retry_unanswered=_get(sg, "retry_unanswered", bool, "delivery.sendgrid", cfg, True),
+            retry_unanswered=_get(sg, "retry_unanswered", bool, "delivery.sendgrid", cfg, False),
         ),
     )
 

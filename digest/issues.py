@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from digest.compose import FeatureHistory, compose
 from digest.config import Settings
-from digest.deliver import make_transport
+from digest.deliver import make_transport, send_outside_ledger
 from digest.deliver.base import Message, Personalizer, SendReport, Transport, deliver
 from digest.editions import Editions, appeal_clickers
 from digest.errors import DigestError, NotFound
@@ -328,11 +328,7 @@ def send_test(settings: Settings, to: str, *, transport: Transport | None = None
     message = Message(0, sid, row.id, row.number, address.email, name, editions.get(editions.key(sub)),
                       values, headers)
     message = Message(**{**message.__dict__, "edition": _test_edition(message.edition)})
-    transport = transport or make_transport(settings)
-    try:
-        outcome = transport.send([message])[0]
-    finally:
-        transport.close()
+    outcome = send_outside_ledger(settings, [message], transport)[0]
     if not outcome.ok:
         raise DigestError(f"test send to {address.email} failed: {outcome.error}")
     return f"test copy of issue {row.number} sent to {address.email}"

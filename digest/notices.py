@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from digest.config import Settings
-from digest.deliver import make_transport
+from digest.deliver import send_outside_ledger
 from digest.deliver.base import Message, Transport
 from digest.issues import Summary
 from digest.render import Rendered, compile_mjml, render_text
@@ -64,13 +64,9 @@ def notify_editors(settings: Settings, notice: Notice, *, transport: Transport |
     messages = [Message(0, 0, 0, number, editor, "", edition, {}, {}) for editor in editors]
     problems: list[str] = []
     try:
-        transport = transport or make_transport(settings)
-        try:
-            for outcome, message in zip(transport.send(messages), messages, strict=True):
-                if not outcome.ok:
-                    problems.append(f"notice to {message.to_email} failed: {outcome.error}")
-        finally:
-            transport.close()
+        for outcome, message in zip(send_outside_ledger(settings, messages, transport), messages, strict=True):
+            if not outcome.ok:
+                problems.append(f"notice to {message.to_email} failed: {outcome.error}")
     except Exception as e:  # a broken transport is reported with the notice, never fatal to the job
         problems.append(f"notice not sent ({e.__class__.__name__}: {e})")
     for problem in problems:

@@ -69,13 +69,9 @@ def confirmation_message(settings: Settings, tokens: Tokens, member: Membership,
 
 
 def _send_one(settings: Settings, message: Message, transport: Transport | None) -> None:
-    from digest.deliver import make_transport
+    from digest.deliver import send_outside_ledger
 
-    transport = transport or make_transport(settings)
-    try:
-        outcome = transport.send([message])[0]
-    finally:
-        transport.close()
+    outcome = send_outside_ledger(settings, [message], transport)[0]
     if not outcome.ok:
         raise DeliveryError(f"the confirmation email could not be sent: {outcome.error or 'refused'}")
 

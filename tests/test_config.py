@@ -18,6 +18,7 @@ def test_sample_config_loads_with_paths_relative_to_the_file(workdir: Path) -> N
     assert s.resolve(s.sources.feeds[0]) == str(workdir / "sample" / "feed.xml")
     assert s.delivery.transport == "outbox"
     assert s.publication.tz.key == "Australia/Sydney"
+    assert s.delivery.sendgrid.retry_unanswered is False  # exactly once before throughput
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [

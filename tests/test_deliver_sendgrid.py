@@ -56,7 +56,7 @@ def sendgrid_config(workdir: Path, extra: str = "") -> None:
 
 @pytest.fixture
 def sg(workdir: Path, server: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    sendgrid_config(workdir)
+    sendgrid_config(workdir, "retry_unanswered = true")  # the retry tests drop connections on purpose
     monkeypatch.setenv("SENDGRID_API_KEY", KEY)
     monkeypatch.setenv("DIGEST_SENDGRID_API_URL", server.url)
     s = load_settings(workdir / "digest.toml")

@@ -8,7 +8,7 @@ from digest.config import Settings
 from digest.errors import ConfigError
 
 if TYPE_CHECKING:  # the CLI imports this package at start-up: keep it light
-    from digest.deliver.base import Transport
+    from digest.deliver.base import Message, Outcome, Transport
 
 
 def make_transport(settings: Settings) -> Transport:
@@ -27,3 +27,16 @@ def make_transport(settings: Settings) -> Transport:
 
         return SendGridTransport(settings)
     raise ConfigError(f"{settings.path}: delivery.transport {name!r} is not outbox, smtp or sendgrid")
+
+
+def send_outside_ledger(settings: Settings, messages: list[Message],
+                        transport: Transport | None = None) -> list[Outcome]:
+    """Messages that are not part of an issue's send (confirmations, test copies, editor notices).
+
+    Nothing is recorded in the deliveries ledger; the transport is closed afterwards.
+    """
+    transport = transport or make_transport(settings)
+    try:
+        return transport.send(messages)
+    finally:
+        transport.close()
