@@ -114,7 +114,7 @@ def test_subscriber_history_and_unsubscribe_by_an_admin(client, settings):
     assert r.status_code == 200 and "unsubscribed from list weekly" in r.text
     with session_scope(settings.database_url) as s:
         statuses = dict(s.execute(select(Membership.list_id, Membership.status)
-                                  .where(Membership.subscriber_id == sid)).tuples().all())
+                                  .where(Membership.subscriber_id == sid)).all())
         assert sorted(statuses.values()) == [ACTIVE, UNSUBSCRIBED]
         event = s.scalar(select(Event).where(Event.subscriber_id == sid, Event.kind == "unsubscribed"))
         assert event.source == "admin admin@example.com (web)" and event.ip == "testclient"

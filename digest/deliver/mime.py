@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
 
 from digest.config import Settings
@@ -11,9 +12,14 @@ from digest.render import personalize
 from digest.store import utcnow
 
 
+#: CRLF line ends as on the wire; headers folded only past RFC 5322's hard limit, so a long subject is not
+#: broken right after "Subject:" (which some clients show as a leading space).
+POLICY = SMTP.clone(max_line_length=998)
+
+
 def build(settings: Settings, message: Message, *, subject_prefix: str = "") -> EmailMessage:
     pub = settings.publication
-    msg = EmailMessage()
+    msg = EmailMessage(policy=POLICY)
     msg["Subject"] = subject_prefix + message.edition.subject
     msg["From"] = sender(settings)
     msg["To"] = formataddr((message.to_name, message.to_email)) if message.to_name else message.to_email
@@ -25,5 +31,6 @@ def build(settings: Settings, message: Message, *, subject_prefix: str = "") -> 
         msg[name] = value
     msg["X-Digest-Issue"] = str(message.issue_number)
     msg.set_content(personalize(message.edition.text, message.values))
-    msg.add_alternative(personalize(message.edition.html, message.values), subtype="html")
+    # quoted-printable named outright: left to choose, the email package encodes the HTML twice to compare
+    msg.add_alternative(personalize(message.edition.html, message.values), subtype="html", cte="quoted-printable")
     return msg
