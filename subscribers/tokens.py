@@ -8,11 +8,12 @@ The signing time is kept in the token; `confirm` uses it to refuse links sent be
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
-from itsdangerous.encoding import base64_decode, base64_encode
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, want_bytes
+from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes
 
 from digest.errors import DigestError
 
@@ -36,12 +37,20 @@ class ReaderRef:
 
 
 class Tokens:
-    """One signer per purpose, so an unsubscribe token never confirms and vice versa."""
+    """One signer per purpose, so an unsubscribe token never confirms and vice versa.
+
+    `make` writes exactly what itsdangerous's `TimestampSigner.sign` writes (a test holds it to that),
+    at a third of the cost: a send signs two links per reader, which is most of its per-reader work.
+    The key is derived once (itsdangerous derives it per call) and the keyed HMAC state is copied, not
+    rebuilt. `read` is itsdangerous's own verification.
+    """
 
     def __init__(self, secret_key: str) -> None:
         if not secret_key:
             raise ValueError("a signing key is required")
         self._signers = {p: TimestampSigner(secret_key, salt=f"digest.{p}") for p in PURPOSES}
+        self._keyed = {p: hmac.new(s.derive_key(), digestmod=s.digest_method().name) for p, s in self._signers.items()}
+        self._stamp: tuple[int, bytes] = (0, b"")
 
     def _signer(self, purpose: str) -> TimestampSigner:
         try:
@@ -50,7 +59,15 @@ class Tokens:
             raise ValueError(f"unknown token purpose {purpose!r} (one of {', '.join(PURPOSES)})") from None
 
     def make(self, purpose: str, subscriber_id: int, list_id: int) -> str:
-        return self._signer(purpose).sign(f"{subscriber_id:x}.{list_id:x}").decode("ascii")
+        signer = self._signer(purpose)
+        now = signer.get_timestamp()
+        if self._stamp[0] != now:
+            self._stamp = (now, base64_encode(int_to_bytes(now)))
+        sep = want_bytes(signer.sep)
+        value = f"{subscriber_id:x}.{list_id:x}".encode("ascii") + sep + self._stamp[1]
+        mac = self._keyed[purpose].copy()
+        mac.update(value)
+        return (value + sep + base64_encode(mac.digest())).decode("ascii")
 
     def read(self, purpose: str, token: str, max_age_days: float) -> ReaderRef:
         """The ids in a token; TokenError when it is tampered, expired, of another key or purpose."""

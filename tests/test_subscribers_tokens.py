@@ -109,3 +109,16 @@ def test_a_token_carries_no_email_address() -> None:
 def test_a_signing_key_is_required() -> None:
     with pytest.raises(ValueError):
         Tokens("")
+
+
+def test_make_writes_exactly_what_itsdangerous_signs() -> None:
+    """The fast `make` must stay byte-for-byte itsdangerous's TimestampSigner.sign, or old links break."""
+    from itsdangerous import TimestampSigner
+
+    tokens = Tokens(KEY)
+    for moment in (datetime(2026, 11, 30, 7, tzinfo=UTC), datetime(2027, 3, 1, 12, 30, 5, tzinfo=UTC)):
+        with time_machine.travel(moment, tick=False):
+            for purpose in PURPOSES:
+                reference = TimestampSigner(KEY, salt=f"digest.{purpose}")
+                for sid, lid in ((1, 1), (7, 3), (123456789, 42)):
+                    assert tokens.make(purpose, sid, lid) == reference.sign(f"{sid:x}.{lid:x}").decode("ascii")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hmac
 import json
 import os
 import random
@@ -23,8 +22,6 @@ from datetime import datetime, timedelta
 from email.utils import formataddr
 from typing import Any, NamedTuple, Protocol
 
-from itsdangerous import TimestampSigner
-from itsdangerous.encoding import base64_encode, int_to_bytes, want_bytes
 from sqlalchemy import Text, and_, bindparam, delete, func, insert, literal, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -119,30 +116,6 @@ def sender(settings: Settings) -> str:
     return formataddr((pub.from_name or pub.name, pub.from_email))
 
 
-class _FastSigner:
-    """The same tokens as `Tokens.make`, at a third of the cost: two links per reader are most of the
-    per-reader work of a send. The key is derived once (itsdangerous derives it per call) and the HMAC's
-    keyed state is copied rather than rebuilt; unlike the one-shot `hmac.digest`, that never lets go of
-    the GIL, so the sending loop's thread is not kept waiting for it. Personalizer checks every instance
-    against `Tokens.read` and falls back to `Tokens.make` if itsdangerous ever signs differently."""
-
-    def __init__(self, secret_key: str, purpose: str) -> None:
-        signer = TimestampSigner(secret_key, salt=f"digest.{purpose}")
-        self._keyed = hmac.new(signer.derive_key(), digestmod=signer.digest_method().name)
-        self._sep = want_bytes(signer.sep)
-        self._signer = signer
-        self._stamp = (0, b"")
-
-    def make(self, subscriber_id: int, list_id: int) -> str:
-        now = self._signer.get_timestamp()
-        if self._stamp[0] != now:
-            self._stamp = (now, base64_encode(int_to_bytes(now)))
-        value = f"{subscriber_id:x}.{list_id:x}".encode("ascii") + self._sep + self._stamp[1]
-        mac = self._keyed.copy()
-        mac.update(value)
-        return (value + self._sep + base64_encode(mac.digest())).decode("ascii")
-
-
 class Personalizer:
     """Token values and headers for a reader: signed links built here, for every transport alike."""
 
@@ -150,19 +123,9 @@ class Personalizer:
         self.public_url = settings.publication.public_url
         self.tokens = Tokens(settings.secret_key)
         self.mailto = settings.publication.reply_to or settings.publication.from_email
-        self._fast: dict[str, _FastSigner] = {}
-        for purpose in ("unsubscribe", "preferences"):
-            try:
-                fast = _FastSigner(settings.secret_key, purpose)
-                ref = self.tokens.read(purpose, fast.make(7, 3), max_age_days=1)
-                if (ref.subscriber_id, ref.list_id) == (7, 3):
-                    self._fast[purpose] = fast
-            except Exception:  # noqa: BLE001  (any doubt: the reference path)
-                pass
 
     def _token(self, purpose: str, subscriber_id: int, list_id: int) -> str:
-        fast = self._fast.get(purpose)
-        return fast.make(subscriber_id, list_id) if fast else self.tokens.make(purpose, subscriber_id, list_id)
+        return self.tokens.make(purpose, subscriber_id, list_id)
 
     def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
         return f"{self.public_url}/u/{self._token('unsubscribe', subscriber_id, list_id)}"
