@@ -569,12 +569,15 @@ class _BatchWriter:
 
     #: SQLite copies its write-ahead log into the database every 1000 pages by default (a checkpoint,
     #: with two fsyncs); a batch dirties thousands, so the import lets the log grow to ~40 MB first
-    WAL_PAGES = 10_000
+    WAL_PAGES = int(__import__("os").environ.get("XWAL", "10000"))
+    CACHE_SIZE = int(__import__("os").environ.get("XCACHE", "-2000"))
 
     def write(self, batch: list[_Row], seen: _Seen, rejects: _Rejects, report: ImportReport) -> None:
         try:
             if self.dialect == "sqlite":  # per batch: the session may hand out another pooled connection
-                self.session.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={self.WAL_PAGES}")
+                conn = self.session.connection()
+                conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={self.WAL_PAGES}")
+                conn.exec_driver_sql(f"PRAGMA cache_size={self.CACHE_SIZE}")
             self._write(batch, seen, rejects, report)
         except DigestError:
             self.session.rollback()

@@ -11,7 +11,6 @@ from digest.deliver.base import Message, sender
 from digest.render import personalize
 from digest.store import utcnow
 
-
 #: CRLF line ends as on the wire; headers folded only past RFC 5322's hard limit, so a long subject is not
 #: broken right after "Subject:" (which some clients show as a leading space).
 POLICY = SMTP.clone(max_line_length=998)
