@@ -326,14 +326,24 @@ def status(config: ConfigOpt = None) -> None:
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
         rows = issue_figures(session)
-    table = Table(title="Issues")
-    cols = ("issue", "status", "subject", "readers", "submitted", "failed", "skipped", "unknown",
-            "delivered", "bounced", "complained", "opened", "clicked")
-    for c in cols:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*(str(r[c]) for c in cols))
-    console.print(table)
+    figures = ("readers", "submitted", "failed", "skipped", "unknown", "delivered", "bounced", "complained",
+               "opened", "clicked")
+    if console.width < 150:  # a narrow terminal: one short paragraph per issue instead of a wide table
+        for r in rows:
+            console.print(f"[bold]#{r['issue']}[/] {r['status']}: {r['subject']}", highlight=False)
+            console.print("   " + ", ".join(f"{c} {r[c]}" for c in figures), highlight=False)
+        if not rows:
+            console.print("no issues yet")
+    else:
+        table = Table(title="Issues")
+        table.add_column("#", justify="right")
+        table.add_column("status")
+        for c in figures:
+            table.add_column(c, justify="right")
+        table.add_column("subject", no_wrap=True, overflow="ellipsis", max_width=40)
+        for r in rows:
+            table.add_row(str(r["issue"]), r["status"], *(str(r[c]) for c in figures), r["subject"])
+        console.print(table)
     unknown = sum(r["unknown"] for r in rows)
     if unknown:
         err.print(f"[red]{unknown} reader(s) in batches of unknown fate[/]: resolve with "

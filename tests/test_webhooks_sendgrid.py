@@ -122,9 +122,9 @@ def test_a_signed_batch_changes_statuses_once_and_counts_per_issue(client: TestC
     assert status.returncode == 0, status.stderr
     row = next(line for line in status.stdout.splitlines() if "│ 1 " in line or line.strip().startswith("│ 1"))
     cells = [c.strip() for c in row.strip("│ ").split("│")]
-    # issue, status, subject, readers, submitted, failed, skipped, unknown, delivered, bounced, complained,
-    # opened, clicked
-    assert cells[0] == "1" and cells[4:] == ["6", "0", "0", "0", "3", "2", "1", "2", "1"], cells
+    # issue, status, readers, submitted, failed, skipped, unknown, delivered, bounced, complained, opened,
+    # clicked, subject
+    assert cells[0] == "1" and cells[3:12] == ["6", "0", "0", "0", "3", "2", "1", "2", "1"], cells
 
 
 def test_a_replayed_event_does_not_undo_a_later_change(client: TestClient, signer: Signer, sent: Settings) -> None:
