@@ -91,6 +91,12 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Se
     conn.exec_driver_sql(compiled.string, params)
 
 
+def bound_value(conn: Connection, column: Any, value: Any) -> Any:
+    """`value` as the dialect stores it in `column` (the column type's bind conversion)."""
+    process = column.type._cached_bind_processor(conn.dialect)
+    return value if process is None else process(value)
+
+
 def among(dialect: str, column: Any, values: Sequence[Any]) -> Any:
     """`column IN values` for thousands of values. On SQLite the values travel as one JSON parameter
     (json_each) instead of one bound parameter each, which SQLAlchemy names and expands one by one."""

@@ -569,15 +569,12 @@ class _BatchWriter:
 
     #: SQLite copies its write-ahead log into the database every 1000 pages by default (a checkpoint,
     #: with two fsyncs); a batch dirties thousands, so the import lets the log grow to ~40 MB first
-    WAL_PAGES = int(__import__("os").environ.get("XWAL", "10000"))
-    CACHE_SIZE = int(__import__("os").environ.get("XCACHE", "-2000"))
+    WAL_PAGES = 10_000
 
     def write(self, batch: list[_Row], seen: _Seen, rejects: _Rejects, report: ImportReport) -> None:
         try:
             if self.dialect == "sqlite":  # per batch: the session may hand out another pooled connection
-                conn = self.session.connection()
-                conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={self.WAL_PAGES}")
-                conn.exec_driver_sql(f"PRAGMA cache_size={self.CACHE_SIZE}")
+                self.session.connection().exec_driver_sql(f"PRAGMA wal_autocheckpoint={self.WAL_PAGES}")
             self._write(batch, seen, rejects, report)
         except DigestError:
             self.session.rollback()
@@ -631,13 +628,15 @@ class _BatchWriter:
             else:
                 report.unchanged += 1
         report.added += len(new_rows)
-        self._join(new_rows, new_ids, statuses, report)
+        joins = self._join(new_rows, new_ids, report)
         if self.dry_run:
             session.rollback()
             return
         for group in lifecycle.same_columns(updates):
             session.execute(update(Subscriber), group)
         lifecycle.apply_imported(session, statuses, source=self.source, now=now)
+        lifecycle.join_imported(session, joins, source=self.source, detail_prefix=f"{self.file_name} row ",
+                                now=now)
         session.commit()
 
     def _unique(self, batch: list[_Row], rejects: _Rejects, report: ImportReport) -> list[_Row]:
@@ -754,22 +753,28 @@ class _BatchWriter:
         report.rejected += 1
         rejects.write(r.row, r.line, f"duplicate of row {earlier} (the same address: {r.email})", r.fields)
 
-    def _join(self, rows: list[_Row], ids: list[int], out: list[ImportedStatus], report: ImportReport) -> None:
-        """New people's memberships: planned once per distinct `lists` cell, not once per row."""
+    def _join(self, rows: list[_Row], ids: list[int], report: ImportReport,
+              ) -> dict[tuple[int, str], list[tuple[int, int]]]:
+        """New people's memberships, as (list id, status) -> [(subscriber id, row)]: planned once per
+        distinct `lists` cell, not once per row (see `lifecycle.join_imported`)."""
         plans = self._plans
         preconfirmed = self.preconfirmed
-        name = self.file_name
+        joins: dict[tuple[int, str], list[tuple[int, int]]] = {}
         for r, sid in zip(rows, ids, strict=True):
             plan = plans.get(r.lists)
             if plan is None:
-                plan = plans[r.lists] = [(self._list_id(slug), *lifecycle.import_status(None, wanted,
-                                                                                        preconfirmed=preconfirmed))
-                                         for slug, wanted in r.lists]
-            detail = f"{name} row {r.row}"
-            for lid, new, note in plan:
+                plan = plans[r.lists] = [((self._list_id(slug), new), note) for slug, wanted in r.lists
+                                         for new, note in [lifecycle.import_status(None, wanted,
+                                                                                   preconfirmed=preconfirmed)]]
+            pair = (sid, r.row)
+            for target, note in plan:
                 if note:
                     report.pending_only += 1
-                out.append(ImportedStatus(sid, lid, None, None, new, detail))
+                group = joins.get(target)
+                if group is None:
+                    group = joins[target] = []
+                group.append(pair)
+        return joins
 
     def _statuses(self, r: _Row, sid: int, members: dict[tuple[int, int], tuple[int, str]],
                   out: list[ImportedStatus], rejects: _Rejects, report: ImportReport) -> bool:

@@ -360,3 +360,42 @@ def test_new_and_known_people_mixed_after_a_gap_in_the_ids(session: Session, tmp
         detail = session.scalar(select(Event.detail).where(Event.subscriber_id == sub.id))
         assert detail == f"mix.csv row {lines.index(f'new{i}@example.com,New {i},weekly') + 1}"
     assert lifecycle.find(session, "old2@example.com").name == "Old 2 renamed"
+
+
+def _rows(session: Session, table: type, skip: tuple[str, ...] = ("id",)) -> list[tuple]:
+    cols = [c for c in table.__table__.c if c.name not in skip]
+    return sorted(tuple(r) for r in session.execute(select(*cols)))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_join_imported_writes_exactly_what_apply_imported_writes(session: Session, fast: bool) -> None:
+    """The SQLite INSERT ... SELECT path for new people's memberships gives the same rows and events."""
+    weekly = lifecycle.ensure_list(session, "weekly")
+    offers = lifecycle.ensure_list(session, "offers")
+    people = [lifecycle.upsert_subscriber(session, lifecycle.normalize(f"p{i}@example.com"))[0] for i in range(6)]
+    session.commit()
+    now = lifecycle.utcnow()
+    plan = [(people[0].id, weekly.id, PENDING, 2), (people[1].id, weekly.id, ACTIVE, 3),
+            (people[2].id, offers.id, UNSUBSCRIBED, 4), (people[3].id, weekly.id, PENDING, 7),
+            (people[3].id, offers.id, ACTIVE, 7), (people[4].id, offers.id, "bounced", 11)]
+    lifecycle.apply_imported(session, [lifecycle.ImportedStatus(sid, lid, None, None, new, f"f.csv row {row}")
+                                       for sid, lid, new, row in plan], source="src", now=now)
+    session.commit()
+    expected = (_rows(session, Membership), _rows(session, Event))
+    assert len(expected[0]) == len(expected[1]) == 6
+    session.execute(Event.__table__.delete())
+    session.execute(Membership.__table__.delete())
+    session.commit()
+    joins: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    for sid, lid, new, row in plan:
+        joins.setdefault((lid, new), []).append((sid, row))
+    if not fast:  # the portable path (any other database) goes through apply_imported
+        session.connection().dialect.name = "not-sqlite"
+    try:
+        lifecycle.join_imported(session, joins, source="src", detail_prefix="f.csv row ", now=now)
+    finally:
+        session.connection().dialect.name = "sqlite"
+    session.commit()
+    assert (_rows(session, Membership), _rows(session, Event)) == expected
+    assert session.scalar(select(Membership.confirmed_at).where(Membership.subscriber_id == people[1].id)) == now
+    assert session.scalar(select(Event.detail).where(Event.subscriber_id == people[4].id)) == "f.csv row 11"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import default
 from email.utils import format_datetime, formataddr, make_msgid
 
 from digest.config import Settings
@@ -11,9 +11,9 @@ from digest.deliver.base import Message, sender
 from digest.render import personalize
 from digest.store import utcnow
 
-#: CRLF line ends as on the wire; headers folded only past RFC 5322's hard limit, so a long subject is not
-#: broken right after "Subject:" (which some clients show as a leading space).
-POLICY = SMTP.clone(max_line_length=998)
+#: Headers folded only past RFC 5322's hard limit, so a long subject is not broken right after "Subject:"
+#: (which some clients show as a leading space). smtplib writes CRLF on the wire itself.
+POLICY = default.clone(max_line_length=998)
 
 
 def build(settings: Settings, message: Message, *, subject_prefix: str = "") -> EmailMessage:
