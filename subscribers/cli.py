@@ -15,6 +15,7 @@ from rich.table import Table
 
 from digest.cli_common import ConfigOpt, console, err, progress_bar, settings_for
 from digest.errors import DigestError
+from subscribers.csvio import BATCH_SIZE
 
 ListOpt = Annotated[str | None, typer.Option("--list", "-l", help="The list (default: the digest's list).",
                                              show_default=False)]
@@ -171,7 +172,7 @@ def register(app: typer.Typer) -> None:
                    create_lists: Annotated[bool, typer.Option(
                        "--create-lists", help="Create lists named in the `lists` column that do not exist.")]
                    = False,
-                   batch_size: Annotated[int, typer.Option(help="Rows per transaction.")] = 10_000,
+                   batch_size: Annotated[int, typer.Option(help="Rows per transaction (all or nothing).")] = BATCH_SIZE,
                    config: ConfigOpt = None) -> None:
         """Import readers from CSV; bad rows go to FILE.rejects.csv with their row number and reason."""
         from digest.store import session_factory

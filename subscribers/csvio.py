@@ -56,7 +56,8 @@ _CATEGORY_SPLIT = re.compile(r"[/;|]")
 _DELIMITERS = (",", ";", "\t")
 NAME_MAX = 255
 #: rows per transaction: large enough that SQLite writes each index page once for many rows, small
-#: enough that a million-row import stays well under 150 MB (three batches are in memory at once)
+#: enough that a million-row import stays well under 150 MB (two batches are in memory at once, ~0.8 KB
+#: a row: 20,000-row batches measured 128 MB for a first import of a million rows, 151 MB re-running it)
 BATCH_SIZE = 10_000
 Progress = Callable[[int, int], None]
 
@@ -92,6 +93,10 @@ class ImportReport:
 
 @dataclass(slots=True)
 class _Row:
+    """One good row, as small as it can be: a batch of tens of thousands is held at once. Attributes are
+    not kept apart from `fields` (the record, kept for the rejects report): `attributes()` rebuilds them
+    for the few rows that need them (people already stored)."""
+
     row: int
     line: int
     email: str
@@ -99,12 +104,15 @@ class _Row:
     name: str
     lists: tuple[tuple[str, str | None], ...]
     categories: list[str] | None
-    attributes: tuple[tuple[str, str], ...]  # (a tuple is a third of a dict's size: rows are many)
     created_at: datetime | None
     fields: list[str]
-    #: the subscriber row for a new person, but `created_at` (attributes and categories as the database
-    #: stores them: converted here, in the parsing thread, rather than by the writer)
-    insert: tuple[Any, ...]
+    #: attributes and categories as the database stores them (converted in the parsing thread)
+    attributes_json: Any
+    categories_json: Any
+
+    def attributes(self, columns: list[tuple[int, str]]) -> dict[str, str]:
+        fields = self.fields
+        return {key: v for i, key in columns if (v := fields[i].strip())}
 
 
 class _Reject(Exception):
@@ -274,11 +282,11 @@ class _Parser:
             raise _Reject(f"name is {len(name)} characters (at most {NAME_MAX})")
         lists = self._lists(fields[lay.lists]) if lay.lists is not None else self.default
         cats = self._categories(fields[lay.categories]) if lay.categories is not None else None
-        attributes = tuple((key, v) for i, key in lay.attributes if (v := fields[i].strip()))
         created = self._created(fields[lay.created_at]) if lay.created_at is not None else None
         convert = self.convert_json
-        insert = (address.email, address.key, name, convert(dict(attributes)), convert(cats or []))
-        return _Row(row, line, address.email, address.key, name, lists, cats, attributes, created, fields, insert)
+        attributes = {key: v for i, key in lay.attributes if (v := fields[i].strip())}
+        return _Row(row, line, address.email, address.key, name, lists, cats, created, fields, convert(attributes),
+                    convert(cats or []))
 
     def _lists(self, cell: str) -> tuple[tuple[str, str | None], ...]:
         cached = self._list_cells.get(cell)
@@ -430,7 +438,8 @@ def _import(session: Session, path: Path, raw: io.BufferedReader, size: int, *, 
         seen = _Seen(dry_run)
         rejects = _Rejects(path, header)
         writer = _BatchWriter(session, lists, preconfirmed=preconfirmed, dry_run=dry_run,
-                              source=source.strip() or f"import of {path.name}", file_name=path.name)
+                              source=source.strip() or f"import of {path.name}", file_name=path.name,
+                              attribute_columns=layout.attributes)
         # parsing (CSV, addresses) runs one batch ahead in a thread: SQLite releases the GIL while it
         # writes, so on two cores the next batch is parsed while this one is stored
         chunks = _ahead(_parse(text, raw, delimiter, parser, batch_size))
@@ -501,20 +510,26 @@ def _parse(text: TextIO, raw: io.BufferedReader, delimiter: str, parser: _Parser
 _DONE = object()
 
 
-def _ahead(items: Iterator[Any], depth: int = 1) -> Generator[Any, None, None]:
-    """Run an iterator in a thread, up to `depth` items ahead of the consumer; its errors are re-raised
-    here, and closing this generator stops the thread."""
-    q: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+def _ahead(items: Iterator[Any]) -> Generator[Any, None, None]:
+    """Run an iterator in a thread, one item ahead of the consumer; its errors are re-raised here, and
+    closing this generator stops the thread.
+
+    The thread asks for the next item only once the consumer has taken the last one: two batches are
+    in memory at once (the one being written and the next, parsed meanwhile), not three."""
+    q: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
     def put(item: Any, error: BaseException | None = None) -> bool:
         while not stop.is_set():
             try:
                 q.put((item, error), timeout=0.1)
-                return True
+                break
             except queue.Full:
                 continue
-        return False
+        with q.all_tasks_done:  # until the consumer has it
+            while q.unfinished_tasks and not stop.is_set():
+                q.all_tasks_done.wait(0.1)
+        return not stop.is_set()
 
     def run() -> None:
         try:
@@ -530,6 +545,7 @@ def _ahead(items: Iterator[Any], depth: int = 1) -> Generator[Any, None, None]:
     try:
         while True:
             item, error = q.get()
+            q.task_done()
             if item is _DONE:
                 if error is not None:
                     raise error
@@ -540,12 +556,18 @@ def _ahead(items: Iterator[Any], depth: int = 1) -> Generator[Any, None, None]:
         thread.join()
 
 
+def _subscriber_values(rows: list[_Row], now: datetime) -> Iterator[tuple[Any, ...]]:
+    """The rows in SUBSCRIBER_COLUMNS order, made one at a time as the driver takes them."""
+    return ((r.email, r.key, r.name, r.attributes_json, r.categories_json, r.created_at or now) for r in rows)
+
+
 class _BatchWriter:
     """Applies one batch: a few reads, bulk writes, one commit (or a rollback in a dry run)."""
 
     def __init__(self, session: Session, lists: dict[str, int | None], *, preconfirmed: bool, dry_run: bool,
-                 source: str, file_name: str) -> None:
+                 source: str, file_name: str, attribute_columns: list[tuple[int, str]]) -> None:
         self.session = session
+        self.attribute_columns = attribute_columns
         self.lists = lists
         self.preconfirmed = preconfirmed
         self.dry_run = dry_run
@@ -616,8 +638,9 @@ class _BatchWriter:
             change: dict[str, Any] = {}
             if r.name and r.name != name:
                 change["name"] = r.name
-            if r.attributes and {**attrs, **dict(r.attributes)} != attrs:
-                change["attributes"] = {**attrs, **dict(r.attributes)}
+            given = r.attributes(self.attribute_columns)
+            if given and {**attrs, **given} != attrs:
+                change["attributes"] = {**attrs, **given}
             if r.categories is not None and r.categories != cats:
                 change["categories"] = r.categories
             if change:
@@ -705,7 +728,7 @@ class _BatchWriter:
         rows.sort(key=attrgetter("key"))
         before = session.scalar(select(func.max(Subscriber.id))) or 0
         insert_rows(session.connection(), Subscriber.__table__, SUBSCRIBER_COLUMNS,
-                    [(*r.insert, r.created_at or now) for r in rows], converted=("attributes", "categories"),
+                    _subscriber_values(rows, now), converted=("attributes", "categories"),
                     skip_existing=("email_key",))
         after = session.scalar(select(func.max(Subscriber.id))) or 0
         if after - before == len(rows):
@@ -740,7 +763,7 @@ class _BatchWriter:
         session = self.session
         before = session.scalar(select(func.max(Subscriber.id))) or 0
         insert_rows(session.connection(), Subscriber.__table__, SUBSCRIBER_COLUMNS,
-                    [(*r.insert, r.created_at or now) for r in rows], converted=("attributes", "categories"))
+                    _subscriber_values(rows, now), converted=("attributes", "categories"))
         after = session.scalar(select(func.max(Subscriber.id))) or 0
         if after - before == len(rows):
             return list(range(before + 1, after + 1))

@@ -399,3 +399,32 @@ def test_join_imported_writes_exactly_what_apply_imported_writes(session: Sessio
     assert (_rows(session, Membership), _rows(session, Event)) == expected
     assert session.scalar(select(Membership.confirmed_at).where(Membership.subscriber_id == people[1].id)) == now
     assert session.scalar(select(Event.detail).where(Event.subscriber_id == people[4].id)) == "f.csv row 11"
+
+
+def test_the_parsing_thread_holds_one_batch_ahead_not_two() -> None:
+    """Memory: while a batch is written, only the next one is parsed (two batches in memory, not three)."""
+    import time
+
+    produced: list[int] = []
+
+    def items():
+        for i in range(5):
+            produced.append(i)
+            yield i
+
+    chunks = csvio._ahead(items())
+    assert next(chunks) == 0
+    deadline = time.monotonic() + 5
+    while len(produced) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # time enough for the thread to run ahead, if it would
+    assert produced == [0, 1]
+    assert list(chunks) == [1, 2, 3, 4]
+
+
+def test_reimport_merges_changed_attributes_into_stored_ones(session: Session, tmp_path: Path) -> None:
+    import_csv(session, _write(tmp_path / "a.csv", "email,region,plan\na@example.com,NSW,gold\n"))
+    report = import_csv(session, _write(tmp_path / "b.csv", "email,region,plan\na@example.com,VIC,\n"))
+    assert (report.updated, report.unchanged) == (1, 0)
+    session.expire_all()
+    assert lifecycle.find(session, "a@example.com").attributes == {"region": "VIC", "plan": "gold"}
