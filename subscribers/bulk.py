@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import JSON, Table, bindparam, func, insert, literal_column, select
 from sqlalchemy.engine import Connection
 
+from digest.errors import DigestError
+
 
 class _Memo(dict):  # type: ignore[type-arg]
     """A processor's results for hashable values (the first call computes, the rest look up)."""
@@ -72,7 +74,7 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: It
         elif dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
         else:
-            raise NotImplementedError(f"skip_existing is not implemented for {dialect.name}")
+            raise DigestError(f"importing needs SQLite or PostgreSQL (ON CONFLICT DO NOTHING), not {dialect.name}")
         statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(skip_existing))
     compiled = statement.values({c: bindparam(c) for c in columns}).compile(dialect=dialect)
     converters: list[Any] = []

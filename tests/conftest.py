@@ -16,6 +16,9 @@ from digest.store import migrate, session_factory
 
 SECRET = "test-secret-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; scripts/test.sh installs it, never a downloaded browser
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +61,23 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
     full_env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, **(env or {})}
     return subprocess.run([sys.executable, "-m", "digest", *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def screenshots() -> Path:
+    """Where browser tests write screenshots: $DIGEST_SCREENSHOTS (CI lists it), else test-artifacts/."""
+    folder = Path(os.environ.get("DIGEST_SCREENSHOTS") or ROOT / "test-artifacts" / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Headless Debian Chromium driven by Playwright. Missing chromium fails: a skip would hide it in CI."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is not installed: scripts/test.sh installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

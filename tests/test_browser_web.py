@@ -6,7 +6,6 @@ CI keeps in its log.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -23,21 +22,14 @@ from digest.config import Settings, load_settings
 from digest.store import IssueRow, migrate, session_scope
 from digest.web.app import create_app
 from subscribers import lifecycle
-from tests.conftest import ROOT, edit_config
+from tests.conftest import edit_config, screenshots
 from tests.test_web_support import ADMIN, EDITOR, make_users, messages
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 WIDTHS = (375, 1280)
 
 
-def screenshots() -> Path:
-    folder = Path(os.environ.get("DIGEST_SCREENSHOTS") or ROOT / "test-artifacts" / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def shoot(page, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -77,18 +69,6 @@ def live(workdir: Path) -> Iterator[Live]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
 from digest.config import Settings
 from digest.issues import build_draft
 from digest.render import GMAIL_CLIP_BYTES
 from digest.store import session_factory
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-SHOTS = Path(os.environ.get("DIGEST_SCREENSHOTS", Path(__file__).resolve().parent.parent / "test-artifacts"
-                            / "screenshots"))
+from tests.conftest import screenshots
 
 pytestmark = pytest.mark.browser
 
@@ -32,18 +23,6 @@ OVERFLOW_JS = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian chromium is not installed: scripts/test.sh installs it (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
 @pytest.mark.parametrize("width", [375, 640])
 def test_digest_fits_the_screen_without_horizontal_scroll(browser, settings: Settings, width: int) -> None:  # type: ignore[no-untyped-def]
     with session_factory(settings.database_url)() as s:
@@ -56,8 +35,7 @@ def test_digest_fits_the_screen_without_horizontal_scroll(browser, settings: Set
     page.route("**/*", lambda route: route.abort() if route.request.url.startswith("http") else route.continue_())
     page.set_content(html, wait_until="load")
     result = page.evaluate(OVERFLOW_JS)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"email-{width}.png"), full_page=True)
+    page.screenshot(path=str(screenshots() / f"email-{width}.png"), full_page=True)
     assert result["scroll"] <= width, result
     assert result["wide"] == [], f"elements wider than {width}px: {result['wide']}"
     # the content a reader needs is visible, not just present in the source
