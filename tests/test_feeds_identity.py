@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +15,7 @@ from sqlalchemy import select
 
 from digest.config import Settings, load_settings
 from digest.sources.collect import candidates, collect, health_summary, mark_sent
-from digest.store import FeedState, IssueRow, SeenArticle, migrate, session_factory
+from digest.store import FeedState, IssueRow, SeenArticle
 from tests.conftest import edit_config, run_cli
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
@@ -44,16 +43,14 @@ def feeds(workdir: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def cfg(workdir: Path, feeds: tuple[Path, Path]) -> Settings:
-    s = load_settings(workdir / "digest.toml")
-    migrate(s.database_url)
-    return s
+def cfg(feeds: tuple[Path, Path], settings: Settings) -> Settings:
+    """conftest's settings, read after `feeds` has pointed the config at the two test feeds."""
+    return settings
 
 
 @pytest.fixture
-def db(cfg: Settings) -> Iterator:
-    with session_factory(cfg.database_url)() as s:
-        yield s
+def db(cfg: Settings, session):  # type: ignore[no-untyped-def]
+    return session
 
 
 def titles(collected) -> list[str]:  # type: ignore[no-untyped-def]
