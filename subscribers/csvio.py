@@ -352,7 +352,7 @@ def _import(session: Session, path: Path, raw: io.BufferedReader, *, list_slug: 
             report.blank += chunk.blank
             report.rejected += len(chunk.rejects)
             stage.reject(chunk.rejects)
-            stage.add(chunk.batch)
+            stage.add(chunk.good)
             session.commit()
             if progress:
                 progress(chunk.position, 2 * size)
@@ -397,10 +397,10 @@ def _write_rejects(path: Path, header: list[str], rows: Iterator[tuple[int, int,
 
 @dataclass
 class _Chunk:
-    """What the parser hands the writer: up to a batch of good rows and the rejects met on the way."""
+    """What the parser hands over: up to a chunk of good rows (staged tuples) and the rejects met on the way."""
 
-    batch: list[tuple[Any, ...]]
-    rejects: list[tuple[int, int, str, list[str] | None]]
+    good: list[tuple[Any, ...]]
+    rejects: list[staging.RejectRow]
     rows: int
     blank: int
     position: int
@@ -432,10 +432,10 @@ def _parse(text: TextIO, raw: io.BufferedReader, delimiter: str, parser: _Parser
         row += 1
         chunk.rows += 1
         try:
-            chunk.batch.append(parse(fields, row, start))
+            chunk.good.append(parse(fields, row, start))
         except _Reject as e:
             chunk.rejects.append((row, start, str(e), fields))
-        if len(chunk.batch) >= chunk_size or len(chunk.rejects) >= 20_000:  # mostly bad rows: memory stays flat
+        if len(chunk.good) >= chunk_size or len(chunk.rejects) >= 20_000:  # mostly bad rows: memory stays flat
             chunk.position = raw.tell()
             yield chunk
             chunk = _Chunk([], [], 0, 0, 0)
@@ -450,7 +450,7 @@ def _ahead(items: Iterator[Any]) -> Generator[Any, None, None]:
     """Run an iterator in a thread, one item ahead of the consumer; its errors are re-raised here, and
     closing this generator stops the thread.
 
-    The thread asks for the next item only once the consumer has taken the last one: two batches are
+    The thread asks for the next item only once the consumer has taken the last one: two chunks are
     in memory at once (the one being written and the next, parsed meanwhile), not three."""
     q: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=1)
     stop = threading.Event()

@@ -1,14 +1,14 @@
 """The import's staging tables: a parsed file, sorted and checked as a whole, then written in batches.
 
-An import first copies every good row of the file into a temporary table of its own database
-connection (`staged`), then works on the set: duplicates of an earlier row and erased addresses are
-found with one query each, and the rows are written to the store in batches in address order. In
-address order each batch lands on its own stretch of the unique address index instead of all over it:
-a million-row import writes each index page about once instead of once per batch, and a batch's
-subscribers, memberships and consent events are each one INSERT ... SELECT, the database's own work.
+An import first appends every good row of the file to a temporary table (`staged`), then copies it
+in address order (`ordered`, one sort by the database) and works on the set: a repeat of an earlier
+row sits right after it, erased addresses are one join, and the rows are written to the store in
+batches of consecutive addresses. So each batch lands on its own stretch of the unique address index
+instead of all over it (a million-row import writes each index page about once, not once per batch),
+and a batch's subscribers, memberships and consent events are each one INSERT ... SELECT.
 
-Temporary tables live and die with the connection (SQLite keeps them in a scratch file, PostgreSQL
-in the session): `Stage` holds one connection for the whole import and drops them at the end.
+Temporary tables belong to one database connection (SQLite keeps them in a scratch file, PostgreSQL
+in the session): the import runs on a connection of its own, and `Stage.close` drops them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -43,7 +43,12 @@ from subscribers import lifecycle
 from subscribers.bulk import among, insert_rows
 from subscribers.models import WITHDRAWN, Membership, Subscriber, Suppression
 
+if TYPE_CHECKING:
+    from subscribers.csvio import ImportReport
+
 _META = MetaData()
+#: a row not applied as written: (row, line, reason, the record as read)
+RejectRow = tuple[int, int, str, list[str] | None]
 
 
 
@@ -135,7 +140,7 @@ class Stage:
         """Stage good rows (tuples in STAGED_COLUMNS order; JSON columns already converted)."""
         insert_rows(self.session.connection(), staged, STAGED_COLUMNS, rows, converted=("attributes", "categories"))
 
-    def reject(self, rows: Iterable[tuple[int, int, str, list[str] | None]]) -> None:
+    def reject(self, rows: Iterable[RejectRow]) -> None:
         data = [(row, line, reason, None if fields is None else pack(fields)) for row, line, reason, fields in rows]
         if data:
             insert_rows(self.session.connection(), rejected, ("file_row", "file_line", "reason", "fields"), data)
@@ -158,7 +163,7 @@ class Stage:
                    before.c.seq, before.c.file_row)
             .join(before, before.c.seq == ordered.c.seq - 1).where(before.c.email_key == ordered.c.email_key)
             .order_by(ordered.c.seq))
-        out: list[tuple[int, int, str, list[str] | None]] = []
+        out: list[RejectRow] = []
         seqs: list[int] = []
         first: dict[int, int] = {}  # seq of a repeat -> the row it repeats (a third repeats the first too)
         for seq, row, line, email, fields, prev_seq, prev_row in rows:
@@ -176,7 +181,7 @@ class Stage:
             (row, line, "suppressed: this address was erased on request and is never added again", None)
             for _, row, line in rows])
 
-    def _drop(self, seqs: list[int], rows: list[tuple[int, int, str, list[str] | None]]) -> int:
+    def _drop(self, seqs: list[int], rows: list[RejectRow]) -> int:
         for i in range(0, len(rows), 10_000):
             self.reject(rows[i:i + 10_000])
             self.session.execute(delete(ordered).where(ordered.c.seq.in_(seqs[i:i + 10_000])))
@@ -232,9 +237,9 @@ class Writer:
         self.notes: dict[int, int] = {}  # plan -> memberships a new person gets as pending though asked active
         self._planned = False
 
-    def write(self, condition: Any, count: int, report: Any) -> None:
+    def write(self, condition: Any, count: int, report: ImportReport) -> None:
         session = self.session
-        rejects: list[tuple[int, int, str, list[str] | None]] = []
+        rejects: list[RejectRow] = []
         try:
             self._write(condition, count, report, rejects)
         except Exception as e:
@@ -269,7 +274,7 @@ class Writer:
                 self.notes[plan] += bool(note)
         self.stage.set_plans(rows)
 
-    def _write(self, condition: Any, count: int, report: Any, rejects: list[tuple[int, int, str, list[str] | None]],
+    def _write(self, condition: Any, count: int, report: ImportReport, rejects: list[RejectRow],
                ) -> None:
         session = self.session
         if not self._planned:  # once, in the first batch's transaction (every batch's, in a dry run)
@@ -301,55 +306,62 @@ class Writer:
         if len(new_ids) < count:
             self._known(condition, is_new, report, rejects, now)
 
-    def _known(self, condition: Any, is_new: Any, report: Any,
-               rejects: list[tuple[int, int, str, list[str] | None]], now: datetime) -> None:
+    def _known(self, condition: Any, is_new: Any, report: ImportReport,
+               rejects: list[RejectRow], now: datetime) -> None:
         """The batch's people already stored: merge what changed, plan their memberships."""
         session = self.session
         known = session.execute(
             select(ordered.c.file_row, ordered.c.file_line, ordered.c.name, ordered.c.attributes, ordered.c.categories,
                    ordered.c.categories_given, ordered.c.plan, ordered.c.fields,
                    Subscriber.id, Subscriber.name, Subscriber.attributes, Subscriber.categories)
-            .join(Subscriber, Subscriber.email_key == ordered.c.email_key).where(condition, ~is_new)).all()
-        members = {(sid, lid): (mid, status) for mid, sid, lid, status in session.execute(
-            select(Membership.id, Membership.subscriber_id, Membership.list_id, Membership.status)
-            .where(among(self.dialect, Membership.subscriber_id, [k.id for k in known])))}
+            .join(Subscriber, Subscriber.email_key == ordered.c.email_key).where(condition, ~is_new)
+            .execution_options(yield_per=2000))
         updates: list[dict[str, Any]] = []
         statuses: list[lifecycle.ImportedStatus] = []
-        for row, line, name, given, cats, cats_given, plan, fields, sid, old_name, attrs, old_cats in known:
-            change: dict[str, Any] = {}
-            if name and name != old_name:
-                change["name"] = name
-            if given and {**attrs, **given} != attrs:
-                change["attributes"] = {**attrs, **given}
-            if cats_given and cats != old_cats:
-                change["categories"] = cats
-            if change:
-                updates.append({"id": sid, **change})
-            notes = []
-            joined = False
-            for slug, wanted in self.cells[plan]:
-                lid = self.lists[slug]
-                mid, old = members.get((sid, lid), (None, None))
-                new, note = lifecycle.import_status(old, wanted, preconfirmed=self.preconfirmed)
-                if note:
-                    if old in WITHDRAWN:
-                        notes.append(f"{slug}: {note}")
-                    else:
-                        report.pending_only += 1
-                if new is not None:
-                    statuses.append(lifecycle.ImportedStatus(sid, lid, mid, old, new,
-                                                             detail=f"{self.file_name} row {row}"))
-                    joined = True
-            if notes:
-                report.kept_withdrawn += 1
-                rejects.append((row, line, "; ".join(notes), unpack(fields)))
-            if change or joined:
-                report.updated += 1
-            else:
-                report.unchanged += 1
+        for part in known.partitions():  # a few thousand at a time: memory stays flat
+            members = {(sid, lid): (mid, status) for mid, sid, lid, status in session.execute(
+                select(Membership.id, Membership.subscriber_id, Membership.list_id, Membership.status)
+                .where(among(self.dialect, Membership.subscriber_id, [k.id for k in part])))}
+            for row, line, name, given, cats, cats_given, plan, fields, sid, old_name, attrs, old_cats in part:
+                change: dict[str, Any] = {}
+                if name and name != old_name:
+                    change["name"] = name
+                if given and {**attrs, **given} != attrs:
+                    change["attributes"] = {**attrs, **given}
+                if cats_given and cats != old_cats:
+                    change["categories"] = cats
+                if change:
+                    updates.append({"id": sid, **change})
+                if self._memberships(row, line, sid, plan, fields, members, statuses, report, rejects) or change:
+                    report.updated += 1
+                else:
+                    report.unchanged += 1
         for group in lifecycle.same_columns(updates):
             session.execute(update(Subscriber), group)
         lifecycle.apply_imported(session, statuses, source=self.source, now=now)
+
+    def _memberships(self, row: int, line: int, sid: int, plan: int, fields: str,
+                     members: dict[tuple[int, int], tuple[int, str]], out: list[lifecycle.ImportedStatus],
+                     report: ImportReport, rejects: list[RejectRow]) -> bool:
+        """Plan a known person's memberships as the row's `lists` asks; returns whether any changes."""
+        notes = []
+        changed = False
+        for slug, wanted in self.cells[plan]:
+            lid = self.lists[slug]
+            mid, old = members.get((sid, lid), (None, None))
+            new, note = lifecycle.import_status(old, wanted, preconfirmed=self.preconfirmed)
+            if note:
+                if old in WITHDRAWN:
+                    notes.append(f"{slug}: {note}")
+                else:
+                    report.pending_only += 1
+            if new is not None:
+                out.append(lifecycle.ImportedStatus(sid, lid, mid, old, new, detail=f"{self.file_name} row {row}"))
+                changed = True
+        if notes:
+            report.kept_withdrawn += 1
+            rejects.append((row, line, "; ".join(notes), unpack(fields)))
+        return changed
 
 
 def dialect_insert(dialect: str, table: Table) -> Any:

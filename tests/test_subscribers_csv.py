@@ -221,10 +221,31 @@ def test_a_dry_run_writes_nothing_but_counts_and_reports_everything(session: Ses
 
 
 def test_duplicates_across_batches_are_found_with_the_first_row(session: Session, tmp_path: Path) -> None:
-    rows = [f"user{i}@example.com" for i in range(40)] + ["USER3@example.com", "user39@EXAMPLE.com"]
+    rows = [f"user{i}@example.com" for i in range(40)]
+    rows += ["USER3@example.com", "user39@EXAMPLE.com", "User3@example.com"]
     report = import_csv(session, _write(tmp_path / "d.csv", "email\n" + "\n".join(rows) + "\n"), batch_size=8)
-    assert (report.added, report.rejected) == (40, 2)
-    assert [r["_reason"].split(" (")[0] for r in _rejects(report)] == ["duplicate of row 5", "duplicate of row 41"]
+    assert (report.added, report.rejected) == (40, 3)
+    assert [r["_reason"].split(" (")[0] for r in _rejects(report)] == [
+        "duplicate of row 5", "duplicate of row 41", "duplicate of row 5"]  # a third names the first too
+    assert [r["email"] for r in _rejects(report)] == rows[40:]
+
+
+def test_the_import_commits_the_callers_session_and_leaves_no_staging_tables(session: Session,
+                                                                            tmp_path: Path) -> None:
+    lifecycle.ensure_list(session, "pending-write")  # not committed: the import's own connection must not wait
+    report = import_csv(session, _write(tmp_path / "s.csv", "email,lists\na@example.com,pending-write\n"))
+    assert report.added == 1 and _statuses(session) == {("a@example.com", "pending-write"): PENDING}
+    with session.get_bind().connect() as conn:  # the pool hands back the import's connection
+        assert conn.exec_driver_sql("SELECT name FROM sqlite_temp_master").all() == []
+
+
+@pytest.mark.parametrize("fields", [["a@example.com", "Ann"], ["", ""], ["x\x1fy", "z"], ["\x1eq", "\udce9"], ["solo"]])
+def test_a_staged_record_comes_back_as_it_was_read(fields: list[str]) -> None:
+    from subscribers.staging import pack, unpack
+
+    packed = pack(fields)
+    packed.encode("utf-8")  # storable as text, even a record that was not UTF-8
+    assert unpack(packed) == fields
 
 
 def test_each_batch_is_all_or_nothing_and_a_rerun_completes(session: Session, tmp_path: Path,
