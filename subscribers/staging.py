@@ -76,6 +76,9 @@ STAGED_COLUMNS = tuple(c.name for c in staged.c)
 ordered = Table("digest_import_ordered", _META, Column("seq", Integer, primary_key=True), *_row_columns(),
                 prefixes=["TEMPORARY"])
 
+#: each staged row with the person stored under its address
+STORED = ordered.join(Subscriber.__table__, Subscriber.email_key == ordered.c.email_key)
+
 #: the memberships a new person gets, per `lists` cell: (plan, list id, status)
 plans = Table(
     "digest_import_plans", _META,
@@ -242,12 +245,13 @@ class Writer:
         rejects: list[RejectRow] = []
         try:
             self._write(condition, count, report, rejects)
+        except DigestError:
+            session.rollback()
+            raise
         except Exception as e:
             session.rollback()
             first, last = session.execute(select(func.min(ordered.c.email), func.max(ordered.c.email))
                                           .where(condition)).one()
-            if isinstance(e, DigestError):
-                raise
             raise DigestError(f"{count} rows of {self.file_name} (addresses {first} to {last}) could not be "
                               f"written ({e.__class__.__name__}: {e}); earlier batches are saved, this one is not: "
                               "fix the cause and run the import again") from e
@@ -295,14 +299,13 @@ class Writer:
             is_new = Subscriber.id.between(low, high) if high - low + 1 == len(new_ids) else \
                 among(self.dialect, Subscriber.id, new_ids)
             people = (select(Subscriber.id, plans.c.list_id, plans.c.status, ordered.c.file_row)
-                      .select_from(ordered).join(Subscriber, Subscriber.email_key == ordered.c.email_key)
-                      .join(plans, plans.c.plan == ordered.c.plan).where(condition, is_new))
+                      .select_from(STORED).join(plans, plans.c.plan == ordered.c.plan).where(condition, is_new))
             lifecycle.join_imported(session, people, source=self.source, detail_prefix=f"{self.file_name} row ",
                                     now=now)
             if any(self.notes.values()):
                 report.pending_only += sum(self.notes[plan] * n for plan, n in session.execute(
-                    select(ordered.c.plan, func.count()).join(Subscriber, Subscriber.email_key == ordered.c.email_key)
-                    .where(condition, is_new).group_by(ordered.c.plan)))
+                    select(ordered.c.plan, func.count()).select_from(STORED).where(condition, is_new)
+                    .group_by(ordered.c.plan)))
         if len(new_ids) < count:
             self._known(condition, is_new, report, rejects, now)
 
@@ -314,7 +317,7 @@ class Writer:
             select(ordered.c.file_row, ordered.c.file_line, ordered.c.name, ordered.c.attributes, ordered.c.categories,
                    ordered.c.categories_given, ordered.c.plan, ordered.c.fields,
                    Subscriber.id, Subscriber.name, Subscriber.attributes, Subscriber.categories)
-            .join(Subscriber, Subscriber.email_key == ordered.c.email_key).where(condition, ~is_new)
+            .select_from(STORED).where(condition, ~is_new)
             .execution_options(yield_per=2000))
         updates: list[dict[str, Any]] = []
         statuses: list[lifecycle.ImportedStatus] = []
