@@ -20,13 +20,12 @@ import httpx
 import jinja2
 from mjml import mjml2html
 
-from digest import ROOT
 from digest.config import Settings
 from digest.models import Issue
+from digest.resources import TEMPLATES
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SUBJECT_MAX = 78
-TEMPLATES = ROOT / "templates"
 
 #: Reader tokens, the same names in the outbox, SMTP and SendGrid substitutions.
 TOKENS = {

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from digest import ROOT
+from digest.resources import MIGRATIONS
 
 
 def utcnow() -> datetime:
@@ -252,18 +252,11 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-def metadata() -> Any:
-    """All tables, pipeline and subscribers, on one MetaData (what Alembic compares against)."""
-    import subscribers.models  # noqa: F401  (registers the subscriber tables on Base)
-
-    return Base.metadata
-
-
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 

@@ -3,9 +3,10 @@
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from digest.store import UTCDateTime, metadata
+import subscribers.models  # noqa: F401  (registers the subscriber tables on Base)
+from digest.store import Base, UTCDateTime
 
-target_metadata = metadata()
+target_metadata = Base.metadata
 
 
 def render_item(type_, obj, autogen_context):
