@@ -1,4 +1,5 @@
-"""Figures for people: per-issue delivery and engagement counts (CLI `status`, the admin pages).
+"""Figures for people: per-issue delivery and engagement counts (CLI `status`, the admin pages), and how
+often each supplier was featured (`digest listings report`).
 
 The ledger gives who was submitted, failed, skipped or is of unknown fate; provider events give who was
 delivered, bounced, complained, opened and clicked. Event figures count readers, not events: a reader
@@ -7,12 +8,14 @@ who opens twice is one opener, and a reader both bounced and dropped is one boun
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from digest.store import Delivery, DeliveryEvent, IssueRow
+from digest.models import Listing
+from digest.store import Delivery, DeliveryEvent, IssueRow, ListingFeature
 
 #: stored event kind -> column. `dropped` is stored only for a bad address (see deliver/events.py);
 #: `blocked` (a soft bounce) and other drops are kept but counted nowhere.
@@ -49,3 +52,42 @@ def issue_figures(session: Session, limit: int = 52) -> list[dict[str, Any]]:
             **{c: ev.get(c, 0) for c in EVENT_FIGURES},
         })
     return rows
+
+
+@dataclass(frozen=True)
+class FeatureCount:
+    """How often one supplier was featured: what an advertiser asks about."""
+
+    name: str
+    tier: str
+    categories: str
+    featured: int
+    issues: tuple[int, ...]
+    in_directory: bool
+
+    @property
+    def last(self) -> int | None:
+        return self.issues[-1] if self.issues else None
+
+
+def feature_report(session: Session, listings: list[Listing], *, last: int | None = None
+                   ) -> tuple[list[FeatureCount], list[int]]:
+    """Every supplier in the directory (and any featured earlier but gone from it) with the issues that
+    featured it, over all issues or the `last` N; and the issue numbers considered. Most featured first."""
+    newest = session.scalar(select(func.max(ListingFeature.issue_number))) or 0
+    query = select(ListingFeature.issue_number, ListingFeature.listing_key, ListingFeature.name)
+    if last:
+        query = query.where(ListingFeature.issue_number > newest - last)
+    features: dict[str, list[int]] = {}
+    names: dict[str, str] = {}
+    considered: set[int] = set()
+    for number, key, name in session.execute(query.order_by(ListingFeature.issue_number)):
+        features.setdefault(key, []).append(number)
+        names.setdefault(key, name)
+        considered.add(number)
+    rows = [FeatureCount(x.name, x.tier or "standard", " / ".join(x.categories), len(features.get(x.key, [])),
+                         tuple(features.get(x.key, [])), True) for x in listings]
+    known = {x.key for x in listings}
+    rows += [FeatureCount(names[k], "", "", len(n), tuple(n), False) for k, n in features.items() if k not in known]
+    rows.sort(key=lambda r: (-r.featured, r.tier != "featured", r.name.casefold()))
+    return rows, sorted(considered)

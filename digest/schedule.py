@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,9 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import islice
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -41,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest import issues
-from digest.cli_common import ConfigOpt, console, err, settings_for
+from digest.cli.common import console, err
 from digest.config import Settings, load_settings
 from digest.deliver.base import SendReport, Transport
 from digest.errors import ConfigError, DigestError
@@ -635,57 +633,3 @@ def show(settings: Settings, out: Console = console, now: datetime | None = None
             say(f"current {first}")
             for line in rest:
                 say(f"  {line}")
-
-
-# --- CLI ---------------------------------------------------------------------------------------------------
-
-def cli_user() -> str:
-    """Who acts at the command line, for the issue's history."""
-    import getpass
-
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli"
-
-
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root `digest` app."""
-
-    @app.command("schedule")
-    def schedule_command(
-        config: ConfigOpt = None,
-        show_only: Annotated[bool, typer.Option("--show", help="Print the next draft and send moments; run nothing.")]
-        = False,
-    ) -> None:
-        """Run the weekly schedule in the foreground: draft, notify the editors, send. Ctrl-C stops."""
-        settings = settings_for(config, create_secret=True)
-        if show_only:
-            show(settings)
-            return
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        code = serve(settings)
-        if code:
-            raise typer.Exit(code)
-
-    @app.command("hold")
-    def hold_command(number: Annotated[int | None, typer.Argument(help="Issue number (default: the draft).")] = None,
-                     reason: Annotated[str, typer.Option(help="Why, for the issue's history.")] = "",
-                     config: ConfigOpt = None) -> None:
-        """Keep the draft (or approved issue) from going out at its send moment."""
-        settings = settings_for(config)
-        with session_scope(settings.database_url) as session:
-            row = issues.hold(session, number, by=cli_user(), reason=reason)
-            console.print(f"issue {row.number} held: it will not be sent (approve it to send it by hand)")
-
-    @app.command("skip")
-    def skip_command(number: Annotated[int | None, typer.Argument(help="Issue number (default: the draft).")] = None,
-                     reason: Annotated[str, typer.Option(help="Why, for the issue's history.")] = "",
-                     config: ConfigOpt = None) -> None:
-        """Send nothing this time; the next draft reuses the issue's number."""
-        settings = settings_for(config)
-        with session_scope(settings.database_url) as session:
-            row = issues.skip(session, number, by=cli_user(), reason=reason)
-            console.print(f"issue {row.number} skipped: nothing will be sent for it")
-

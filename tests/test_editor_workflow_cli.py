@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from digest.cli import main
+from digest.cli.main import main
 from digest.config import Settings
 from digest.render import check_links
 from digest.store import IssueRow, SeenArticle, session_factory

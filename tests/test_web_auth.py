@@ -50,7 +50,7 @@ def test_users_cli_add_list_remove(workdir, monkeypatch):
     # the rest in-process (each subprocess costs seconds of imports)
     from typer.testing import CliRunner
 
-    from digest.cli import app as cli
+    from digest.cli.main import app as cli
     from digest.errors import DigestError
 
     monkeypatch.chdir(workdir)

@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from digest.cli_common import ConfigOpt, console, err, progress_bar, settings_for
+from digest.cli import deliveries, listings, schedule, subscribers, users, web
+from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
 from digest.config import Settings
 from digest.errors import DigestError
 
@@ -134,7 +135,7 @@ def draft(config: ConfigOpt = None,
 
 def _who() -> str:
     """Who did it, for the issue's history: the local user at the command line."""
-    from digest.schedule import cli_user
+    from digest.cli.schedule import cli_user
 
     return cli_user()
 
@@ -350,19 +351,14 @@ def status(config: ConfigOpt = None) -> None:
                   "`digest deliveries resolve ISSUE --as submitted|retry`")
 
 
-def _register_areas() -> None:
-    """Each area owns its commands in its own module; the root app only gathers them."""
-    from digest.deliver.commands import register as deliveries
-    from digest.schedule import register as schedule
-    from digest.sources.commands import register as sources
-    from digest.web.commands import register as web
-    from subscribers.cli import register as subscribers
-
-    for register in (subscribers, deliveries, schedule, web, sources):
-        register(app)
-
-
-_register_areas()
+# each group owns its commands in its own module; the root app only gathers them (a group without a
+# name adds its commands at the top level: `digest schedule`, `digest hold`, `digest serve`, ...)
+app.add_typer(subscribers.app, name="subscribers")
+app.add_typer(deliveries.app, name="deliveries")
+app.add_typer(users.app, name="users")
+app.add_typer(listings.app, name="listings")
+app.add_typer(schedule.app)
+app.add_typer(web.app)
 
 
 def main() -> None:

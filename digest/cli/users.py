@@ -1,16 +1,15 @@
-"""CLI commands of the web side: `digest serve` and `digest users add|list|remove`."""
+"""`digest users ...`: editors and admins of the web side."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Annotated
 
 import typer
 
-from digest.cli_common import ConfigOpt, console, settings_for
+from digest.cli.common import ConfigOpt, console, settings_for
 
-users_app = typer.Typer(help="Editors and admins of the web pages (readers never log in).", no_args_is_help=True)
+app = typer.Typer(help="Editors and admins of the web pages (readers never log in).", no_args_is_help=True)
 
 
 def _password(from_stdin: bool) -> str:
@@ -19,7 +18,7 @@ def _password(from_stdin: bool) -> str:
     return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
-@users_app.command("add")
+@app.command("add")
 def users_add(email: Annotated[str, typer.Argument(help="The user's email address (their login).")],
               role: Annotated[str, typer.Option(help="editor (drafts) or admin (drafts and subscribers).")],
               password_stdin: Annotated[bool, typer.Option("--password-stdin",
@@ -36,7 +35,7 @@ def users_add(email: Annotated[str, typer.Argument(help="The user's email addres
         console.print(f"added {user.role} {user.email}")
 
 
-@users_app.command("list")
+@app.command("list")
 def users_list(config: ConfigOpt = None) -> None:
     """The editors and admins."""
     from rich.table import Table
@@ -54,7 +53,7 @@ def users_list(config: ConfigOpt = None) -> None:
         console.print(table)
 
 
-@users_app.command("remove")
+@app.command("remove")
 def users_remove(email: Annotated[str, typer.Argument(help="The user to remove.")],
                  config: ConfigOpt = None) -> None:
     """Remove a user: their sessions stop working on their next request."""
@@ -65,25 +64,3 @@ def users_remove(email: Annotated[str, typer.Argument(help="The user to remove."
     with session_scope(settings.database_url) as session:
         user = remove_user(session, email)
         console.print(f"removed {user.role} {user.email}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root `digest` app."""
-
-    @app.command()
-    def serve(config: ConfigOpt = None,
-              host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-              port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
-        """Serve the reader pages, the editors' and admins' pages and the webhooks (uvicorn)."""
-        import uvicorn
-
-        from digest.web.app import RedactTokens, create_app
-
-        settings = settings_for(config, create_secret=True)
-        forwarded = settings.web.forwarded_allow_ips
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="info",
-                                               proxy_headers=bool(forwarded), forwarded_allow_ips=forwarded or None))
-        logging.getLogger("uvicorn.access").addFilter(RedactTokens())  # after uvicorn set up its logging
-        server.run()
-
-    app.add_typer(users_app, name="users")

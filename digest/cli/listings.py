@@ -1,0 +1,61 @@
+"""`digest listings ...`: the supplier directory and its featured rotation."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from digest.cli.common import ConfigOpt, console, err, settings_for
+from digest.models import Listing
+from digest.reports import feature_report
+
+
+def _issues_text(numbers: tuple[int, ...], limit: int = 12) -> str:
+    shown = ", ".join(str(n) for n in numbers[-limit:])
+    return ("…, " if len(numbers) > limit else "") + shown
+
+
+app = typer.Typer(help="The supplier directory and its featured rotation.", no_args_is_help=True)
+
+@app.command("report")
+def report(config: ConfigOpt = None,
+           last: Annotated[int | None, typer.Option(help="Only the last N issues (default: all).")] = None,
+           csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the table to this CSV file.")]
+           = None) -> None:
+    """How often each supplier was featured, from the choices stored with every issue sent."""
+    from rich.table import Table
+
+    from digest.sources.directory import read_directory
+    from digest.store import session_scope
+
+    settings = settings_for(config)
+    directory: list[Listing] = []
+    if settings.sources.directory:
+        directory, problems = read_directory(settings.resolve(settings.sources.directory),
+                                             timeout=settings.sources.timeout_seconds)
+        for problem in problems:
+            err.print(f"[yellow]problem:[/] {problem}", highlight=False)
+    with session_scope(settings.database_url) as session:
+        rows, considered = feature_report(session, directory, last=last)
+    span = f"issues {considered[0]}–{considered[-1]}" if considered else "no issue sent yet"
+    table = Table(title=f"Featured suppliers: {len(considered)} issue(s) ({span}), "
+                        f"{settings.sources.featured_listings} per issue")
+    for column in ("supplier", "tier", "featured", "share", "last issue", "issues"):
+        table.add_column(column, justify="right" if column in ("featured", "share", "last issue") else "left")
+    for r in rows:
+        share = f"{r.featured / len(considered):.0%}" if considered else "–"
+        name = r.name if r.in_directory else f"{r.name} [dim](no longer in the directory)[/]"
+        table.add_row(name, r.tier, str(r.featured), share, str(r.last or "–"), _issues_text(r.issues))
+    console.print(table)
+    if csv_out:
+        with csv_out.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["supplier", "tier", "categories", "featured", "issues_considered", "last_issue",
+                             "issues", "in_directory"])
+            for r in rows:
+                writer.writerow([r.name, r.tier, r.categories, r.featured, len(considered), r.last or "",
+                                 " ".join(map(str, r.issues)), "yes" if r.in_directory else "no"])
+        console.print(f"wrote {csv_out}")
