@@ -47,7 +47,7 @@ def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyp
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_sends_everyone_exactly_once(workdir: Path) -> None:
-    seed = int(os.environ.get("DIGEST_KILL_SEED", time.time_ns() % 10_000))  # rerun a failure with this
+    seed = int(os.environ.get("DIGEST_KILL_SEED", "2026"))  # fixed, so a run repeats; set it to explore others
     rng = random.Random(seed)
     settings = configure(workdir, batch=100, concurrency=2)
     emails = seed_readers(settings, 3000)
