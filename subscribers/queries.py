@@ -77,3 +77,26 @@ def profile(session: Session, email: str) -> Profile:
                    select(Event, MailingList.slug).outerjoin(MailingList, MailingList.id == Event.list_id)
                    .where(Event.subscriber_id == sub.id).order_by(Event.at, Event.id))]
     return Profile(sub, members, history)
+
+
+# -- lookups for the web pages (readers' links, admins' pages) ---------------------------------------
+
+def list_slugs(session: Session) -> list[str]:
+    """Every list's slug, in order."""
+    return list(session.scalars(select(MailingList.slug).order_by(MailingList.slug)))
+
+
+def subscriber_by_id(session: Session, subscriber_id: int) -> Subscriber | None:
+    return session.get(Subscriber, subscriber_id)
+
+
+def mailing_list_by_id(session: Session, list_id: int) -> MailingList | None:
+    return session.get(MailingList, list_id)
+
+
+def list_choices(session: Session, subscriber_id: int) -> list[tuple[MailingList, str | None]]:
+    """Every list by name, with this reader's membership status in it (None where they have none)."""
+    statuses = dict(session.execute(select(Membership.list_id, Membership.status)
+                                    .where(Membership.subscriber_id == subscriber_id)).all())
+    return [(mlist, statuses.get(mlist.id))
+            for mlist in session.scalars(select(MailingList).order_by(MailingList.name))]

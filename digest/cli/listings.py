@@ -10,7 +10,6 @@ import typer
 
 from digest.cli.common import ConfigOpt, console, err, settings_for
 from digest.models import Listing
-from digest.reports import feature_report
 
 
 def _issues_text(numbers: tuple[int, ...], limit: int = 12) -> str:
@@ -28,6 +27,7 @@ def report(config: ConfigOpt = None,
     """How often each supplier was featured, from the choices stored with every issue sent."""
     from rich.table import Table
 
+    from digest.reports import feature_report
     from digest.sources.directory import read_directory
     from digest.store import session_scope
 

@@ -21,20 +21,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
 from digest.errors import DigestError, NotFound
+from digest.issue_queries import deliveries_to
 from digest.reports import issue_figures
-from digest.store import Delivery, IssueRow, User
-from digest.web.auth import check_csrf, require_admin, require_user
+from digest.store import User
+from digest.web.auth import require_admin, require_user
+from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
 from digest.web.pages import flash, render
 from subscribers import csvio, lifecycle
 from subscribers.categories import known_categories
-from subscribers.models import STATUSES, MailingList, Subscriber
-from subscribers.queries import list_counts, profile
+from subscribers.models import STATUSES, Subscriber
+from subscribers.queries import list_counts, list_slugs, profile, subscriber_by_id
 from subscribers.search import Query, search
 
 router = APIRouter(prefix="/admin",
@@ -52,13 +53,12 @@ def subscribers(request: Request, settings: Annotated[Settings, Depends(get_sett
     """Search and page through subscribers (digest.web.search: keyset pages, a capped count)."""
     query = Query(q=q.strip()[:320], status=status, list_slug=list, before=_int(before), after=_int(after),
                   size=settings.web.page_size)
-    lists = db.scalars(select(MailingList.slug).order_by(MailingList.slug)).all()
     return render(request, "admin/subscribers.html", {"page": search(db, query), "query": query,
-                                                      "statuses": STATUSES, "lists": lists})
+                                                      "statuses": STATUSES, "lists": list_slugs(db)})
 
 
 def _subscriber(db: Session, subscriber_id: int) -> Subscriber:
-    sub = db.get(Subscriber, subscriber_id)
+    sub = subscriber_by_id(db, subscriber_id)
     if sub is None:
         raise NotFound(f"there is no subscriber {subscriber_id}")
     return sub
@@ -68,10 +68,7 @@ def _subscriber(db: Session, subscriber_id: int) -> Subscriber:
 def subscriber(request: Request, subscriber_id: int, db: Annotated[Session, Depends(get_db)]) -> Response:
     """One reader: memberships, the consent history (every event, newest first) and what was sent to them."""
     found = profile(db, _subscriber(db, subscriber_id).email)
-    deliveries = db.execute(
-        select(IssueRow.number, IssueRow.subject, Delivery.status, Delivery.updated_at, Delivery.error)
-        .join(IssueRow, IssueRow.id == Delivery.issue_id).where(Delivery.subscriber_id == subscriber_id)
-        .order_by(IssueRow.number.desc()).limit(100)).all()
+    deliveries = deliveries_to(db, subscriber_id)
     return render(request, "admin/subscriber.html", {"sub": found.subscriber, "memberships": found.memberships,
                                                      "history": list(reversed(found.history)),
                                                      "deliveries": deliveries})
@@ -135,8 +132,7 @@ def _rejects_rows(path: Path | None, limit: int = REJECTS_SHOWN) -> tuple[list[s
 
 @router.get("/import")
 def import_form(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
-    return render(request, "admin/import.html", {"lists": db.scalars(select(MailingList.slug)
-                                                                      .order_by(MailingList.slug)).all()})
+    return render(request, "admin/import.html", {"lists": list_slugs(db)})
 
 
 @router.post("/import")
@@ -161,7 +157,7 @@ def import_upload(request: Request, settings: Annotated[Settings, Depends(get_se
     except DigestError as e:
         db.rollback()
         return render(request, "admin/import.html", {
-            "lists": db.scalars(select(MailingList.slug).order_by(MailingList.slug)).all(),
+            "lists": list_slugs(db),
             "error": f"{original}: {e}".replace(str(path), original)}, status_code=400)
     finally:
         path.unlink(missing_ok=True)  # the upload holds personal data: only the rejects report is kept

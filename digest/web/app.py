@@ -21,9 +21,10 @@ from digest.config import Settings
 from digest.deliver.base import Personalizer
 from digest.errors import DigestError, NotFound
 from digest.store import migrate, session_factory
-from digest.web.auth import SESSION_COOKIE, Forbidden, LoginRequired, session_key
+from digest.web.auth import SESSION_COOKIE, login_redirect, session_key
 from digest.web.catalog import Catalog
-from digest.web.pages import WEB_TEMPLATES, render
+from digest.web.errors import Forbidden, LoginRequired
+from digest.web.pages import WEB_TEMPLATES, flash, render
 from digest.web.ratelimit import SlidingWindow
 from subscribers.tokens import TokenError
 
@@ -93,8 +94,6 @@ def _error_pages(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:
         if request.method == "GET":
-            from digest.web.auth import login_redirect
-
             return login_redirect(request)
         return render(request, "message.html", {"title": "Please log in",
                                                 "message": "Your session has ended. Log in and try again."},
@@ -116,8 +115,6 @@ def _error_pages(app: FastAPI) -> None:
         title = "Not found" if status == 404 else "That did not work"
         if request.url.path.startswith("/admin/") and request.method == "POST" and status == 400:
             # an action refused: back to the page it came from, with the reason on top
-            from digest.web.pages import flash
-
             flash(request, str(exc), "error")
             return RedirectResponse(request.url.path.rsplit("/", 1)[0], status_code=303)
         return render(request, "message.html", {"title": title, "message": str(exc)}, status_code=status)

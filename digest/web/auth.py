@@ -1,4 +1,4 @@
-"""Sessions, CSRF and login for editors and admins.
+"""Sessions and login for editors and admins (the CSRF token itself is digest.web.csrf's).
 
 The session is a signed cookie (Starlette's SessionMiddleware, which signs with itsdangerous) keyed by a
 key derived from settings.secret_key for this one purpose, so a reader link can never pass for a session
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from typing import Annotated
 from urllib.parse import quote, urlsplit
 
@@ -21,27 +20,15 @@ from sqlalchemy.orm import Session
 
 from digest.config import Settings
 from digest.store import User
-from digest.web import users
+from digest.web import csrf, users
+from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
+from digest.web.errors import Forbidden, LoginRequired
 from digest.web.pages import flash, render
 
 SESSION_COOKIE = "digest_session"
-CSRF_FIELD = "csrf_token"
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 router = APIRouter()
-
-
-class LoginRequired(Exception):
-    """No valid session: a page asked for is sent to the login form, anything else is refused."""
-
-
-class Forbidden(Exception):
-    """A session without the right (an editor on an admin page, a missing or wrong CSRF token)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def session_key(secret_key: str) -> str:
@@ -49,34 +36,11 @@ def session_key(secret_key: str) -> str:
     return hmac.new(secret_key.encode("utf-8"), b"digest.web.session", hashlib.sha256).hexdigest()
 
 
-def csrf_token(request: Request) -> str:
-    """This session's CSRF token, created on first use."""
-    token = request.session.get("csrf")
-    if not token:
-        token = request.session["csrf"] = secrets.token_urlsafe(32)
-    return token
-
-
-async def check_csrf(request: Request) -> None:
-    """Refuse a form whose token is missing or is not this session's."""
-    if request.method in SAFE_METHODS:
-        return
-    form = await request.form()
-    sent = form.get(CSRF_FIELD)
-    expected = request.session.get("csrf")
-    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
-        raise Forbidden("This form has expired or did not come from this site. Go back, reload the page and "
-                        "try again (this site needs its cookie to accept a form).")
-
-
 def current_user(request: Request, db: Session) -> User | None:
     uid = request.session.get("uid")
     if not isinstance(uid, int):
         return None
-    user = db.get(User, uid)
-    if user is None or not hmac.compare_digest(request.session.get("stamp", ""), users.session_stamp(user)):
-        return None
-    return user
+    return users.session_user(db, uid, request.session.get("stamp", ""))
 
 
 def require_user(request: Request, db: Annotated[Session, Depends(get_db)]) -> User:
@@ -130,13 +94,14 @@ def login(request: Request, db: Annotated[Session, Depends(get_db)],
                       status_code=401)
     db.commit()  # a rehashed password
     request.session.clear()  # a fresh session (and CSRF token) on every login
-    request.session.update(uid=user.id, stamp=users.session_stamp(user), csrf=secrets.token_urlsafe(32))
+    request.session.update(uid=user.id, stamp=users.session_stamp(user))
+    csrf.renew(request)
     return RedirectResponse(_safe_next(next), status_code=303)
 
 
 @router.post("/logout", dependencies=[Depends(check_csrf)])
 def logout(request: Request) -> Response:
     request.session.clear()
-    request.session["csrf"] = secrets.token_urlsafe(32)
+    csrf.renew(request)
     flash(request, "You are logged out.")
     return RedirectResponse("/login", status_code=303)

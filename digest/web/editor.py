@@ -12,18 +12,19 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import PlainTextResponse, RedirectResponse, Response
-from sqlalchemy import select
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from digest import issues
 from digest.config import Settings
-from digest.errors import DigestError, NotFound
+from digest.errors import DigestError
+from digest.issue_queries import seen_articles
 from digest.models import Article
 from digest.reports import issue_figures
 from digest.sources.collect import candidates
-from digest.store import IssueRow, SeenArticle, User
-from digest.web.auth import check_csrf, require_user
+from digest.store import IssueRow, User
+from digest.web.auth import require_user
+from digest.web.csrf import check_csrf
 from digest.web.deps import get_db, get_settings
 from digest.web.pages import flash, render
 from subscribers.queries import list_counts
@@ -68,7 +69,7 @@ def article_rows(settings: Settings, db: Session, row: IssueRow) -> list[Article
             if a.key not in shown:
                 add(a, "waiting")
     if issue.excluded:
-        found = {s.key: s for s in db.scalars(select(SeenArticle).where(SeenArticle.key.in_(issue.excluded)))}
+        found = seen_articles(db, issue.excluded)
         for key in issue.excluded:
             seen = found.get(key)
             out.append(ArticleRow(key, seen.title if seen else key, (seen.data or {}).get("link", "") if seen else "",
@@ -106,25 +107,16 @@ def draft(request: Request, settings: Annotated[Settings, Depends(get_settings)]
     })
 
 
-def _issue_row(db: Session, number: int) -> IssueRow:
-    row = db.scalar(select(IssueRow).where(IssueRow.number == number))
-    if row is None:
-        raise NotFound(f"there is no issue {number}")
-    return row
-
-
 @router.get("/preview/{number}.html")
 def preview_html(number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
     """The issue's HTML alone, for the preview frames (sandboxed: it can run nothing)."""
-    row = _issue_row(db, number)
-    from fastapi.responses import HTMLResponse
-
+    row = issues.get_issue(db, number)
     return HTMLResponse(row.html, headers={"Content-Security-Policy": PREVIEW_CSP, "Cache-Control": "no-store"})
 
 
 @router.get("/preview/{number}.txt")
 def preview_text(number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
-    return PlainTextResponse(_issue_row(db, number).text, headers={"Cache-Control": "no-store"})
+    return PlainTextResponse(issues.get_issue(db, number).text, headers={"Cache-Control": "no-store"})
 
 
 def _back() -> Response:
@@ -180,7 +172,7 @@ def send_test(request: Request, settings: Annotated[Settings, Depends(get_settin
 def approve(request: Request, db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)],
             number: Annotated[int, Form()], version: Annotated[str, Form()] = "") -> Response:
     """Approve exactly what the editor looked at: a draft rebuilt since then must be reviewed again."""
-    row = _issue_row(db, number)
+    row = issues.get_issue(db, number)
     if row.status in APPROVABLE and version != _version(row):
         flash(request, f"Issue {number} changed since you loaded it: review it again before approving.", "error")
         return _back()

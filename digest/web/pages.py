@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from digest.render import TEMPLATES
+from digest.web.csrf import csrf_token
 
 WEB_TEMPLATES = TEMPLATES / "web"
 
@@ -47,8 +48,6 @@ def flash(request: Request, message: str, level: str = "ok") -> None:
 
 def render(request: Request, name: str, context: dict[str, Any] | None = None, *,
            status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
-    from digest.web.auth import csrf_token
-
     settings = request.app.state.settings
     has_session = "session" in request.scope  # not for errors caught outside the session middleware
     flashes = request.session.pop("flash", []) if has_session and "flash" in request.session else []

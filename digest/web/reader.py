@@ -11,24 +11,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from digest import issue_queries
 from digest.config import Settings
 from digest.errors import NotFound
-from digest.store import IssueRow
-from digest.web.auth import check_csrf
+from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
 from digest.web.pages import render
 from subscribers import lifecycle, optin
 from subscribers.categories import known_categories
-from subscribers.models import ACTIVE, PENDING, MailingList, Membership, Subscriber
+from subscribers.models import ACTIVE, PENDING, MailingList, Subscriber
+from subscribers.queries import list_choices, list_slugs, mailing_list_by_id, subscriber_by_id
 from subscribers.tokens import Tokens
 
 router = APIRouter()
 
-#: issues a reader may see in the archive (the view-in-browser link works from the first batch on)
-PUBLIC_STATUSES = ("sending", "sent")
 HONEYPOT = "website"
 
 
@@ -83,7 +81,7 @@ def _read(settings: Settings, db: Session, purpose: str, token: str,
           days: int) -> tuple[MailingList | None, Subscriber | None]:
     """Check a link before showing its page (raises TokenError for a bad one; nothing is changed)."""
     ref = Tokens(settings.secret_key).read(purpose, token, days)
-    return db.get(MailingList, ref.list_id), db.get(Subscriber, ref.subscriber_id)
+    return mailing_list_by_id(db, ref.list_id), subscriber_by_id(db, ref.subscriber_id)
 
 
 @router.get("/c/{token}")
@@ -127,15 +125,13 @@ def unsubscribe(request: Request, token: str, settings: Annotated[Settings, Depe
     sub = optin.unsubscribe_from_token(settings, db, token, ip=client_ip(request),
                                        source="one-click (RFC 8058)" if one_click == "One-Click" else "link")
     db.commit()
-    return render(request, "unsubscribed.html", {"list": db.get(MailingList, ref.list_id), "email": sub.email})
+    return render(request, "unsubscribed.html", {"list": mailing_list_by_id(db, ref.list_id),
+                                                 "email": sub.email})
 
 
 def _preferences_context(request: Request, db: Session, sub: Subscriber, token: str, **extra: object) -> dict:
-    statuses = dict(db.execute(select(Membership.list_id, Membership.status)
-                               .where(Membership.subscriber_id == sub.id)).tuples().all())
-    lists = [(mlist, statuses.get(mlist.id)) for mlist in db.scalars(select(MailingList).order_by(MailingList.name))]
     known = directory_categories(request)
-    return {"token": token, "subscriber": sub, "lists": lists, "categories": known,
+    return {"token": token, "subscriber": sub, "lists": list_choices(db, sub.id), "categories": known,
             "chosen": set(sub.categories or []), "joined": (PENDING, ACTIVE), "saved": False, **extra}
 
 
@@ -154,7 +150,7 @@ def save_preferences(request: Request, token: str, settings: Annotated[Settings,
     sub, _mlist = optin.preferences_from_token(settings, db, token)
     known = directory_categories(request)
     wanted = set(lists or [])
-    choice = {slug: slug in wanted for slug in db.scalars(select(MailingList.slug))}
+    choice = {slug: slug in wanted for slug in list_slugs(db)}
     optin.update_preferences(settings, db, sub, categories=[c for c in categories or [] if c in known], lists=choice,
                              ip=client_ip(request))
     db.commit()
@@ -170,15 +166,10 @@ def leave(request: Request) -> Response:
 
 @router.get("/issues")
 def archive(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
-    rows = db.execute(select(IssueRow.number, IssueRow.subject, IssueRow.sent_at, IssueRow.approved_at)
-                      .where(IssueRow.status.in_(PUBLIC_STATUSES)).order_by(IssueRow.number.desc())).all()
-    return render(request, "archive.html", {"issues": rows})
+    return render(request, "archive.html", {"issues": issue_queries.archive(db)})
 
 
 @router.get("/issues/{number}")
 def archived_issue(number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
     """The issue as readers saw it, with the reader-specific parts replaced by generic ones."""
-    html = db.scalar(select(IssueRow.html).where(IssueRow.number == number, IssueRow.status.in_(PUBLIC_STATUSES)))
-    if html is None:
-        raise NotFound(f"there is no sent issue {number}")
-    return HTMLResponse(html)
+    return HTMLResponse(issue_queries.archived_html(db, number))

@@ -1,4 +1,5 @@
-"""Editors and admins of the web side: argon2 password hashes, added and removed by `digest users`.
+"""Editors and admins of the web side: argon2 password hashes, added and removed by `digest users`; the
+one place users and their sessions are looked up (the login pages and `digest users` call these).
 
 Readers never log in; these are the few people who review drafts and look after the list.
 """
@@ -6,6 +7,7 @@ Readers never log in; these are the few people who review drafts and look after 
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -87,3 +89,11 @@ def authenticate(session: Session, email: str, password: str) -> User | None:
 def session_stamp(user: User) -> str:
     """A short fingerprint of the password hash kept in the session: a new password ends old sessions."""
     return hashlib.sha256(user.password_hash.encode("utf-8")).hexdigest()[:16]
+
+
+def session_user(session: Session, user_id: int, stamp: str) -> User | None:
+    """The user a session cookie names, if it still exists and its password is the one logged in with."""
+    user = session.get(User, user_id)
+    if user is None or not hmac.compare_digest(stamp, session_stamp(user)):
+        return None
+    return user

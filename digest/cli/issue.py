@@ -1,0 +1,327 @@
+"""The issue's commands, at the top level of `digest`: init, collect, draft, approve, preview, send, demo,
+status. Each calls digest.issues (and digest.issue_queries, digest.reports), as the editors' pages do.
+"""
+
+from __future__ import annotations
+
+import webbrowser
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
+from digest.config import Settings
+
+app = typer.Typer()
+
+
+@app.command()
+def init(folder: Annotated[Path, typer.Argument(help="Where to write digest.toml.")] = Path("."),
+         force: Annotated[bool, typer.Option(help="Overwrite an existing digest.toml.")] = False) -> None:
+    """Write a commented digest.toml (and the sample sources) to start from."""
+    from digest.demo import init as do_init
+
+    result = do_init(folder, force=force)
+    for path in result.written:
+        console.print(f"wrote {path}")
+    console.print("Next: `digest collect` to see what the next issue would hold.")
+
+
+@app.command()
+def collect(config: ConfigOpt = None) -> None:
+    """Fetch the sources and show what would go into the next issue."""
+    from digest.compose import compose
+    from digest.issues import feature_history
+    from digest.sources.collect import collect as do_collect
+    from digest.store import session_scope
+    from digest.store import utcnow as now
+
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        collected = do_collect(session, settings)
+        issue = compose(settings, 0, collected.articles, collected.listings, feature_history(session), now())
+    table = Table(title=f"Next issue: {len(issue.articles)} articles, {len(issue.headlines)} headlines, "
+                        f"{len(issue.listings)} listings")
+    table.add_column("section")
+    table.add_column("date")
+    table.add_column("title")
+    table.add_column("key", style="dim")
+    for i, a in enumerate(issue.articles):
+        table.add_row("top story" if i == 0 else "article", f"{a.published:%Y-%m-%d}", a.title, a.key[:12])
+    for a in issue.headlines:
+        table.add_row("more news", f"{a.published:%Y-%m-%d}", a.title, a.key[:12])
+    for x in issue.listings:
+        table.add_row("listing", x.tier or "", f"{x.name} ({' / '.join(x.categories)})", "")
+    console.print(table)
+    _print_health(collected.feed_health)
+    for problem in collected.problems:
+        err.print(f"[yellow]problem:[/] {problem}")
+
+
+def _print_health(health: list[dict]) -> None:
+    if not health:
+        return
+    table = Table(title="Feed health")
+    for col in ("feed", "health", "items", "new", "failures", "quiet runs", "error"):
+        table.add_column(col)
+    for h in health:
+        colour = {"ok": "green", "quiet": "yellow", "failing": "red"}[h["health"]]
+        table.add_row(h["feed"], f"[{colour}]{h['health']}[/]", str(h["items"]), str(h["new"]),
+                      str(h["failures"]), str(h["quiet_runs"]), h["error"])
+    console.print(table)
+
+
+@app.command()
+def draft(config: ConfigOpt = None,
+          exclude: Annotated[list[str] | None, typer.Option(help="Article key (or prefix) to leave out.")] = None,
+          pin: Annotated[list[str] | None, typer.Option(help="Article key (or prefix) to put first.")] = None,
+          feature: Annotated[list[str] | None, typer.Option(help="Supplier name to feature.")] = None,
+          reset: Annotated[bool, typer.Option("--reset", help="Forget earlier --exclude/--pin/--feature.")] = False,
+          offline: Annotated[bool, typer.Option("--offline", help="Skip the link check (no HEAD requests).")]
+          = False,
+          notify: Annotated[bool, typer.Option("--notify", help="Email the editors the summary and link.")]
+          = False) -> None:
+    """Build (or rebuild) the next issue's draft, check it (links too, unless --offline) and show the checks.
+
+    Adjustments are kept across rebuilds; an approved issue that is rebuilt becomes a draft again."""
+    from digest import issues
+    from digest.issue_queries import expand_keys
+    from digest.store import session_scope
+
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        before = issues.newest_issue(session)
+        was = (before.number, before.status) if before is not None else None
+        empty: list[str] | None = [] if reset else None
+        d = issues.build_draft(settings, session, offline=offline, by=_who(),
+                               excluded=expand_keys(session, exclude) if exclude else empty,
+                               pinned=expand_keys(session, pin) if pin else empty,
+                               featured=feature if feature else empty)
+        summary = issues.summarize(settings, d.row)
+    if was is not None and was[0] == summary.number and was[1] in ("approved", "held", "skipped"):
+        console.print(f"[yellow]issue {summary.number} was {was[1]}: rebuilt, it is a draft again "
+                      f"(approve it again to send it)[/]")
+    console.print(f"Draft of issue {summary.number}: {summary.subject!r}")
+    console.print(f"{summary.articles} articles, {summary.headlines} headlines, {summary.listings} listings, "
+                  f"HTML {summary.html_bytes / 1024:.1f} KB")
+    if summary.send_at is not None:
+        from digest.schedule import describe
+
+        console.print(f"send at {describe(settings, summary.send_at)}", highlight=False)
+    if d.issue.excluded or d.issue.pinned or d.issue.featured:
+        console.print(f"adjustments: excluded {len(d.issue.excluded)}, pinned {len(d.issue.pinned)}, "
+                      f"featured {', '.join(d.issue.featured) or 'none'}")
+    _print_checks(summary.checks)
+    if offline:
+        console.print("  [dim]links not checked (--offline)[/]")
+    for problem in d.collected.problems:
+        err.print(f"[yellow]problem:[/] {problem}")
+    if notify:
+        from digest.notices import Notice, notify_editors
+
+        problems = notify_editors(settings, Notice("draft", f"Issue {summary.number} is ready for review",
+                                                   (), summary, (f"Approve it: `digest approve {summary.number}`.",)))
+        for problem in problems:
+            err.print(f"[yellow]problem:[/] {problem}")
+        if not problems:
+            console.print(f"editors notified: {', '.join(settings.schedule.editors)}")
+
+
+def _who() -> str:
+    """Who did it, for the issue's history: the local user at the command line."""
+    from digest.cli.schedule import cli_user
+
+    return cli_user()
+
+
+def _print_checks(checks: list[dict]) -> None:
+    marks = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+    for c in checks:
+        console.print(f"  {marks[c['level']]} {c['name']}: {c['message']}")
+
+
+@app.command()
+def approve(number: Annotated[int | None, typer.Argument(help="Issue number (default: the draft).")] = None,
+            config: ConfigOpt = None) -> None:
+    """Approve the draft (or a held issue): it is frozen and goes out at its send moment (or by `digest send`)."""
+    from digest import issues
+    from digest.store import session_scope
+
+    settings = settings_for(config)
+    with session_scope(settings.database_url) as session:
+        row = issues.approve(session, number, by=_who())
+        summary = issues.summarize(settings, row)
+    console.print(f"issue {summary.number} approved: {summary.subject!r}")
+    if summary.send_at is not None:
+        from digest.schedule import describe
+        from digest.store import utcnow
+
+        if summary.send_at > utcnow():
+            console.print(f"it goes out at {describe(settings, summary.send_at)} "
+                          "(when `digest schedule` runs), or now with `digest send`", highlight=False)
+        else:
+            console.print(f"its send moment ({describe(settings, summary.send_at)}) has passed: "
+                          "send it with `digest send`", highlight=False)
+    _print_checks(summary.problems)
+    if any(c.get("level") == "fail" for c in summary.checks):
+        err.print("[red]warning:[/] a check failed; approved anyway")
+
+
+@app.command()
+def preview(config: ConfigOpt = None,
+            out: Annotated[Path, typer.Option(help="Where to write the HTML.")] = Path("preview.html"),
+            text: Annotated[Path, typer.Option(help="Where to write the plain text.")] = Path("preview.txt"),
+            open_: Annotated[bool, typer.Option("--open", help="Open the HTML in a browser.")] = False,
+            offline: Annotated[bool, typer.Option("--offline", help="If a draft is built, skip the link check.")]
+            = False) -> None:
+    """Write the current draft (building one if there is none) to files and show its status and checks."""
+    from digest import issues
+    from digest.store import session_scope
+
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        row = issues.current_issue(session) or issues.build_draft(settings, session, offline=offline, by=_who()).row
+        out.write_text(row.html, encoding="utf-8")
+        text.write_text(row.text, encoding="utf-8")
+        summary = issues.summarize(settings, row)
+    for line in summary.lines(settings.publication.tz):
+        console.print(line, highlight=False)
+    console.print(f"HTML -> {out}; text -> {text}")
+    _print_checks(summary.checks)
+    if open_:
+        webbrowser.open(out.resolve().as_uri())
+
+
+@app.command()
+def send(config: ConfigOpt = None,
+         dry_run: Annotated[bool, typer.Option("--dry-run", help="Show who would get what; send nothing.")] = False,
+         to: Annotated[str | None, typer.Option("--to", help="Send a test copy to this address only.")] = None,
+         ) -> None:
+    """Send to every active reader of the list: the issue being sent, else the approved one, else the draft
+    (or a new one). A held issue is not sent until it is approved."""
+    from digest import issues
+
+    settings = settings_for(config, create_secret=True)
+    if to:
+        console.print(issues.send_test(settings, to))
+        return
+    if dry_run:
+        _dry_run(settings)
+        return
+    with progress_bar("sending") as bar:
+        task = bar.add_task("send", total=None)
+        outcome = issues.send(settings, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _print_send(outcome)
+    if outcome.report and not outcome.report.ok:
+        raise typer.Exit(1)
+
+
+def _dry_run(settings: Settings) -> None:
+    from digest.issues import build_draft, current_issue, issue_of, recipients
+    from digest.store import session_factory
+
+    with session_factory(settings.database_url)() as session:
+        row = current_issue(session) or build_draft(settings, session).row
+        readers = recipients(session, row.list_slug)
+        issue = issue_of(row)
+        console.print(f"issue {row.number} ({row.status}): {row.subject!r}; {len(issue.articles)} articles, "
+                      f"{len(issue.listings)} listings, HTML {row.html_bytes / 1024:.1f} KB")
+        console.print(f"would send to {len(readers)} active reader(s) of list {row.list_slug!r} "
+                      f"by {settings.delivery.transport}:")
+        for sub in readers[:20]:
+            console.print(f"  {sub.email}")
+        if len(readers) > 20:
+            console.print(f"  ... and {len(readers) - 20} more")
+        session.rollback()  # a dry run records nothing
+
+
+def _print_send(outcome) -> None:  # type: ignore[no-untyped-def]
+    if outcome.report is None:
+        console.print(outcome.message)
+        return
+    r = outcome.report
+    row = outcome.row
+    console.print(f"issue {r.issue_number}: {r.subject!r}")
+    console.print(f"  submitted {r.submitted}, failed {r.failed}, skipped {r.skipped}, "
+                  f"already sent earlier {r.already}, unknown {r.unknown}; HTML {row.html_bytes / 1024:.1f} KB; "
+                  f"{outcome.editions} edition(s) rendered; status {row.status}")
+    for e in r.errors:
+        err.print(f"[red]error:[/] {e}")
+
+
+@app.command()
+def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] = Path(".")) -> None:
+    """The whole job on the embedded default: sample sources, SQLite, sample readers, an outbox folder."""
+    from digest.demo import SAMPLE_READERS
+    from digest.demo import init as do_init
+    from digest.issues import newest_issue, open_issue
+    from digest.issues import send as do_send
+    from digest.store import session_scope
+    from subscribers import lifecycle
+
+    config = folder / "digest.toml"
+    if not config.exists():
+        do_init(folder)
+        console.print(f"wrote {config} and sample sources in {folder / 'sample'}")
+    settings = settings_for(config, create_secret=True)
+    with session_scope(settings.database_url) as session:
+        for email, name in SAMPLE_READERS:
+            lifecycle.subscribe(session, email, name=name, list_slug=settings.delivery.list,
+                                source="digest demo: sample reader", confirmed=True)
+    with progress_bar("sending") as bar:
+        task = bar.add_task("send", total=None)
+        outcome = do_send(settings, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    with session_scope(settings.database_url) as session:
+        row = outcome.row or open_issue(session) or newest_issue(session)
+        html_out, text_out = folder / "preview.html", folder / "preview.txt"
+        if row is not None:
+            html_out.write_text(row.html, encoding="utf-8")
+            text_out.write_text(row.text, encoding="utf-8")
+    outbox = Path(settings.resolve(settings.delivery.outbox_dir))
+    if outcome.report is None:
+        console.print(f"{outcome.message}; nobody was sent anything twice.")
+    else:
+        issue = row and __import__("digest.issues", fromlist=["issue_of"]).issue_of(row)
+        r = outcome.report
+        console.print(f"[bold]Issue {r.issue_number}[/]: {r.subject}")
+        console.print(f"  articles {len(issue.articles)} + {len(issue.headlines)} headlines, "
+                      f"listings {len(issue.listings)}, appeal {'yes' if issue.appeal else 'no'}")
+        console.print(f"  readers sent {r.submitted} (already had it: {r.already}, failed: {r.failed}), "
+                      f"HTML {row.html_bytes / 1024:.1f} KB (Gmail clips at 102 KB)")
+    console.print(f"  outbox: {outbox}/  preview: {folder / 'preview.html'}, {folder / 'preview.txt'}")
+    console.print(f"  database: {settings.database_url}")
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """Per issue: status and delivery figures."""
+    from digest.reports import issue_figures
+    from digest.store import session_scope
+
+    settings = settings_for(config)
+    with session_scope(settings.database_url) as session:
+        rows = issue_figures(session)
+    figures = ("readers", "submitted", "failed", "skipped", "unknown", "delivered", "bounced", "complained",
+               "opened", "clicked")
+    if console.width < 150:  # a narrow terminal: one short paragraph per issue instead of a wide table
+        for r in rows:
+            console.print(f"[bold]#{r['issue']}[/] {r['status']}: {r['subject']}", highlight=False)
+            console.print("   " + ", ".join(f"{c} {r[c]}" for c in figures), highlight=False)
+        if not rows:
+            console.print("no issues yet")
+    else:
+        table = Table(title="Issues")
+        table.add_column("#", justify="right")
+        table.add_column("status")
+        for c in figures:
+            table.add_column(c, justify="right")
+        table.add_column("subject", no_wrap=True, overflow="ellipsis", max_width=40)
+        for r in rows:
+            table.add_row(str(r["issue"]), r["status"], *(str(r[c]) for c in figures), r["subject"])
+        console.print(table)
+    unknown = sum(r["unknown"] for r in rows)
+    if unknown:
+        err.print(f"[red]{unknown} reader(s) in batches of unknown fate[/]: resolve with "
+                  "`digest deliveries resolve ISSUE --as submitted|retry`")
