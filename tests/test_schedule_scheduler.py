@@ -17,22 +17,13 @@ import pytest
 import time_machine
 from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
-from rich.console import Console
 from sqlalchemy import select, update
 
 from digest import issues
 from digest.config import Settings
-from digest.schedule import (
-    DRAFT_JOB,
-    SEND_JOB,
-    LockHeld,
-    SchedulerLock,
-    build_scheduler,
-    ensure_jobs,
-    run_draft,
-    serve,
-    stored_jobs,
-)
+from digest.locks import LockHeld, SchedulerLock
+from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, run_draft
+from digest.schedule.runner import build_scheduler, ensure_jobs, serve, stored_jobs
 from digest.store import Lock, engine_for, session_scope
 from tests.test_schedule_jobs import (
     DRAFT_AT,
@@ -178,7 +169,7 @@ def test_the_lock_admits_one_scheduler_and_expires_when_its_holder_goes_silent(s
 def _serve_in_thread(settings: Settings, stop: threading.Event) -> tuple[threading.Thread, dict, io.StringIO]:
     out, result = io.StringIO(), {}
     thread = threading.Thread(target=lambda: result.update(
-        code=serve(settings, out=Console(file=out, width=200), stop=stop, heartbeat_seconds=0.05)))
+        code=serve(settings, say=lambda line: print(line, file=out), stop=stop, heartbeat_seconds=0.05)))
     thread.start()
     wait_for(lambda: "next send:" in out.getvalue() or not thread.is_alive())
     return thread, result, out
@@ -196,7 +187,7 @@ def test_a_second_scheduler_on_the_same_database_is_refused(settings: Settings) 
         owner = _lock_owner(settings)
         assert owner is not None and owner in out.getvalue()
         with pytest.raises(LockHeld, match="only one may run"):
-            serve(settings, out=Console(file=io.StringIO()), stop=threading.Event())
+            serve(settings, say=lambda line: None, stop=threading.Event())
     finally:
         stop.set()
         thread.join(10)
@@ -223,5 +214,5 @@ def test_a_bad_schedule_is_reported_before_the_lock_is_taken(workdir: Path, sett
 
     bad = reconfigure(workdir, "minute = 0", "minute = 61")
     with pytest.raises(ConfigError, match="schedule.minute must be 0..59"):
-        serve(bad, out=Console(file=io.StringIO()), stop=threading.Event())
+        serve(bad, say=lambda line: None, stop=threading.Event())
     assert _lock_owner(settings) is None

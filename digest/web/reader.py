@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from digest.config import Settings
 from digest.errors import NotFound
+from digest.issue_status import IssueStatus
 from digest.store import IssueRow
 from digest.web.auth import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
@@ -28,7 +29,7 @@ from subscribers.tokens import Tokens
 router = APIRouter()
 
 #: issues a reader may see in the archive (the view-in-browser link works from the first batch on)
-PUBLIC_STATUSES = ("sending", "sent")
+PUBLIC_STATUSES = (IssueStatus.SENDING, IssueStatus.SENT)
 HONEYPOT = "website"
 
 
