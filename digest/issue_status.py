@@ -44,6 +44,9 @@ MOVES: Mapping[IssueStatus, frozenset[IssueStatus]] = {
 REBUILDABLE = frozenset({S.DRAFT, S.APPROVED, S.HELD, S.SKIPPED})
 #: the issue in progress is the newest in one of these (searched in this order)
 IN_PROGRESS = (S.SENDING, S.APPROVED, S.DRAFT)
+#: each move in words, for the error that refuses it ("only an issue that is draft or held can be approved")
+_ACTIONS = {S.DRAFT: "made a draft again", S.APPROVED: "approved", S.SENDING: "sent out", S.SENT: "marked sent",
+            S.SKIPPED: "skipped", S.HELD: "held"}
 #: an approval is dropped when the issue moves to one of these
 _UNAPPROVED = frozenset({S.DRAFT, S.HELD, S.SKIPPED})
 
@@ -76,7 +79,7 @@ def move(row: StatusRow, to: IssueStatus, *, now: datetime | None = None, by: st
     """Move the issue to `to`, or raise a DigestError naming the issue, its status and the move.
 
     `only` narrows the statuses the move is made from (an editor's command may allow fewer than the
-    machine does); `action` is the move in words for the error ("reopened"; default: the new status).
+    machine does); `action` is the move in words for the error ("reopened").
 
     `note`, when given, is recorded in the issue's history after "old -> new" (e.g. " by cli: holiday").
     An approval (`approved_at`, `approved_by` = `by`) is set by a move to approved and dropped by a move
@@ -86,7 +89,7 @@ def move(row: StatusRow, to: IssueStatus, *, now: datetime | None = None, by: st
     allowed = [s for s in sources(to) if only is None or s in only]
     if old not in allowed:
         raise DigestError(f"issue {row.number} is {old}: only an issue that is {' or '.join(allowed)} "
-                          f"can be {action or to}")
+                          f"can be {action or _ACTIONS[to]}")
     now = now or datetime.now(UTC)
     if note is not None:
         add_note(row, f"{old} -> {to}{note}", now)
