@@ -6,6 +6,7 @@ is reported, many missed weeks coalesce into one run; and the lock keeps a secon
 from __future__ import annotations
 
 import io
+import pickle
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from digest.config import Settings
 from digest.locks import LockHeld, SchedulerLock
 from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, run_draft
 from digest.schedule.runner import build_scheduler, ensure_jobs, serve, stored_jobs
-from digest.store import Lock, engine_for, session_scope
+from digest.store import Lock, apscheduler_jobs, engine_for, session_scope
 from tests.test_schedule_jobs import (
     DRAFT_AT,
     READERS,
@@ -216,3 +217,26 @@ def test_a_bad_schedule_is_reported_before_the_lock_is_taken(workdir: Path, sett
     with pytest.raises(ConfigError, match="schedule.minute must be 0..59"):
         serve(bad, say=lambda line: None, stop=threading.Event())
     assert _lock_owner(settings) is None
+
+
+def test_jobs_stored_by_the_one_module_schedule_are_kept_on_restart(approved: Settings, workdir: Path) -> None:
+    """Jobs stored while the schedule was `digest/schedule.py` (references `digest.schedule:send_job`,
+    triggers pickled as `digest.schedule.SendTrigger`) keep their missed run: rewritten, not dropped."""
+    table = apscheduler_jobs
+    with engine_for(approved.database_url).begin() as conn:
+        for job_id, blob in conn.execute(select(table.c.id, table.c.job_state)).all():
+            old = pickle.dumps(pickle.loads(blob), 0)  # protocol 0: paths are plain text lines
+            old = old.replace(b"digest.moments\n", b"digest.schedule\n").replace(b"digest.schedule.runner:",
+                                                                                   b"digest.schedule:")
+            assert b"digest.schedule\nSendTrigger" in old and b"digest.schedule:" in old
+            conn.execute(update(table).where(table.c.id == job_id).values(job_state=old))
+    with time_machine.travel(SEND_AT + timedelta(minutes=30), tick=True):
+        second = Running(approved)
+        try:
+            assert not any("replaced" in line for line in second.lines), second.lines
+            assert {job.func_ref for job in second.scheduler.get_jobs()} == {
+                "digest.schedule.runner:draft_job", "digest.schedule.runner:send_job"}
+            wait_for(lambda: second.events[(SEND_JOB, "ran")] == 1)
+        finally:
+            second.stop()
+    assert issue_row(approved).status == "sent" and deliveries(approved) == 3

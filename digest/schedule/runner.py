@@ -11,7 +11,9 @@ and the triggers pickled (`digest.moments`): renaming either orphans the stored 
 
 from __future__ import annotations
 
+import io
 import logging
+import pickle
 import signal
 import threading
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from digest.config import Settings, load_settings
 from digest.locks import SchedulerLock, safe_url
@@ -44,6 +46,12 @@ from digest.store import apscheduler_jobs, engine_for, utcnow
 log = logging.getLogger(__name__)
 
 JOBS_TABLE = "apscheduler_jobs"
+#: where stored jobs pointed while the schedule was one module (`digest/schedule.py`): the job store
+#: keeps the function by "module:name" and pickles the trigger by class path
+_OLD_REFS = {"digest.schedule:draft_job": "digest.schedule.runner:draft_job",
+             "digest.schedule:send_job": "digest.schedule.runner:send_job"}
+_OLD_CLASSES = {("digest.schedule", "SendTrigger"): ("digest.moments", "SendTrigger"),
+                ("digest.schedule", "ReviewTrigger"): ("digest.moments", "ReviewTrigger")}
 
 
 _lock: SchedulerLock | None = None  # the lock of the scheduler running in this process (set by `serve`)
@@ -99,11 +107,39 @@ def _on_error(settings: Settings, event: JobExecutionEvent) -> None:
     notify_editors(settings, notice)
 
 
+class _OldPaths(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(*_OLD_CLASSES.get((module, name), (module, name)))
+
+
+def adopt_stored_jobs(settings: Settings) -> int:
+    """Rewrite jobs stored under the old paths to the new ones. APScheduler drops a stored job it cannot
+    unpickle, and with it the missed run it carries; rewritten, that run is still run (or reported) once.
+    Returns how many jobs were rewritten."""
+    table = apscheduler_jobs
+    adopted = 0
+    with engine_for(settings.database_url).begin() as conn:
+        for job_id, blob in conn.execute(select(table.c.id, table.c.job_state)).all():
+            try:
+                state = _OldPaths(io.BytesIO(blob)).load()
+            except Exception:  # not ours to judge: the job store reports and drops it as it always has
+                continue
+            if not isinstance(state, dict) or state.get("func") not in _OLD_REFS:
+                continue
+            state["func"] = _OLD_REFS[state["func"]]
+            conn.execute(update(table).where(table.c.id == job_id)
+                         .values(job_state=pickle.dumps(state, pickle.HIGHEST_PROTOCOL)))
+            adopted += 1
+    return adopted
+
+
 def build_scheduler(settings: Settings) -> BackgroundScheduler:
     """A scheduler over the database's job store: coalesce, one instance at a time, a grace time.
 
     One worker thread: the draft and the send never run at once (after downtime both may be due; the
     draft, due first, runs first)."""
+    if adopt_stored_jobs(settings):
+        log.info("stored jobs moved to digest.schedule.runner")
     scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(engine=engine_for(settings.database_url), tablename=JOBS_TABLE)},
         executors={"default": ThreadPoolExecutor(max_workers=1)},
