@@ -86,9 +86,10 @@ def show(settings: Settings, out: Console = console, now: datetime | None = None
         say(f"  (its draft was due {describe(settings, m.review_from)}: the review window is open)")
     stored = stored_jobs(settings)
     for job_id, name in ((DRAFT_JOB, "draft"), (SEND_JOB, "send")):
-        if stored.get(job_id) is not None:
-            late = " (missed: runs once at start if within the grace time)" if stored[job_id] < now else ""
-            say(f"stored {name} job: {describe(settings, stored[job_id])}{late}")
+        due = stored.get(job_id)
+        if due is not None:
+            late = " (missed: runs once at start if within the grace time)" if due < now else ""
+            say(f"stored {name} job: {describe(settings, due)}{late}")
     say(f"scheduler: {scheduler_lock_state(settings, now)}")
     say(f"editors: {', '.join(sc.editors) or '(none: set [schedule] editors)'}")
     with session_scope(settings.database_url) as session:

@@ -88,10 +88,9 @@ def run_draft(settings: Settings, *, send_at: datetime, now: datetime | None = N
         draft = issues.build_draft(settings, session, now=now, send_at=send_at, offline=offline, by="the schedule")
         summary = issues.summarize(settings, draft.row)
     local, _ = local_and_utc(settings, send_at)
-    problems = [c for c in summary.checks if c.get("level") != "ok"]
     message = [_fate_if_not_approved(settings, summary)]
-    if problems:
-        message.append(f"{len(problems)} check(s) need a look before it goes out.")
+    if summary.problems:
+        message.append(f"{len(summary.problems)} check(s) need a look before it goes out.")
     notice = Notice("draft", f"Issue {summary.number} is ready for review (send {local})", tuple(message),
                     summary, _actions(summary.number))
     problems = notify_editors(settings, notice, transport=transport)
@@ -108,7 +107,7 @@ def _conclude(settings: Settings, row_number: int, action: str, reason: str, now
         summary = issues.summarize(settings, row)
     if action == "held":
         headline = f"Issue {row_number} was held, not sent"
-        steps = (f"Send it now: `digest approve {row_number}` then `digest send`.",
+        steps: tuple[str, ...] = (f"Send it now: `digest approve {row_number}` then `digest send`.",
                  "Or leave it: the next scheduled draft rebuilds it with the newest articles.")
     else:
         headline = f"Issue {row_number} was skipped: nothing was sent"
