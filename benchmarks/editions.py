@@ -27,7 +27,8 @@ from sqlalchemy import insert, select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from digest.config import load_settings  # noqa: E402
-from digest.deliver.base import Message, Outcome, deliver  # noqa: E402
+from digest.deliver.loop import deliver  # noqa: E402
+from digest.deliver.protocol import Message, Outcome  # noqa: E402
 from digest.demo import init  # noqa: E402
 from digest.editions import Editions, appeal_clickers  # noqa: E402
 from digest.issues import build_draft, issue_of, start_sending  # noqa: E402

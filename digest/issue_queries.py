@@ -14,10 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest.errors import DigestError, NotFound
+from digest.issue_status import IssueStatus
 from digest.store import Delivery, IssueRow, SeenArticle
 
 #: issues a reader may see in the archive (the view-in-browser link works from the first batch on)
-PUBLIC_STATUSES = ("sending", "sent")
+PUBLIC_STATUSES = (IssueStatus.SENDING, IssueStatus.SENT)
 
 
 @dataclass(frozen=True)

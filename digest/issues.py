@@ -19,19 +19,19 @@ from sqlalchemy.orm import Session
 from digest.compose import FeatureHistory, compose
 from digest.config import Settings
 from digest.deliver import make_transport, send_outside_ledger
-from digest.deliver.base import Message, Personalizer, SendReport, Transport, deliver
+from digest.deliver.loop import deliver
+from digest.deliver.personalizer import Personalizer
+from digest.deliver.protocol import Message, SendReport, Transport
 from digest.editions import Editions, appeal_clickers
 from digest.errors import DigestError, NotFound
+from digest.issue_status import IN_PROGRESS, REBUILDABLE, IssueStatus, move
 from digest.models import Collected, Issue
+from digest.moments import next_send_at
 from digest.render import Check, check_links, issue_links, personalize, public_values
 from digest.sources.collect import collect, health_summary, mark_sent
 from digest.store import IssueRow, ListingFeature, session_factory, utcnow
 from subscribers import lifecycle
 from subscribers.models import ACTIVE, Membership, Subscriber
-
-OPEN_STATUSES = ("draft", "approved", "sending")
-#: an issue in one of these, if it is the newest, is rebuilt by the next draft instead of a new number
-REBUILDABLE = ("draft", "approved", "held", "skipped")
 
 
 @dataclass
@@ -52,7 +52,7 @@ def feature_history(session: Session) -> FeatureHistory:
 
 def open_issue(session: Session) -> IssueRow | None:
     """The issue in progress: one being sent first, then an approved one, then a draft."""
-    for status in ("sending", "approved", "draft"):
+    for status in IN_PROGRESS:
         row = session.scalar(select(IssueRow).where(IssueRow.status == status).order_by(IssueRow.number.desc()))
         if row is not None:
             return row
@@ -69,7 +69,7 @@ def current_issue(session: Session) -> IssueRow | None:
     if row is not None:
         return row
     newest = newest_issue(session)
-    return newest if newest is not None and newest.status == "held" else None
+    return newest if newest is not None and newest.status == IssueStatus.HELD else None
 
 
 def get_issue(session: Session, number: int | None = None) -> IssueRow:
@@ -122,15 +122,12 @@ def build_draft(settings: Settings, session: Session, *, now: datetime | None = 
         featured=featured if featured is not None else (previous.featured if previous else []),
     )
     if row is None:
-        row = IssueRow(number=number, list_slug=settings.delivery.list, status="draft", subject=issue.subject,
-                       content={}, note="")
+        row = IssueRow(number=number, list_slug=settings.delivery.list, status=IssueStatus.DRAFT,
+                       subject=issue.subject, content={}, note="")
         session.add(row)
-    elif row.status != "draft":
-        add_note(row, f"{row.status} -> draft: rebuilt" + (f" by {by}" if by else ""), now)
-        row.status, row.approved_at, row.approved_by = "draft", None, None
+    elif row.status != IssueStatus.DRAFT:
+        move(row, IssueStatus.DRAFT, now=now, note=": rebuilt" + (f" by {by}" if by else ""))
     if send_at is None:
-        from digest.schedule import next_send_at  # the schedule's maths; imported late (it imports us)
-
         send_at = row.send_at if row.send_at is not None and row.send_at > now else next_send_at(settings, now)
     row.send_at = send_at
     found = store_rendered(settings, row, issue, offline=offline)
@@ -140,55 +137,37 @@ def build_draft(settings: Settings, session: Session, *, now: datetime | None = 
     return Draft(row, issue, collected, found)
 
 
-def add_note(row: IssueRow, text: str, now: datetime | None = None) -> None:
-    """The issue's history in words (who held it, why it was skipped, a missed run): appended, never lost."""
-    stamp = f"{(now or utcnow()).astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-    row.note = f"{row.note or ''}{stamp} {text}\n"
-
-
-def _change(session: Session, number: int | None, allowed: tuple[str, ...], action: str) -> IssueRow:
-    row = get_issue(session, number)
-    if row.status not in allowed:
-        raise DigestError(f"issue {row.number} is {row.status}: only an issue that is "
-                          f"{' or '.join(allowed)} can be {action}")
-    return row
-
-
 def approve(session: Session, number: int | None = None, *, by: str = "cli", now: datetime | None = None
             ) -> IssueRow:
     """Freeze the draft (or a held issue) as it is: it goes out at its send moment, or by `send`."""
-    row = _change(session, number, ("draft", "held"), "approved")
-    now = now or utcnow()
-    if row.status == "held":
-        add_note(row, f"held -> approved by {by}", now)
-    row.status, row.approved_at, row.approved_by = "approved", now, by
+    row = get_issue(session, number)
+    was_held = row.status == IssueStatus.HELD
+    move(row, IssueStatus.APPROVED, now=now or utcnow(), by=by, note=f" by {by}" if was_held else None)
     return row
 
 
 def reopen(session: Session, number: int | None = None, *, by: str = "cli", now: datetime | None = None
            ) -> IssueRow:
     """Unfreeze an approved (or held) issue without rebuilding it: it is a draft again."""
-    row = _change(session, number, ("approved", "held"), "reopened")
-    add_note(row, f"{row.status} -> draft by {by}", now)
-    row.status, row.approved_at, row.approved_by = "draft", None, None
+    row = get_issue(session, number)
+    move(row, IssueStatus.DRAFT, now=now, note=f" by {by}", only=(IssueStatus.APPROVED, IssueStatus.HELD),
+         action="reopened")
     return row
 
 
 def hold(session: Session, number: int | None = None, *, by: str = "cli", reason: str = "",
          now: datetime | None = None) -> IssueRow:
     """Keep the issue from going out at its send moment; approve it later to send it by hand."""
-    row = _change(session, number, ("draft", "approved"), "held")
-    add_note(row, f"{row.status} -> held by {by}" + (f": {reason}" if reason else ""), now)
-    row.status, row.approved_at, row.approved_by = "held", None, None
+    row = get_issue(session, number)
+    move(row, IssueStatus.HELD, now=now, note=f" by {by}" + (f": {reason}" if reason else ""))
     return row
 
 
 def skip(session: Session, number: int | None = None, *, by: str = "cli", reason: str = "",
          now: datetime | None = None) -> IssueRow:
     """Send nothing this time. The number is reused by the next draft, so readers see no gap."""
-    row = _change(session, number, ("draft", "approved", "held"), "skipped")
-    add_note(row, f"{row.status} -> skipped by {by}" + (f": {reason}" if reason else ""), now)
-    row.status, row.approved_at, row.approved_by = "skipped", None, None
+    row = get_issue(session, number)
+    move(row, IssueStatus.SKIPPED, now=now, note=f" by {by}" + (f": {reason}" if reason else ""))
     return row
 
 
@@ -283,10 +262,10 @@ def send(settings: Settings, *, transport: Transport | None = None, progress: Ca
     with factory() as session:
         row = open_issue(session)
         newest = newest_issue(session)
-        if row is None and newest is not None and newest.status == "held":
+        if row is None and newest is not None and newest.status == IssueStatus.HELD:
             return SendOutcome(None, newest, f"issue {newest.number} is held: approve it (`digest approve "
                                              f"{newest.number}`) to send it, or skip it")
-        if row is None or row.status == "draft":
+        if row is None or row.status == IssueStatus.DRAFT:
             if require_approval and row is not None:
                 return SendOutcome(None, row, f"issue {row.number} is a draft, not approved: not sent")
             if row is None:
@@ -295,10 +274,10 @@ def send(settings: Settings, *, transport: Transport | None = None, progress: Ca
             if not issue_of(row).articles:
                 session.rollback()
                 return SendOutcome(None, None, "nothing new to send since the last issue: not sent")
-        if row.status != "sending":
+        if row.status != IssueStatus.SENDING:
             start_sending(session, row)
-            if row.approved_by is None:
-                row.approved_at, row.approved_by = utcnow(), "digest send"
+            if row.status == IssueStatus.DRAFT:  # sent without an editor's approval: `digest send` approves it
+                move(row, IssueStatus.APPROVED, by="digest send")
         mlist = lifecycle.ensure_list(session, row.list_slug)
         session.commit()
         issue_id, list_id, issue = row.id, mlist.id, issue_of(row)

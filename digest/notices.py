@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from digest.config import Settings
 from digest.deliver import send_outside_ledger
-from digest.deliver.base import Message, Transport
+from digest.deliver.protocol import Message, Transport
 from digest.issues import Summary
+from digest.moments import local_and_utc
 from digest.render import Rendered, compile_mjml, render_text
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,6 @@ class Notice:
     message: tuple[str, ...] = ()
     summary: Summary | None = None
     actions: tuple[str, ...] = ()
-
-
-def local_and_utc(settings: Settings, moment: datetime) -> tuple[str, str]:
-    local = moment.astimezone(settings.publication.tz)
-    return f"{local:%a %d %b %Y %H:%M} {local.tzname()}", f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def render_notice(settings: Settings, notice: Notice) -> Rendered:

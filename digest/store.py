@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from digest.issue_status import IssueStatus
 from digest.resources import MIGRATIONS
 
 
@@ -62,15 +63,15 @@ class Base(DeclarativeBase):
 
 
 class IssueRow(Base):
-    """An issue: its frozen content, its rendered parts, and where it is in draft -> sent."""
+    """An issue: its frozen content, its rendered parts, and where it is in draft -> sent (`IssueStatus`,
+    moved only by `digest.issue_status.move`)."""
 
     __tablename__ = "issues"
-    STATUSES = ("draft", "approved", "sending", "sent", "skipped", "held")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[int] = mapped_column(Integer, unique=True)
     list_slug: Mapped[str] = mapped_column(String(64), default="weekly")
-    status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=IssueStatus.DRAFT, index=True)
     subject: Mapped[str] = mapped_column(String(255))
     content: Mapped[dict[str, Any]] = mapped_column(JSON)
     html: Mapped[str] = mapped_column(Text, default="")
@@ -191,7 +192,8 @@ class User(Base):
 
 
 class Lock(Base):
-    """A named lock held by one process (the scheduler), with a heartbeat so a dead holder expires."""
+    """A named lock held by one process (a sender, the scheduler), with a heartbeat so a dead holder expires:
+    see `digest.locks`."""
 
     __tablename__ = "locks"
 

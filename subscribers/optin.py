@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
-from digest.deliver.base import Message, Transport
+from digest.deliver.protocol import Message, Transport
 from digest.errors import DeliveryError
 from digest.render import TOKENS, Rendered, compile_mjml, render_text
 from digest.store import utcnow

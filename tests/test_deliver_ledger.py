@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select, update
 
 from digest.config import Settings, load_settings
-from digest.deliver.base import counts, resolve, unknown_batches
+from digest.deliver.ledger import counts, resolve, unknown_batches
 from digest.errors import DeliveryError
 from digest.issues import send
 from digest.store import Delivery, IssueRow, Lock, migrate, session_factory
@@ -122,7 +122,7 @@ def test_sigkill_at_random_points_then_resume_sends_everyone_exactly_once(workdi
 
 def claimed_issue(settings: Settings) -> None:
     """Issue 1 snapshotted, its readers claimed in one batch, as a sender leaves them mid-request."""
-    from digest.deliver.base import snapshot
+    from digest.deliver.ledger import snapshot
     from digest.issues import build_draft, start_sending
 
     with session_factory(settings.database_url)() as s:
@@ -206,7 +206,7 @@ def test_resolve_command_explains_itself(workdir: Path) -> None:
 def test_a_batch_stopped_halfway_records_what_went_and_requeues_the_rest(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two editions in one batch are two requests: the first accepted, the second refused."""
-    from digest.deliver.base import deliver
+    from digest.deliver.loop import deliver
     from digest.deliver.sendgrid import SendGridTransport
     from digest.issues import build_draft, start_sending
     from digest.render import Rendered

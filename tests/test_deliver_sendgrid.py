@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 from digest.config import Settings, load_settings
-from digest.deliver.base import Message, Outcome, counts, resolve
+from digest.deliver.ledger import counts, resolve
+from digest.deliver.protocol import Message, Outcome
 from digest.deliver.sendgrid import (
     PayloadError,
     SendGridTransport,

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from digest.config import Settings, load_settings
-from digest.deliver.base import counts
+from digest.deliver.ledger import counts
 from digest.deliver.smtp import Pacer, SMTPTransport
 from digest.errors import DeliveryError
 from digest.issues import send

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from digest import issues
 from digest.config import Settings, load_settings
 from digest.demo import write_sample_feed
-from digest.schedule import report_missed, run_draft, run_send
+from digest.schedule.jobs import report_missed, run_draft, run_send
 from digest.store import Delivery, IssueRow, session_factory, session_scope
 from subscribers import lifecycle
 from tests.conftest import edit_config
@@ -247,7 +247,8 @@ def test_a_failing_job_is_reported_to_the_editors(week: Settings, workdir: Path)
     from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 
     from digest.errors import DeliveryError
-    from digest.schedule import SEND_JOB, _on_error
+    from digest.schedule.jobs import SEND_JOB
+    from digest.schedule.runner import _on_error
 
     _on_error(week, JobExecutionEvent(EVENT_JOB_ERROR, SEND_JOB, "default", SEND_AT,
                                       exception=DeliveryError("SendGrid refused the API key")))
@@ -259,12 +260,13 @@ def test_a_failing_job_is_reported_to_the_editors(week: Settings, workdir: Path)
 
 def test_a_job_does_nothing_unless_its_scheduler_holds_the_lock(settings: Settings, workdir: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from digest import schedule
-    from digest.schedule import SchedulerLock, draft_job
+    from digest.locks import SchedulerLock
+    from digest.schedule import runner
+    from digest.schedule.runner import draft_job
 
     lock = SchedulerLock(settings.database_url, owner="this-process")
     SchedulerLock(settings.database_url, owner="another-host:1").acquire()
-    monkeypatch.setattr(schedule, "_lock", lock)
+    monkeypatch.setattr(runner, "_lock", lock)
     draft_job(str(settings.path))
     with session_factory(settings.database_url)() as s:
         assert s.scalar(select(func.count()).select_from(IssueRow)) == 0, "a scheduler without the lock acted"

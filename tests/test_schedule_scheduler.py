@@ -6,6 +6,7 @@ is reported, many missed weeks coalesce into one run; and the lock keeps a secon
 from __future__ import annotations
 
 import io
+import pickle
 import threading
 import time
 from collections import Counter
@@ -17,23 +18,14 @@ import pytest
 import time_machine
 from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
-from rich.console import Console
 from sqlalchemy import select, update
 
 from digest import issues
 from digest.config import Settings
-from digest.schedule import (
-    DRAFT_JOB,
-    SEND_JOB,
-    LockHeld,
-    SchedulerLock,
-    build_scheduler,
-    ensure_jobs,
-    run_draft,
-    serve,
-    stored_jobs,
-)
-from digest.store import Lock, engine_for, session_scope
+from digest.locks import LockHeld, SchedulerLock
+from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, run_draft
+from digest.schedule.runner import build_scheduler, ensure_jobs, serve, stored_jobs
+from digest.store import Lock, apscheduler_jobs, engine_for, session_scope
 from tests.test_schedule_jobs import (
     DRAFT_AT,
     READERS,
@@ -178,7 +170,7 @@ def test_the_lock_admits_one_scheduler_and_expires_when_its_holder_goes_silent(s
 def _serve_in_thread(settings: Settings, stop: threading.Event) -> tuple[threading.Thread, dict, io.StringIO]:
     out, result = io.StringIO(), {}
     thread = threading.Thread(target=lambda: result.update(
-        code=serve(settings, out=Console(file=out, width=200), stop=stop, heartbeat_seconds=0.05)))
+        code=serve(settings, say=lambda line: print(line, file=out), stop=stop, heartbeat_seconds=0.05)))
     thread.start()
     wait_for(lambda: "next send:" in out.getvalue() or not thread.is_alive())
     return thread, result, out
@@ -196,7 +188,7 @@ def test_a_second_scheduler_on_the_same_database_is_refused(settings: Settings) 
         owner = _lock_owner(settings)
         assert owner is not None and owner in out.getvalue()
         with pytest.raises(LockHeld, match="only one may run"):
-            serve(settings, out=Console(file=io.StringIO()), stop=threading.Event())
+            serve(settings, say=lambda line: None, stop=threading.Event())
     finally:
         stop.set()
         thread.join(10)
@@ -223,5 +215,28 @@ def test_a_bad_schedule_is_reported_before_the_lock_is_taken(workdir: Path, sett
 
     bad = reconfigure(workdir, "minute = 0", "minute = 61")
     with pytest.raises(ConfigError, match="schedule.minute must be 0..59"):
-        serve(bad, out=Console(file=io.StringIO()), stop=threading.Event())
+        serve(bad, say=lambda line: None, stop=threading.Event())
     assert _lock_owner(settings) is None
+
+
+def test_jobs_stored_by_the_one_module_schedule_are_kept_on_restart(approved: Settings, workdir: Path) -> None:
+    """Jobs stored while the schedule was `digest/schedule.py` (references `digest.schedule:send_job`,
+    triggers pickled as `digest.schedule.SendTrigger`) keep their missed run: rewritten, not dropped."""
+    table = apscheduler_jobs
+    with engine_for(approved.database_url).begin() as conn:
+        for job_id, blob in conn.execute(select(table.c.id, table.c.job_state)).all():
+            old = pickle.dumps(pickle.loads(blob), 0)  # protocol 0: paths are plain text lines
+            old = old.replace(b"digest.moments\n", b"digest.schedule\n").replace(b"digest.schedule.runner:",
+                                                                                   b"digest.schedule:")
+            assert b"digest.schedule\nSendTrigger" in old and b"digest.schedule:" in old
+            conn.execute(update(table).where(table.c.id == job_id).values(job_state=old))
+    with time_machine.travel(SEND_AT + timedelta(minutes=30), tick=True):
+        second = Running(approved)
+        try:
+            assert not any("replaced" in line for line in second.lines), second.lines
+            assert {job.func_ref for job in second.scheduler.get_jobs()} == {
+                "digest.schedule.runner:draft_job", "digest.schedule.runner:send_job"}
+            wait_for(lambda: second.events[(SEND_JOB, "ran")] == 1)
+        finally:
+            second.stop()
+    assert issue_row(approved).status == "sent" and deliveries(approved) == 3

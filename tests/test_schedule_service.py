@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from digest.config import Settings
-from digest.schedule import SchedulerLock
+from digest.locks import SchedulerLock
 from digest.store import Lock, engine_for
 from tests.conftest import SECRET, run_cli
 

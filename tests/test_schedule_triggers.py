@@ -13,9 +13,17 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from rich.console import Console
 
+from digest.cli.schedule import show
 from digest.config import Settings, load_settings
 from digest.errors import ConfigError
-from digest.schedule import ReviewTrigger, draft_trigger, fire_times, last_fire, next_moments, send_trigger, show
+from digest.moments import (
+    ReviewTrigger,
+    draft_trigger,
+    fire_times,
+    last_fire,
+    next_moments,
+    send_trigger,
+)
 from tests.conftest import edit_config
 
 SYDNEY = ZoneInfo("Australia/Sydney")

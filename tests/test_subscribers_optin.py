@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
-from digest.deliver.base import Message, Outcome
+from digest.deliver.protocol import Message, Outcome
 from digest.errors import DeliveryError, NotFound
 from subscribers import lifecycle, optin
 from subscribers.categories import UnknownCategory

@@ -21,23 +21,20 @@ app = typer.Typer(help="The delivery ledger of an issue: counts, and batches of 
 def show(issue: Annotated[int | None, typer.Argument(help="Issue number (default: the newest).")] = None,
          config: ConfigOpt = None) -> None:
     """The ledger of an issue: readers per status, and each batch of unknown fate."""
-    from sqlalchemy import select
-
-    from digest.deliver.base import counts, sender_of, unknown_batches
-    from digest.issues import get_issue
-    from digest.store import IssueRow, session_scope
+    from digest.deliver.ledger import DeliveryStatus, counts, unknown_batches
+    from digest.issues import get_issue, newest_issue
+    from digest.locks import sender_of
+    from digest.store import session_scope
 
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
-        row = get_issue(session, issue) if issue is not None else \
-            session.scalar(select(IssueRow).order_by(IssueRow.number.desc()))
+        row = get_issue(session, issue) if issue is not None else newest_issue(session)
         if row is None:
             console.print("no issues yet")
             return
         ledger = counts(session, row.id)
         console.print(f"issue {row.number} ({row.status}): {row.subject!r}")
-        console.print("  " + ", ".join(f"{status} {ledger.get(status, 0)}" for status in
-                                       ("queued", "claimed", "submitted", "failed", "skipped")))
+        console.print("  " + ", ".join(f"{status} {ledger.get(status, 0)}" for status in DeliveryStatus))
         holder = sender_of(session, row.id)
         if holder:
             console.print(f"  being sent now by {holder}: claimed readers are in flight")
@@ -65,7 +62,7 @@ def resolve(issue: Annotated[int, typer.Argument(help="Issue number.")],
                                                       show_default=False)] = None,
             config: ConfigOpt = None) -> None:
     """Settle readers of unknown fate: the admin decides, nothing is guessed."""
-    from digest.deliver.base import resolve as do_resolve
+    from digest.deliver.ledger import resolve as do_resolve
     from digest.issues import get_issue
     from digest.store import session_scope
 
@@ -84,7 +81,7 @@ def resolve(issue: Annotated[int, typer.Argument(help="Issue number.")],
 @app.command("retry-failed")
 def retry_failed(issue: Annotated[int, typer.Argument(help="Issue number.")], config: ConfigOpt = None) -> None:
     """Queue the readers whose copy failed again (after fixing the cause), for the next `digest send`."""
-    from digest.deliver.base import requeue_failed
+    from digest.deliver.ledger import requeue_failed
     from digest.issues import get_issue
     from digest.store import session_scope
 

@@ -88,6 +88,7 @@ def draft(config: ConfigOpt = None,
     Adjustments are kept across rebuilds; an approved issue that is rebuilt becomes a draft again."""
     from digest import issues
     from digest.issue_queries import expand_keys
+    from digest.issue_status import IssueStatus
     from digest.store import session_scope
 
     settings = settings_for(config, create_secret=True)
@@ -100,14 +101,15 @@ def draft(config: ConfigOpt = None,
                                pinned=expand_keys(session, pin) if pin else empty,
                                featured=feature if feature else empty)
         summary = issues.summarize(settings, d.row)
-    if was is not None and was[0] == summary.number and was[1] in ("approved", "held", "skipped"):
+    if was is not None and was[0] == summary.number and was[1] in (
+            IssueStatus.APPROVED, IssueStatus.HELD, IssueStatus.SKIPPED):
         console.print(f"[yellow]issue {summary.number} was {was[1]}: rebuilt, it is a draft again "
                       f"(approve it again to send it)[/]")
     console.print(f"Draft of issue {summary.number}: {summary.subject!r}")
     console.print(f"{summary.articles} articles, {summary.headlines} headlines, {summary.listings} listings, "
                   f"HTML {summary.html_bytes / 1024:.1f} KB")
     if summary.send_at is not None:
-        from digest.schedule import describe
+        from digest.moments import describe
 
         console.print(f"send at {describe(settings, summary.send_at)}", highlight=False)
     if d.issue.excluded or d.issue.pinned or d.issue.featured:
@@ -155,7 +157,7 @@ def approve(number: Annotated[int | None, typer.Argument(help="Issue number (def
         summary = issues.summarize(settings, row)
     console.print(f"issue {summary.number} approved: {summary.subject!r}")
     if summary.send_at is not None:
-        from digest.schedule import describe
+        from digest.moments import describe
         from digest.store import utcnow
 
         if summary.send_at > utcnow():

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime
+from functools import partial
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from digest import issues
 from digest.cli.common import ConfigOpt, console, settings_for
-from digest.schedule import serve, show
-from digest.store import session_scope
+from digest.config import Settings
+from digest.locks import scheduler_lock_state
+from digest.moments import describe, next_moments
+from digest.schedule.jobs import DRAFT_JOB, SEND_JOB
+from digest.schedule.runner import serve, stored_jobs
+from digest.store import session_scope, utcnow
 
 app = typer.Typer()
 
@@ -39,7 +46,7 @@ def schedule_command(
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    code = serve(settings)
+    code = serve(settings, say=partial(console.print, soft_wrap=True, highlight=False))
     if code:
         raise typer.Exit(code)
 
@@ -63,3 +70,32 @@ def skip_command(number: Annotated[int | None, typer.Argument(help="Issue number
         row = issues.skip(session, number, by=cli_user(), reason=reason)
         console.print(f"issue {row.number} skipped: nothing will be sent for it")
 
+
+def show(settings: Settings, out: Console = console, now: datetime | None = None) -> None:
+    """`digest schedule --show`: the next moments, local and UTC, and what the store and lock hold."""
+    now = now or utcnow()
+    say = partial(out.print, soft_wrap=True, highlight=False)
+    sc = settings.schedule
+    m = next_moments(settings, now)
+    say(f"schedule: {sc.day_of_week} {sc.hour:02d}:{sc.minute:02d} {settings.publication.timezone}, "
+              f"draft {sc.review_hours} h before; when_empty = {sc.when_empty} (min_articles = "
+              f"{sc.min_articles}), if_not_approved = {sc.if_not_approved}")
+    say(f"next draft: {describe(settings, m.draft_at)}")
+    say(f"next send:  {describe(settings, m.send_at)}")
+    if m.review_from < now:
+        say(f"  (its draft was due {describe(settings, m.review_from)}: the review window is open)")
+    stored = stored_jobs(settings)
+    for job_id, name in ((DRAFT_JOB, "draft"), (SEND_JOB, "send")):
+        due = stored.get(job_id)
+        if due is not None:
+            late = " (missed: runs once at start if within the grace time)" if due < now else ""
+            say(f"stored {name} job: {describe(settings, due)}{late}")
+    say(f"scheduler: {scheduler_lock_state(settings, now)}")
+    say(f"editors: {', '.join(sc.editors) or '(none: set [schedule] editors)'}")
+    with session_scope(settings.database_url) as session:
+        row = issues.current_issue(session)
+        if row is not None:
+            first, *rest = issues.summarize(settings, row).lines(settings.publication.tz)
+            say(f"current {first}")
+            for line in rest:
+                say(f"  {line}")

@@ -1,4 +1,5 @@
-"""Delivery: one module per transport over one small interface (base.Transport); the ledger loop is in base."""
+"""Delivery: one module per transport over one small interface (protocol.Transport); the ledger and the
+send loop every transport goes through are `ledger` and `loop`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from digest.config import Settings
 from digest.errors import ConfigError
 
 if TYPE_CHECKING:  # the CLI imports this package at start-up: keep it light
-    from digest.deliver.base import Message, Outcome, Transport
+    from digest.deliver.protocol import Message, Outcome, Transport
 
 
 def make_transport(settings: Settings) -> Transport:

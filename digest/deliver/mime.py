@@ -7,7 +7,7 @@ from email.policy import default
 from email.utils import format_datetime, formataddr, make_msgid
 
 from digest.config import Settings
-from digest.deliver.base import Message, sender
+from digest.deliver.protocol import Message, sender
 from digest.render import personalize
 from digest.store import utcnow
 

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from digest.config import Settings
-from digest.deliver.base import Message, Outcome
 from digest.deliver.mime import build
+from digest.deliver.protocol import Message, Outcome
 
 
 class OutboxTransport:

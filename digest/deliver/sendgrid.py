@@ -28,7 +28,7 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, From, HtmlContent, Mail, PlainTextContent, ReplyTo, Subject
 
 from digest.config import ENV_SENDGRID_API_KEY, Settings
-from digest.deliver.base import Message, Outcome, SendStopped
+from digest.deliver.protocol import Message, Outcome, SendStopped
 from digest.errors import ConfigError
 from digest.render import Rendered
 

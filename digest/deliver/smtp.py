@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 
 from digest.config import Settings
-from digest.deliver.base import Message, Outcome, SendStopped
 from digest.deliver.mime import build
+from digest.deliver.protocol import Message, Outcome, SendStopped
 from digest.errors import ConfigError
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
+from digest.issue_status import IssueStatus
 from digest.models import Article, Collected
 from digest.sources.directory import read_directory
 from digest.sources.feeds import FeedResult, Validators, canonical_link, read_feeds, title_key
@@ -105,7 +106,7 @@ def update_state(session: Session, result: FeedResult, new: int, now: datetime) 
 def window_start(session: Session, settings: Settings, now: datetime) -> datetime:
     """Since the last issue sent, and at most `window_days` back."""
     floor = now - timedelta(days=settings.sources.window_days)
-    last = session.scalar(select(func.max(IssueRow.sent_at)).where(IssueRow.status == "sent"))
+    last = session.scalar(select(func.max(IssueRow.sent_at)).where(IssueRow.status == IssueStatus.SENT))
     return max(floor, last) if last else floor
 
 
@@ -118,7 +119,7 @@ def candidates(session: Session, settings: Settings, now: datetime) -> list[Arti
     """
     floor = now - timedelta(days=settings.sources.window_days)
     start = window_start(session, settings, now)
-    last = session.scalar(select(IssueRow).where(IssueRow.status == "sent").order_by(IssueRow.sent_at.desc())
+    last = session.scalar(select(IssueRow).where(IssueRow.status == IssueStatus.SENT).order_by(IssueRow.sent_at.desc())
                           .limit(1))
     fresh = SeenArticle.published_at >= start
     if last is not None:

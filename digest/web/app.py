@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from digest.config import Settings
-from digest.deliver.base import Personalizer
+from digest.deliver.personalizer import Personalizer
 from digest.errors import DigestError, NotFound
 from digest.store import migrate, session_factory
 from digest.web.auth import SESSION_COOKIE, login_redirect, session_key

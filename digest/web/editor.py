@@ -19,6 +19,7 @@ from digest import issues
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.issue_queries import seen_articles
+from digest.issue_status import IssueStatus
 from digest.models import Article
 from digest.reports import issue_figures
 from digest.sources.collect import candidates
@@ -32,8 +33,8 @@ from subscribers.queries import list_counts
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_user), Depends(check_csrf)])
 
 #: what the editor can still change (a rebuild makes it a draft again); "sending" and "sent" are final
-EDITABLE = ("draft", "approved", "held")
-APPROVABLE = ("draft", "held")
+EDITABLE = (IssueStatus.DRAFT, IssueStatus.APPROVED, IssueStatus.HELD)
+APPROVABLE = (IssueStatus.DRAFT, IssueStatus.HELD)
 #: the draft's own HTML runs nothing and reaches nothing but images and styles, even inside our pages
 PREVIEW_CSP = ("sandbox; default-src 'none'; img-src * data:; style-src 'unsafe-inline' https:; "
                "font-src https: data:; frame-ancestors 'self'")
@@ -148,7 +149,7 @@ def adjust(request: Request, settings: Annotated[Settings, Depends(get_settings)
         raise DigestError(f"issue {number} can no longer be changed (it is not the open draft)")
     excluded = list(dict.fromkeys(exclude or []))
     pinned = [k for k in dict.fromkeys(pin or []) if k not in excluded]
-    was_approved = row.status in ("approved", "held")
+    was_approved = row.status in (IssueStatus.APPROVED, IssueStatus.HELD)
     d = issues.build_draft(settings, db, pinned=pinned, excluded=excluded, featured=list(feature or []),
                            by=user.email)
     db.commit()

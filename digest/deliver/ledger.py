@@ -1,0 +1,266 @@
+"""The delivery ledger: the `deliveries` table, one row per issue and reader, and every write to it.
+
+Exactly-once lives here, once: the recipients are snapshotted into `deliveries`; each batch is claimed
+(committed) before its request and marked submitted or failed after it. A process killed between the
+two leaves `claimed` rows: their fate is unknown, so they are reported and never re-sent by themselves
+(`digest deliveries resolve` decides). The issue's own status is moved through `digest.issue_status`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from sqlalchemy import Text, and_, bindparam, func, insert, literal, select, type_coerce, update
+from sqlalchemy.orm import Session
+
+from digest.deliver.protocol import Outcome
+from digest.errors import DeliveryError
+from digest.issue_status import IssueStatus, move
+from digest.locks import sender_of
+from digest.store import Delivery, IssueRow, utcnow
+from subscribers.models import ACTIVE, Membership, Subscriber
+
+
+class DeliveryStatus(StrEnum):
+    """A reader's row in the ledger: queued -> claimed (a request is about to go out) -> submitted | failed;
+    skipped when the reader left the list between snapshot and claim."""
+
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    SUBMITTED = "submitted"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+QUEUED, CLAIMED, SUBMITTED, FAILED, SKIPPED = DeliveryStatus
+_batch_ids = random.Random()  # seeded from os.urandom once per process; batch ids need uniqueness, not secrecy
+
+
+def snapshot(session: Session, issue: IssueRow, list_id: int) -> int:
+    """Freeze the recipients: every active member of the list now. Returns how many were added."""
+    if issue.snapshot_at is not None:
+        return 0
+    now = utcnow()
+    rows = select(
+        literal(issue.id, Delivery.issue_id.type), Subscriber.id, Subscriber.email,
+        literal(QUEUED, Delivery.status.type), literal(now, Delivery.updated_at.type),
+    ).join(Membership, and_(Membership.subscriber_id == Subscriber.id, Membership.list_id == list_id,
+                            Membership.status == ACTIVE))
+    already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
+                                                   Delivery.subscriber_id.is_not(None))
+    rows = rows.where(Subscriber.id.not_in(already))
+    result = session.connection().execute(insert(Delivery.__table__).from_select(
+        ["issue_id", "subscriber_id", "email", "status", "updated_at"], rows))
+    issue.snapshot_at = now
+    move(issue, IssueStatus.SENDING, now=now)
+    return result.rowcount or 0
+
+
+def counts(session: Session, issue_id: int) -> dict[str, int]:
+    return dict(session.execute(select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
+                                .group_by(Delivery.status)).all())
+
+
+class Reader(NamedTuple):
+    """A claimed reader, as `editions` and the loop see it (read-only: JSON values may be shared)."""
+
+    delivery_id: int
+    id: int
+    email: str
+    name: str
+    attributes: dict[str, Any]
+    categories: list[Any]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed batch: its id in the ledger, its readers, and how many were skipped instead."""
+
+    batch: str
+    readers: list[Reader]
+    skipped: int = 0
+
+
+class _JSONCache(dict[str, Any]):
+    """Decoded JSON by its text: most readers share `{}`, `[]` or a handful of preference sets."""
+
+    def __missing__(self, raw: str) -> Any:
+        value = json.loads(raw) if raw else None
+        if len(self) < 4096:
+            self[raw] = value
+        return value
+
+
+def claim(session: Session, issue_id: int, list_id: int, size: int, *,
+          _json: _JSONCache = _JSONCache()) -> Claimed | None:  # noqa: B008  (one cache per process)
+    """Claim the next batch in one write transaction; readers who left since the snapshot are skipped.
+
+    The UPDATE comes first so the transaction takes SQLite's write lock at once: a concurrent unsubscribe
+    either committed before (the reader is skipped) or waits until this claim is committed.
+    """
+    batch = f"{_batch_ids.getrandbits(128):032x}"  # not uuid4: os.urandom would yield the GIL per batch
+    now = utcnow()
+    D = Delivery.__table__.c
+    next_ids = (select(D.id).where(D.issue_id == issue_id, D.status == QUEUED).order_by(D.id).limit(size)
+                .scalar_subquery())
+    conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
+    conn.execute(update(Delivery.__table__).where(D.id.in_(next_ids)).values(status=CLAIMED, batch=batch,
+                                                                                updated_at=now))
+    rows = conn.execute(
+        select(D.id, Subscriber.id, Subscriber.email, Subscriber.name,
+               type_coerce(Subscriber.attributes, Text), type_coerce(Subscriber.categories, Text),
+               Membership.status)
+        .select_from(Delivery.__table__)
+        .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
+        .join(Membership, and_(Membership.subscriber_id == D.subscriber_id, Membership.list_id == list_id),
+              isouter=True)
+        .where(D.batch == batch).order_by(D.id)
+    ).all()
+    if not rows:
+        session.commit()
+        return None
+    readers, gone = [], []
+    for did, sid, email, name, attributes, categories, member_status in rows:
+        if sid is None or member_status != ACTIVE:
+            gone.append(did)
+        else:
+            readers.append(Reader(did, sid, email, name or "", _json[attributes] or {}, _json[categories] or []))
+    if gone:
+        conn.execute(update(Delivery.__table__).where(D.id.in_(gone))
+                     .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now))
+    session.commit()
+    return Claimed(batch, readers, len(gone))
+
+
+def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -> tuple[int, int, int]:
+    """Record what became of a batch of `size` readers (the caller commits). Returns (submitted, failed,
+    unknown)."""
+    now = utcnow()
+    t = Delivery.__table__
+    ok = [o for o in outcomes if o.ok]
+    bad = [o for o in outcomes if not o.ok and not o.unknown]
+    unknown = [o for o in outcomes if o.unknown]
+    ids = {o.message_id for o in ok}
+    if ok and len(ids) == 1 and len(ok) == len(outcomes) == size:
+        # the common case (one provider request per batch): one statement for the whole batch
+        session.connection().execute(update(t).where(t.c.batch == batch, t.c.status == CLAIMED)
+                                     .values(status=SUBMITTED, message_id=ok[0].message_id, updated_at=now))
+    else:
+        by_id = update(t).where(t.c.id == bindparam("b_id"), t.c.status == CLAIMED)
+        if ok:
+            session.connection().execute(by_id.values(status=SUBMITTED, message_id=bindparam("m"), updated_at=now),
+                                         [{"b_id": o.delivery_id, "m": o.message_id} for o in ok])
+        if bad:
+            session.connection().execute(by_id.values(status=FAILED, error=bindparam("e"), updated_at=now),
+                                         [{"b_id": o.delivery_id, "e": (o.error or "failed")[:2000]} for o in bad])
+        if unknown:
+            session.connection().execute(
+                by_id.values(error=bindparam("e"), updated_at=now),
+                [{"b_id": o.delivery_id, "e": (o.error or "fate unknown")[:2000]} for o in unknown])
+    return len(ok), len(bad), len(unknown)
+
+
+def release(session: Session, ids: Sequence[int]) -> None:
+    """Messages that were certainly not sent go back to the queue (the caller commits)."""
+    if ids:
+        t = Delivery.__table__
+        session.connection().execute(update(t).where(t.c.id.in_(list(ids)), t.c.status == CLAIMED)
+                                     .values(status=QUEUED, batch=None, updated_at=utcnow()))
+
+
+def finish_if_done(session: Session, issue: IssueRow, now: Callable[[], datetime] = utcnow) -> bool:
+    """An issue is sent when nobody is queued and no batch is of unknown fate."""
+    left = counts(session, issue.id)
+    if left.get(QUEUED) or left.get(CLAIMED):
+        return False
+    if issue.status == IssueStatus.SENDING:
+        move(issue, IssueStatus.SENT, now=now())
+    return True
+
+
+def failure_reasons(session: Session, issue_id: int, limit: int = 5) -> list[str]:
+    """A few of the distinct errors of the issue's failed readers, for the send's report."""
+    return [f"{e}" for e in session.scalars(
+        select(Delivery.error).where(Delivery.issue_id == issue_id, Delivery.status == FAILED)
+        .distinct().limit(limit))]
+
+
+# -- the admin's side: batches of unknown fate ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnknownBatch:
+    """Readers claimed for a request whose answer was never recorded (the sender died, or a connection
+    dropped after the request was out)."""
+
+    batch: str
+    readers: int
+    claimed_at: datetime
+    sample: tuple[str, ...]
+    error: str | None
+
+
+def unknown_batches(session: Session, issue_id: int) -> list[UnknownBatch]:
+    rows = session.execute(
+        select(Delivery.batch, func.count(), func.min(Delivery.updated_at), func.max(Delivery.error))
+        .where(Delivery.issue_id == issue_id, Delivery.status == CLAIMED)
+        .group_by(Delivery.batch).order_by(func.min(Delivery.id))).all()
+    out = []
+    for batch, n, at, error in rows:
+        sample = tuple(session.scalars(select(Delivery.email).where(
+            Delivery.issue_id == issue_id, Delivery.status == CLAIMED, Delivery.batch == batch)
+            .order_by(Delivery.id).limit(3)))
+        out.append(UnknownBatch(batch or "", n, at, sample, error))  # min() keeps the UTC column type
+    return out
+
+
+def resolve(session: Session, issue: IssueRow, choice: str, *, batch: str | None = None) -> int:
+    """The admin's decision for claimed rows of unknown fate: `submitted` (they went out: never send
+    again) or `retry` (they did not: queue them for the next `digest send`). Returns how many rows."""
+    if choice not in ("submitted", "retry"):
+        raise DeliveryError(f"--as must be submitted or retry, not {choice!r}")
+    holder = sender_of(session, issue.id)
+    if holder is not None:
+        raise DeliveryError(f"issue {issue.number} is being sent right now by {holder}: its claimed batches are "
+                            "in flight, not of unknown fate; wait for the send to finish")
+    t = Delivery.__table__
+    where = [t.c.issue_id == issue.id, t.c.status == CLAIMED]
+    if batch:
+        found = session.scalar(select(func.count()).where(*where, t.c.batch.startswith(batch, autoescape=True)))
+        known = {b.batch for b in unknown_batches(session, issue.id) if b.batch.startswith(batch)}
+        if not found or len(known) != 1:
+            raise DeliveryError(f"issue {issue.number} has {'no' if not found else 'more than one'} unknown batch "
+                                f"starting {batch!r}: see `digest deliveries show {issue.number}`")
+        where.append(t.c.batch == known.pop())
+    now = utcnow()
+    if choice == "submitted":
+        values: dict[str, Any] = {"status": SUBMITTED, "updated_at": now,
+                                  "error": "fate unknown; resolved by the admin as submitted"}
+    else:
+        values = {"status": QUEUED, "batch": None, "updated_at": now,
+                  "error": "fate unknown; resolved by the admin: send again"}
+    n = session.execute(update(t).where(*where).values(**values)).rowcount or 0
+    finish_if_done(session, issue)
+    session.commit()
+    return n
+
+
+def requeue_failed(session: Session, issue: IssueRow) -> int:
+    """Readers whose copy failed (a refused recipient, a deferral that never cleared) are queued again,
+    and the issue is open again, for the next `digest send`. Returns how many."""
+    holder = sender_of(session, issue.id)
+    if holder is not None:
+        raise DeliveryError(f"issue {issue.number} is being sent right now by {holder}: wait for it to finish")
+    t = Delivery.__table__
+    n = session.execute(update(t).where(t.c.issue_id == issue.id, t.c.status == FAILED)
+                        .values(status=QUEUED, batch=None, updated_at=utcnow())).rowcount or 0
+    if n and issue.status == IssueStatus.SENT:
+        move(issue, IssueStatus.SENDING)
+    session.commit()
+    return n

@@ -1,0 +1,93 @@
+"""The one small interface every transport implements: the Message it carries, the Outcome per message,
+the Transport protocol, and the SendReport of a send.
+
+A transport only talks to its provider; the ledger (`ledger.py`) and the batch loop (`loop.py`) are
+written once for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.utils import formataddr
+from typing import Protocol
+
+from digest.config import Settings
+from digest.errors import DeliveryError
+from digest.render import Rendered
+
+
+@dataclass
+class Message:
+    """One reader's copy: the shared edition plus that reader's token values and headers."""
+
+    delivery_id: int
+    subscriber_id: int
+    issue_id: int
+    issue_number: int
+    to_email: str
+    to_name: str
+    edition: Rendered
+    values: dict[str, str]
+    headers: dict[str, str]
+    list_id: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one message. `unknown`: it may or may not have gone out (left claimed)."""
+
+    delivery_id: int
+    ok: bool
+    message_id: str | None = None
+    error: str | None = None
+    unknown: bool = False
+
+
+class SendStopped(DeliveryError):
+    """The send must stop (auth refused, payload refused, provider down): a message fit for the admin.
+
+    `outcomes` are the messages of the batch the transport had already handled before stopping (marked
+    as they went); the rest of the batch was not sent and goes back to the queue.
+    """
+
+    def __init__(self, message: str, outcomes: Sequence[Outcome] = ()) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)
+
+
+class Transport(Protocol):
+    """Sends batches. Returns one Outcome per message; raises DeliveryError to stop the whole send.
+
+    A transport may also offer `prepare(messages) -> work` and `submit(work) -> list[Outcome]`: the loop
+    then prepares in its own thread (the CPU part) and submits in the worker threads (the waiting).
+    """
+
+    name: str
+    batch_size: int
+    concurrency: int
+
+    def send(self, messages: list[Message]) -> list[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SendReport:
+    issue_number: int
+    subject: str
+    submitted: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unknown: int = 0
+    already: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.unknown == 0
+
+
+def sender(settings: Settings) -> str:
+    pub = settings.publication
+    return formataddr((pub.from_name or pub.name, pub.from_email))

@@ -1,0 +1,196 @@
+"""What the scheduled jobs do: build the draft and tell the editors, send (or hold, or skip) at the send
+moment, report a moment missed by more than its grace time.
+
+Plain functions that take the moment they are for and `now`, so tests (and a person) can run them at
+any time; `runner` calls them from APScheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from digest import issues
+from digest.config import Settings
+from digest.deliver.protocol import SendReport, Transport
+from digest.issue_status import IssueStatus, add_note, move
+from digest.moments import describe, local_and_utc, next_moments
+from digest.notices import Notice, notify_editors
+from digest.store import session_scope, utcnow
+
+log = logging.getLogger(__name__)
+
+#: the two jobs' ids in APScheduler's job store
+DRAFT_JOB = "digest-draft"
+SEND_JOB = "digest-send"
+
+
+@dataclass
+class JobResult:
+    """What a job did: drafted | sent | held | skipped | missed | nothing, and in words."""
+
+    action: str
+    number: int | None
+    message: str
+    problems: list[str] = field(default_factory=list)
+    report: SendReport | None = None
+
+    def __str__(self) -> str:
+        return self.message + "".join(f"; {p}" for p in self.problems)
+
+
+def _actions(number: int) -> tuple[str, ...]:
+    return (f"Approve it: `digest approve {number}` (or on the review page).",
+            "Change it: `digest draft --exclude ARTICLE --pin ARTICLE --feature LISTING` (it becomes a draft again).",
+            f"Keep it back: `digest hold {number}`; send nothing this time: `digest skip {number}`.")
+
+
+def _fate_if_not_approved(settings: Settings, summary: issues.Summary) -> str:
+    sc = settings.schedule
+    if summary.new_articles < sc.min_articles and sc.when_empty != "send":
+        fate = {"skip": "skipped (nothing sent)", "hold": "held (nothing sent)"}[sc.when_empty]
+        return (f"It has {summary.new_articles} new article(s), fewer than min_articles = {sc.min_articles}: "
+                f"unless you approve it, it will be {fate} at the send time (when_empty = {sc.when_empty}).")
+    fate = "held, not sent" if sc.if_not_approved == "hold" else "sent as it is"
+    return f"If it is not approved by the send time, it will be {fate} (if_not_approved = {sc.if_not_approved})."
+
+
+def _settled(session: Session, send_at: datetime) -> JobResult | None:
+    """An issue for this very send moment that was already sent, held or skipped (by hand or by an
+    earlier run of the job): the schedule leaves it as it is, so nothing goes out twice or against an
+    editor's decision."""
+    newest = issues.newest_issue(session)
+    settled = (IssueStatus.SENT, IssueStatus.HELD, IssueStatus.SKIPPED)
+    if newest is not None and newest.send_at == send_at and newest.status in settled:
+        return JobResult("nothing", newest.number, f"issue {newest.number} was already {newest.status} "
+                         "for this send: nothing to do")
+    return None
+
+
+def run_draft(settings: Settings, *, send_at: datetime, now: datetime | None = None,
+              transport: Transport | None = None, offline: bool | None = None) -> JobResult:
+    """Build (or rebuild) the draft for the send at `send_at` and tell the editors."""
+    now = now or utcnow()
+    offline = not settings.schedule.check_links if offline is None else offline
+    with session_scope(settings.database_url) as session:
+        settled = _settled(session, send_at)
+        if settled is not None:
+            return settled
+        row = issues.open_issue(session)
+        if row is not None and row.status == IssueStatus.SENDING:
+            return JobResult("nothing", row.number, f"issue {row.number} is still being sent: no new draft")
+        if row is not None and row.status == IssueStatus.APPROVED and row.send_at == send_at:
+            return JobResult("nothing", row.number,
+                             f"issue {row.number} is already approved for this send: left as it is")
+        draft = issues.build_draft(settings, session, now=now, send_at=send_at, offline=offline, by="the schedule")
+        summary = issues.summarize(settings, draft.row)
+    local, _ = local_and_utc(settings, send_at)
+    message = [_fate_if_not_approved(settings, summary)]
+    if summary.problems:
+        message.append(f"{len(summary.problems)} check(s) need a look before it goes out.")
+    notice = Notice("draft", f"Issue {summary.number} is ready for review (send {local})", tuple(message),
+                    summary, _actions(summary.number))
+    problems = notify_editors(settings, notice, transport=transport)
+    return JobResult("drafted", summary.number, f"draft of issue {summary.number} built for the send at "
+                     f"{describe(settings, send_at)}" + ("" if problems else "; editors notified"), problems)
+
+
+def _conclude(settings: Settings, row_number: int, action: str, reason: str, now: datetime,
+              transport: Transport | None) -> JobResult:
+    """Hold or skip the issue for `reason` and tell the editors."""
+    with session_scope(settings.database_url) as session:
+        change = issues.hold if action == "held" else issues.skip
+        row = change(session, row_number, by="the schedule", reason=reason, now=now)
+        summary = issues.summarize(settings, row)
+    if action == "held":
+        headline = f"Issue {row_number} was held, not sent"
+        steps: tuple[str, ...] = (f"Send it now: `digest approve {row_number}` then `digest send`.",
+                 "Or leave it: the next scheduled draft rebuilds it with the newest articles.")
+    else:
+        headline = f"Issue {row_number} was skipped: nothing was sent"
+        steps = ("The next scheduled draft reuses its number, with the newest articles.",)
+    notice = Notice(action, headline, (reason[0].upper() + reason[1:] + ".",), summary, steps)
+    problems = notify_editors(settings, notice, transport=transport)
+    return JobResult(action, row_number, f"issue {row_number} {action}: {reason}", problems)
+
+
+def run_send(settings: Settings, *, send_at: datetime, now: datetime | None = None,
+             transport: Transport | None = None) -> JobResult:
+    """At the send moment: send the approved issue, or apply `when_empty` / `if_not_approved`.
+
+    Never sends twice: an issue for this moment that was already sent (by hand, or by an earlier run),
+    held or skipped means there is nothing to do. An issue in the middle of sending is resumed (the
+    deliveries ledger sends each reader once).
+    """
+    now = now or utcnow()
+    sc = settings.schedule
+    with session_scope(settings.database_url) as session:
+        settled = _settled(session, send_at)
+        row = issues.open_issue(session)
+        if settled is not None and (row is None or row.status != IssueStatus.SENDING):
+            return settled
+        if row is not None and row.status != IssueStatus.SENDING and row.send_at is not None and row.send_at > send_at:
+            return JobResult("nothing", row.number, f"issue {row.number} is for a later send "
+                             f"({describe(settings, row.send_at)}): nothing sent now")
+        if row is None or (row.status != IssueStatus.SENDING and row.send_at is not None and row.send_at < send_at):
+            stale = row is not None
+            draft = issues.build_draft(settings, session, now=now, send_at=send_at,
+                                       offline=not sc.check_links, by="the schedule")
+            row = draft.row
+            add_note(row, "draft built at the send time: " + (
+                "the one there was for an earlier send" if stale else "no draft had been built"), now)
+        if row.status == IssueStatus.DRAFT:
+            n = len(issues.issue_of(row).all_articles)
+            number = row.number
+            if n < sc.min_articles and sc.when_empty != "send":
+                session.commit()
+                action = "skipped" if sc.when_empty == "skip" else "held"
+                return _conclude(settings, number, action, f"{n} new article(s), fewer than min_articles = "
+                                 f"{sc.min_articles} (when_empty = {sc.when_empty})", now, transport)
+            if sc.if_not_approved == "hold":
+                session.commit()
+                return _conclude(settings, number, "held", "not approved by the send time "
+                                 "(if_not_approved = hold)", now, transport)
+            move(row, IssueStatus.APPROVED, now=now, by="the schedule (if_not_approved = send)")
+    outcome = issues.send(settings, transport=transport, now=now)
+    report = outcome.report
+    if report is None:
+        return JobResult("nothing", None, outcome.message)
+    message = (f"issue {report.issue_number} sent: {report.submitted} submitted, {report.failed} failed, "
+               f"{report.skipped} skipped, {report.already} already sent earlier")
+    if not report.ok:
+        notice = Notice("failed", f"Issue {report.issue_number} was sent with problems",
+                        (message + ".", *report.errors[:5]), None, ("See `digest status`.",))
+        return JobResult("sent", report.issue_number, message, notify_editors(settings, notice), report)
+    return JobResult("sent", report.issue_number, message, [], report)
+
+
+def report_missed(settings: Settings, *, job_id: str, scheduled_at: datetime, now: datetime | None = None,
+                  transport: Transport | None = None) -> JobResult:
+    """A moment missed by more than its grace time: say so on the issue and to the editors, do nothing late."""
+    now = now or utcnow()
+    what = "send" if job_id == SEND_JOB else "draft"
+    late = now - scheduled_at
+    local, utc = local_and_utc(settings, scheduled_at)
+    late_words = f"{late.total_seconds() / 3600:.1f} h" if late >= timedelta(hours=1) \
+        else f"{late.total_seconds() / 60:.0f} min"
+    note = f"the scheduled {what} of {local} was missed by {late_words} (scheduler not running): not done late"
+    with session_scope(settings.database_url) as session:
+        row = issues.current_issue(session)
+        if row is not None:
+            add_note(row, note, now)
+        summary = issues.summarize(settings, row) if row is not None else None
+    following = next_moments(settings, now).send_at
+    message = (f"The scheduler was not running at {local} ({utc}) and came back {late_words} later, more "
+               f"than the grace time allows, so the {what} was not done late.",
+               "Nothing was sent." if what == "send" else "No draft was built then.",
+               f"The next scheduled send is {describe(settings, following)}.")
+    steps = (("Send now by hand: `digest approve` then `digest send`.",) if what == "send"
+             else ("Build the draft now: `digest draft`.",))
+    notice = Notice("missed", f"The scheduled {what} of {local} was missed", message, summary, steps)
+    problems = notify_editors(settings, notice, transport=transport)
+    log.warning("%s", note)
+    return JobResult("missed", row.number if row is not None else None, note, problems)

@@ -1,0 +1,233 @@
+"""The APScheduler 3 wiring: the scheduler over the database's job store, its two jobs, and `serve`.
+
+Two jobs live in the database (SQLAlchemyJobStore, table `apscheduler_jobs`): the draft at the send
+moment minus `review_hours`, and the send. Both coalesce, run one at a time, and have a misfire grace
+time, so a scheduler back from downtime runs a missed moment once, and one missed by more than the
+grace is reported to the editors instead of being done late by surprise. APScheduler 3 does not
+coordinate several schedulers, so `serve` holds the scheduler lock (`digest.locks`) kept alive by a
+heartbeat. The job store keeps `draft_job` / `send_job` by reference ("digest.schedule.runner:send_job")
+and the triggers pickled (`digest.moments`): renaming either orphans the stored jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import signal
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from sqlalchemy import select, update
+
+from digest.config import Settings, load_settings
+from digest.locks import SchedulerLock, safe_url
+from digest.moments import (
+    describe,
+    draft_grace,
+    draft_trigger,
+    last_fire,
+    local_and_utc,
+    send_grace,
+    send_trigger,
+)
+from digest.notices import Notice, notify_editors
+from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, report_missed, run_draft, run_send
+from digest.store import apscheduler_jobs, engine_for, utcnow
+
+log = logging.getLogger(__name__)
+
+JOBS_TABLE = "apscheduler_jobs"
+#: where stored jobs pointed while the schedule was one module (`digest/schedule.py`): the job store
+#: keeps the function by "module:name" and pickles the trigger by class path
+_OLD_REFS = {"digest.schedule:draft_job": "digest.schedule.runner:draft_job",
+             "digest.schedule:send_job": "digest.schedule.runner:send_job"}
+_OLD_CLASSES = {("digest.schedule", "SendTrigger"): ("digest.moments", "SendTrigger"),
+                ("digest.schedule", "ReviewTrigger"): ("digest.moments", "ReviewTrigger")}
+
+
+_lock: SchedulerLock | None = None  # the lock of the scheduler running in this process (set by `serve`)
+
+
+def _ours() -> bool:
+    """A job runs only while this process holds the lock (a scheduler that was silent and lost it to
+    another must not act on the database behind the other's back)."""
+    if _lock is None:
+        return True
+    if _lock.held():
+        return True
+    log.error("this scheduler no longer holds the lock: job not run")
+    return False
+
+
+def draft_job(config: str) -> None:
+    """APScheduler entry point (stored in the job store by reference): build the draft, notify."""
+    settings = load_settings(config)
+    now = utcnow()
+    if not _ours():
+        return
+    fired = last_fire(draft_trigger(settings), now, timedelta(seconds=draft_grace(settings) + 60)) or now
+    result = run_draft(settings, send_at=fired + timedelta(hours=settings.schedule.review_hours), now=now)
+    log.info("draft job: %s", result)
+
+
+def send_job(config: str) -> None:
+    """APScheduler entry point (stored in the job store by reference): send, hold or skip."""
+    settings = load_settings(config)
+    now = utcnow()
+    if not _ours():
+        return
+    fired = last_fire(send_trigger(settings), now, timedelta(seconds=send_grace(settings) + 60)) or now
+    log.info("send job: %s", run_send(settings, send_at=fired, now=now))
+
+
+def _on_missed(settings: Settings, event: JobExecutionEvent) -> None:
+    try:
+        report_missed(settings, job_id=event.job_id, scheduled_at=event.scheduled_run_time.astimezone(UTC))
+    except Exception:
+        log.exception("could not report the missed %s", event.job_id)
+
+
+def _on_error(settings: Settings, event: JobExecutionEvent) -> None:
+    what = "send" if event.job_id == SEND_JOB else "draft"
+    local, utc = local_and_utc(settings, event.scheduled_run_time)
+    notice = Notice("failed", f"The scheduled {what} of {local} failed",
+                    (f"{event.exception.__class__.__name__}: {event.exception}",
+                     "Readers already sent to are recorded and are never sent to twice; `digest send` resumes."
+                     if what == "send" else "Build the draft by hand: `digest draft`."), None,
+                    ("See the scheduler's log for details.",))
+    notify_editors(settings, notice)
+
+
+class _OldPaths(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(*_OLD_CLASSES.get((module, name), (module, name)))
+
+
+def adopt_stored_jobs(settings: Settings) -> int:
+    """Rewrite jobs stored under the old paths to the new ones. APScheduler drops a stored job it cannot
+    unpickle, and with it the missed run it carries; rewritten, that run is still run (or reported) once.
+    Returns how many jobs were rewritten."""
+    table = apscheduler_jobs
+    adopted = 0
+    with engine_for(settings.database_url).begin() as conn:
+        for job_id, blob in conn.execute(select(table.c.id, table.c.job_state)).all():
+            try:
+                state = _OldPaths(io.BytesIO(blob)).load()
+            except Exception:  # not ours to judge: the job store reports and drops it as it always has
+                continue
+            if not isinstance(state, dict) or state.get("func") not in _OLD_REFS:
+                continue
+            state["func"] = _OLD_REFS[state["func"]]
+            conn.execute(update(table).where(table.c.id == job_id)
+                         .values(job_state=pickle.dumps(state, pickle.HIGHEST_PROTOCOL)))
+            adopted += 1
+    return adopted
+
+
+def build_scheduler(settings: Settings) -> BackgroundScheduler:
+    """A scheduler over the database's job store: coalesce, one instance at a time, a grace time.
+
+    One worker thread: the draft and the send never run at once (after downtime both may be due; the
+    draft, due first, runs first)."""
+    if adopt_stored_jobs(settings):
+        log.info("stored jobs moved to digest.schedule.runner")
+    scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=engine_for(settings.database_url), tablename=JOBS_TABLE)},
+        executors={"default": ThreadPoolExecutor(max_workers=1)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": send_grace(settings)},
+        timezone=settings.publication.tz,
+    )
+    scheduler.add_listener(partial(_on_missed, settings), EVENT_JOB_MISSED)
+    scheduler.add_listener(partial(_on_error, settings), EVENT_JOB_ERROR)
+    return scheduler
+
+
+def ensure_jobs(scheduler: BackgroundScheduler, settings: Settings, config: str) -> list[str]:
+    """Add the two jobs, keeping a stored job whose schedule is unchanged, so that a missed run it still
+    carries is run (or reported) once; a job whose schedule changed is replaced. Returns what was done."""
+    now = utcnow()
+    lines = []
+    specs: list[tuple[str, str, Any, BaseTrigger, int]] = [
+        (DRAFT_JOB, "draft", draft_job, draft_trigger(settings), draft_grace(settings)),
+        (SEND_JOB, "send", send_job, send_trigger(settings), send_grace(settings)),
+    ]
+    for job_id, name, func, trigger, grace in specs:
+        job = scheduler.get_job(job_id)
+        if job is not None and repr(job.trigger) == repr(trigger) and tuple(job.args) == (config,) \
+                and job.misfire_grace_time == grace:
+            if job.next_run_time is not None and job.next_run_time < now:
+                late = (now - job.next_run_time).total_seconds()
+                fate = "runs once now" if late <= grace else "was missed by more than the grace time: reported"
+                lines.append(f"{name}: the run due {describe(settings, job.next_run_time)} {fate}")
+            continue
+        if job is not None:
+            lines.append(f"{name}: schedule changed since the last run; job replaced")
+        scheduler.add_job(func, trigger, id=job_id, name=f"digest {name}", args=[config], replace_existing=True,
+                          misfire_grace_time=grace, coalesce=True, max_instances=1)
+    return lines
+
+
+def stored_jobs(settings: Settings) -> dict[str, datetime | None]:
+    """The job store's next run times (what a stopped scheduler would run first when started)."""
+    table = apscheduler_jobs
+    with engine_for(settings.database_url).begin() as conn:
+        rows = conn.execute(select(table.c.id, table.c.next_run_time)).all()
+    return {r.id: None if r.next_run_time is None else datetime.fromtimestamp(r.next_run_time, UTC) for r in rows}
+
+
+def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: threading.Event | None = None,
+          heartbeat_seconds: float | None = None) -> int:
+    """Run the schedule until Ctrl-C / SIGTERM (or `stop` is set). Returns the exit code.
+
+    `say` is told what the scheduler does, a line at a time (the CLI prints it; the default logs it).
+    """
+    global _lock
+    draft_trigger(settings)  # a bad [schedule] is reported before anything is taken
+    scheduler = build_scheduler(settings)
+    expiry = timedelta(seconds=settings.schedule.lock_expiry_seconds)
+    lock = SchedulerLock(settings.database_url, expiry)
+    log.info("%s", lock.acquire())
+    _lock = lock
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # systemd's stop: as Ctrl-C
+    try:
+        scheduler.start(paused=True)
+        for line in ensure_jobs(scheduler, settings, str(settings.path)):
+            say(line)
+        jobs = {job.id: job.next_run_time for job in scheduler.get_jobs()}
+        scheduler.resume()
+        say(f"scheduler running on {safe_url(settings.database_url)} as {lock.owner} "
+            f"({settings.publication.timezone}); Ctrl-C stops")
+        for job_id, name in ((DRAFT_JOB, "next draft:"), (SEND_JOB, "next send: ")):
+            if jobs.get(job_id) is not None:
+                say(f"{name} {describe(settings, jobs[job_id])}")
+        interval = heartbeat_seconds or max(1.0, expiry.total_seconds() / 4)
+        while not stop.wait(interval):
+            try:
+                if not lock.heartbeat():
+                    log.error("this scheduler lost its lock (silent too long; another took over): stopping")
+                    return 1
+            except Exception as e:  # the database away for a moment: retry; expiry decides
+                log.warning("heartbeat failed: %s", e)
+        return 0
+    except KeyboardInterrupt:
+        say("stopping: waiting for a running job to finish")
+        return 0
+    finally:
+        try:
+            if scheduler.running:
+                scheduler.shutdown(wait=True)  # a running job is waited for
+        finally:
+            lock.release()
+            _lock = None
+            say("scheduler stopped")
