@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.sources.feeds import Validators, read_feed, read_feeds
+from digest.sources.fetch import Validators, read_feed, read_feeds
 
 FEED = (Path(__file__).parent / "feeds" / "wordpress_rss2.xml").read_bytes()
 RELATIVE = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
