@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tenacity import RetryCallState, Retrying, wait_exponential, wait_random_exponential
+from tenacity import BaseRetrying, RetryCallState, Retrying, wait_exponential, wait_random_exponential
 
 #: our count in tenacity's per-call (and per-thread) statistics: the throttled answers so far
 THROTTLED = "digest_throttled"
@@ -43,7 +43,7 @@ class Tally:
     throttled: int
 
 
-def tally(policy: Retrying) -> Tally:
+def tally(policy: BaseRetrying) -> Tally:
     stats = policy.statistics
     throttled = int(stats.get(THROTTLED, 0))
     return Tally(int(stats.get("attempt_number", 0)) - throttled, throttled)

@@ -315,8 +315,8 @@ class SendGridTransport:
             return None
         reset = (error.headers or {}).get("X-RateLimit-Reset")
         try:
-            return max(0.0, float(reset) - self.clock()) + random.uniform(0, 0.05)
-        except (TypeError, ValueError):
+            return max(0.0, float(reset) - self.clock()) + random.uniform(0, 0.05) if reset is not None else None
+        except ValueError:
             return None
 
     def _pause_everyone_if_throttled(self, state: RetryCallState) -> None:
