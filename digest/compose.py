@@ -12,7 +12,7 @@ from datetime import datetime
 
 from digest.config import AppealVariant, Settings
 from digest.models import Appeal, Article, Issue, Listing
-from digest.sources.feeds import cut
+from digest.sources.text import cut
 
 SUBJECT_MAX = 78
 

@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Article:
-    """One item from a feed. `key` is its stable identity (see sources.feeds.identity)."""
+    """One item from a feed. `key` is its stable identity (see digest.sources.identity)."""
 
     key: str
     title: str

@@ -11,11 +11,12 @@ processors; only the per-row Python overhead is gone. Postgres and SQLite both w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import JSON, Table, bindparam, func, insert, literal_column, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import TypeEngine
 
 
 class _Memo(dict):  # type: ignore[type-arg]
@@ -51,9 +52,15 @@ class _JSONMemo(dict):  # type: ignore[type-arg]
         return result
 
 
+def _bind_processor(column_type: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The conversion SQLAlchemy applies to a parameter of this type: the dialect's implementation of
+    the type (a TypeDecorator's included), then its bind processor, by public API only."""
+    return column_type.dialect_impl(dialect).bind_processor(dialect)
+
+
 def json_converter(conn: Connection, table: Table, column: str) -> Any:
     """The dialect's conversion of a JSON column's values (memoised), to run ahead of `insert_rows`."""
-    return _JSONMemo(table.c[column].type._cached_bind_processor(conn.dialect))
+    return _JSONMemo(_bind_processor(table.c[column].type, conn.dialect))
 
 
 def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
@@ -68,7 +75,7 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: It
     data = [list(c) for c in zip(*rows, strict=True)]
     for i, name in enumerate(columns):
         column_type = table.c[name].type
-        process = column_type._cached_bind_processor(dialect)
+        process = _bind_processor(column_type, dialect)
         if process is not None and name not in converted:
             convert = _JSONMemo(process) if isinstance(column_type, JSON) else _Memo(process).__getitem__
             data[i] = list(map(convert, data[i]))

@@ -156,6 +156,18 @@ def test_429_waits_until_the_reset_then_goes_on(sg: Settings, server: SendGridSe
     assert sorted(server.recipients()) == sorted(emails)
 
 
+def test_429s_do_not_use_up_the_retries_of_5xx(sg: Settings, server: SendGridServer) -> None:
+    emails = seed_readers(sg, 20)
+    server.script(rate_limited(reset_in=1), status(500, "internal error"), rate_limited(reset_in=1),
+                  rate_limited(reset_in=1), status(502, "bad gateway"), status(503, "unavailable"),
+                  rate_limited(reset_in=1))
+    fake = FakeTime()
+    outcome = send(sg, transport=SendGridTransport(sg, sleep=fake.sleep, clock=fake.clock))
+    assert outcome.report is not None and outcome.report.submitted == 20  # 3 x 5xx: within max_retries = 3
+    assert server.stats()["requests"] == 8
+    assert Counter(server.recipients()) == Counter(emails)
+
+
 def test_5xx_and_dropped_connections_are_retried_with_growing_jittered_waits(
         sg: Settings, server: SendGridServer) -> None:
     emails = seed_readers(sg, 40)

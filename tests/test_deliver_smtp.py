@@ -194,3 +194,28 @@ def test_the_rate_cap_applies_to_a_real_send(workdir: Path) -> None:
         outcome = send(settings, transport=quick(settings, clock=clock, sleep=clock.sleep))
     assert outcome.report is not None and outcome.report.submitted == 6
     assert clock.slept == [pytest.approx(0.2)] * 5
+
+
+def test_a_deferred_recipient_waits_the_jittered_backoff_before_its_next_try(workdir: Path) -> None:
+    clock = FakeClock()
+    rec = Recorder(defer_once={"reader2@example.com"}, drop_at={4})
+    with SMTPServer(rec) as server:
+        settings = smtp_settings(workdir, server.port)
+        emails = seed_readers(settings, 4)
+        transport = SMTPTransport(settings, backoff=0.5, clock=clock, sleep=clock.sleep)
+        outcome = send(settings, transport=transport)
+    assert outcome.report is not None and outcome.report.submitted == 4
+    assert Counter(rec.recipients()) == Counter(emails)
+    assert len(clock.slept) == 2, clock.slept  # one 450, one dropped connection: one wait each
+    assert all(0.25 <= waited <= 0.5 for waited in clock.slept), clock.slept  # first wait: half to all of 0.5
+
+
+def test_a_permanent_refusal_is_not_tried_again(workdir: Path) -> None:
+    clock = FakeClock()
+    rec = Recorder(refuse={"reader1@example.com"})
+    with SMTPServer(rec) as server:
+        settings = smtp_settings(workdir, server.port)
+        seed_readers(settings, 2)
+        outcome = send(settings, transport=SMTPTransport(settings, clock=clock, sleep=clock.sleep))
+    assert outcome.report is not None and (outcome.report.submitted, outcome.report.failed) == (1, 1)
+    assert rec.rcpt_attempts.count("reader1@example.com") == 1 and clock.slept == []

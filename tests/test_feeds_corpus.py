@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from digest.sources.feeds import FeedResult, read_feed
+from digest.sources.fetch import read_feed
+from digest.sources.parse import FeedResult
 
 CORPUS = Path(__file__).parent / "feeds"
 NOW = datetime(2025, 3, 10, tzinfo=UTC)
@@ -225,7 +226,7 @@ def test_long_titles_and_summaries_are_cut_at_a_set_length() -> None:
 
 
 def test_identity_ignores_tracking_parameters_and_guid_scoping() -> None:
-    from digest.sources.feeds import article_key, canonical_link
+    from digest.sources.identity import article_key, canonical_link
 
     story = parse("tracking_params_links.xml").articles[0]
     assert canonical_link(story.link) == "https://campaign.example.com/story?id=7"

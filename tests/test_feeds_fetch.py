@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.sources.feeds import Validators, read_feed, read_feeds
+from digest.sources.fetch import Validators, read_feed, read_feeds
 
 FEED = (Path(__file__).parent / "feeds" / "wordpress_rss2.xml").read_bytes()
 RELATIVE = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
@@ -88,6 +88,10 @@ class Server:
             return self.send(h, 500, b"broken")
         if path == "/rate":
             return self.send(h, 429, b"", {"Retry-After": "0"}) if hit == 1 else self.send(h, 200, FEED, rss)
+        if path == "/busy":
+            return self.send(h, 503, b"", {"Retry-After": "2"}) if hit == 1 else self.send(h, 200, FEED, rss)
+        if path == "/later":
+            return self.send(h, 429, b"", {"Retry-After": "3600"}) if hit == 1 else self.send(h, 200, FEED, rss)
         if path in ("/missing", "/gone"):
             return self.send(h, 404 if path == "/missing" else 410, b"no")
         if path == "/big":
@@ -165,6 +169,19 @@ def test_server_errors_are_retried_with_backoff_then_named(server: Server) -> No
     assert down.problem is not None and down.problem.message == "HTTP 500 Internal Server Error (after 3 tries)"
     assert server.hits["/down"] == 3
     assert fetch(server, "/rate", retries=1).problem is None  # 429 honours Retry-After, then succeeds
+
+
+def test_the_waits_follow_the_backoff_or_the_servers_retry_after(server: Server) -> None:
+    slept: list[float] = []
+    down = fetch(server, "/down", retries=2, backoff=0.4, sleep=slept.append)
+    assert down.problem is not None and server.hits["/down"] == 3
+    assert len(slept) == 2 and 0.2 <= slept[0] <= 0.4 and 0.4 <= slept[1] <= 0.8, slept
+    slept.clear()
+    assert fetch(server, "/busy", retries=1, sleep=slept.append).problem is None
+    assert slept == [2.0]  # Retry-After, not the backoff
+    slept.clear()
+    assert fetch(server, "/later", retries=1, timeout=3.0, sleep=slept.append).problem is None
+    assert slept == [3.0]  # an hour is more than a feed is worth: no longer than the timeout
 
 
 def test_client_errors_are_final_and_named(server: Server) -> None:

@@ -26,7 +26,9 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, From, HtmlContent, Mail, PlainTextContent, ReplyTo, Subject
+from tenacity import RetryCallState
 
+from digest import retry
 from digest.config import ENV_SENDGRID_API_KEY, Settings
 from digest.deliver.protocol import Message, Outcome, SendStopped
 from digest.errors import ConfigError
@@ -157,6 +159,10 @@ class SendGridTransport:
         self.retry_unanswered = sg.retry_unanswered
         self.api_url = sg.api_url
         self.sleep, self.clock = sleep, clock
+        self.retrying = retry.policy(
+            attempts=self.max_retries + 1, first=self.backoff, retry_on=self._retryable, throttled=_throttled,
+            max_throttled=MAX_THROTTLED, server_delay=self._reset_delay, max_server_delay=MAX_RATE_WAIT,
+            sleep=sleep, before_sleep=self._pause_everyone_if_throttled)
         client = SendGridAPIClient(api_key=sg.api_key, host=sg.api_url)
         client.client.request_headers["Content-Type"] = CONTENT_TYPE
         self._endpoint = client.client.mail.send
@@ -247,51 +253,50 @@ class SendGridTransport:
     # -- talking to SendGrid -------------------------------------------------------------------------
 
     def post(self, body: str, messages: list[Message]) -> str:
-        """POST mail/send until it is accepted; returns X-Message-Id. 429: wait for the reset; 5xx and
-        dropped connections: bounded retries with exponential backoff and jitter; 4xx: stop the send."""
-        attempt = throttled = 0
+        """POST mail/send until it is accepted; returns X-Message-Id. 429: every worker waits for the
+        reset; 5xx and failed connections: digest.retry's bounded backoff; 4xx: stop the send."""
         maybe_sent = False  # a connection dropped after the whole request was out: SendGrid may have it
-        while True:
+
+        def attempt() -> Any:
+            nonlocal maybe_sent
             self._wait_if_paused()
             try:
-                response = self._endpoint.post(request_body=body, timeout=self.timeout)
-            except HTTPError as e:
-                if e.status_code == 429:
-                    throttled += 1
-                    if throttled > MAX_THROTTLED:
-                        raise self._stop(f"SendGrid kept answering 429 Too Many Requests ({throttled} times)",
-                                         messages, maybe_sent) from None
-                    self._pause(self._reset_delay(e, throttled))
-                    continue
-                if e.status_code >= 500:
-                    attempt += 1
-                    if attempt > self.max_retries:
-                        raise self._stop(f"SendGrid answered {e.status_code} {_reason(e)} {attempt} times",
-                                         messages, maybe_sent) from None
-                    self._backoff(attempt)
-                    continue
-                raise SendStopped(describe_refusal(e, messages)) from None
-            except urllib.error.URLError as e:
-                # raised while connecting or writing the request: SendGrid cannot have processed it
-                attempt += 1
-                if attempt > self.max_retries:
-                    raise self._stop(f"cannot reach SendGrid at {self.api_url}: {e.reason}", messages,
-                                     maybe_sent) from None
-                self._backoff(attempt)
-                continue
-            except (OSError, http.client.HTTPException) as e:
-                # the request was written, the answer never came: SendGrid may have accepted it
-                maybe_sent = True
-                attempt += 1
-                if attempt > self.max_retries or not self.retry_unanswered:
-                    raise self._stop(f"the connection to SendGrid dropped {attempt} times "
-                                     f"({e.__class__.__name__}: {e})", messages, maybe_sent) from None
-                self._backoff(attempt)
-                continue
-            if not 200 <= response.status_code < 300:
-                raise SendStopped(f"SendGrid answered {response.status_code} to mail/send: "
-                                  f"{response.body[:300]!r}") from None
-            return response.headers.get("X-Message-Id") or ""
+                return self._endpoint.post(request_body=body, timeout=self.timeout)
+            except (HTTPError, urllib.error.URLError):
+                raise  # an answer, or a request that never went out (connecting, writing)
+            except (OSError, http.client.HTTPException):
+                maybe_sent = True  # the request was written, the answer never came
+                raise
+
+        try:
+            response = self.retrying(attempt)
+        except HTTPError as e:
+            done = retry.tally(self.retrying)
+            if e.status_code == 429:
+                raise self._stop(f"SendGrid kept answering 429 Too Many Requests ({done.throttled} times)",
+                                 messages, maybe_sent) from None
+            if e.status_code >= 500:
+                raise self._stop(f"SendGrid answered {e.status_code} {_reason(e)} {done.tries} times",
+                                 messages, maybe_sent) from None
+            raise SendStopped(describe_refusal(e, messages)) from None
+        except urllib.error.URLError as e:
+            raise self._stop(f"cannot reach SendGrid at {self.api_url}: {e.reason}", messages, maybe_sent) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise self._stop(f"the connection to SendGrid dropped {retry.tally(self.retrying).tries} times "
+                             f"({e.__class__.__name__}: {e})", messages, maybe_sent) from None
+        if not 200 <= response.status_code < 300:
+            raise SendStopped(f"SendGrid answered {response.status_code} to mail/send: "
+                              f"{response.body[:300]!r}") from None
+        return response.headers.get("X-Message-Id") or ""
+
+    def _retryable(self, error: BaseException) -> bool:
+        """5xx, or no connection (the request never went out): tried again. A request whose answer was
+        lost is tried again only if `retry_unanswered` says so: SendGrid may have accepted it."""
+        if isinstance(error, HTTPError):
+            return error.status_code >= 500
+        if isinstance(error, urllib.error.URLError):
+            return True
+        return isinstance(error, OSError | http.client.HTTPException) and self.retry_unanswered
 
     def _stop(self, why: str, messages: list[Message], maybe_sent: bool) -> SendStopped:
         if maybe_sent:
@@ -303,17 +308,20 @@ class SendGridTransport:
         return SendStopped(f"{why}; nothing of this batch was sent: its {len(messages)} reader(s) are queued "
                            "again for the next `digest send`")
 
-    def _backoff(self, attempt: int) -> None:
-        ceiling = min(60.0, self.backoff * 2 ** (attempt - 1))
-        self.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
-
-    def _reset_delay(self, error: HTTPError, throttled: int) -> float:
+    def _reset_delay(self, error: BaseException) -> float | None:
+        """429: X-RateLimit-Reset is when the account may send again (epoch seconds), plus a little jitter
+        so the workers do not all come back in the same instant. None (no header): the backoff."""
+        if not isinstance(error, HTTPError) or error.status_code != 429:
+            return None
         reset = (error.headers or {}).get("X-RateLimit-Reset")
         try:
-            delay = float(reset) - self.clock()
-        except (TypeError, ValueError):
-            delay = min(60.0, self.backoff * 2 ** (throttled - 1))
-        return min(MAX_RATE_WAIT, max(0.0, delay)) + random.uniform(0, 0.05)
+            return max(0.0, float(reset) - self.clock()) + random.uniform(0, 0.05) if reset is not None else None
+        except ValueError:
+            return None
+
+    def _pause_everyone_if_throttled(self, state: RetryCallState) -> None:
+        if state.outcome is not None and _throttled(state.outcome.exception()):
+            self._pause(state.upcoming_sleep)
 
     def _pause(self, seconds: float) -> None:
         """Every worker waits: when SendGrid says slow down, it means the account, not one thread."""
@@ -345,6 +353,11 @@ def check_shared(body: dict[str, Any]) -> None:
             any(len(c) > MAX_CATEGORY_CHARS or not c.isascii() for c in cats):
         raise PayloadError(f"bug: categories {cats} break SendGrid's rules (<= 10, unique, ASCII, <= 255)")
     check_headers(body.get("headers", {}), "message")
+
+
+def _throttled(error: BaseException | None) -> bool:
+    """429 Too Many Requests: the account's rate limit, not this request's fault; it has its own budget."""
+    return isinstance(error, HTTPError) and error.status_code == 429
 
 
 def _reason(error: HTTPError) -> str:

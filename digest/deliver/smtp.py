@@ -2,20 +2,22 @@
 
 The connection is opened on first use and kept for every following message and batch; a dropped
 connection (or a 421 "closing") is reopened and the message sent again, with a bounded number of
-tries. A message the server did not answer with 250 was not accepted (RFC 5321 §4.1.1.4), so sending
-it again is right. A refused recipient is that reader's failure, not the send's; a refused login or
-sender stops the send with the server's words.
+tries (digest.retry). A message the server did not answer with 250 was not accepted (RFC 5321
+§4.1.1.4), so sending it again is right; a 4xx answer is transient (§4.2.1) and is tried again too.
+A refused recipient is that reader's failure, not the send's; a refused login or sender stops the
+send with the server's words.
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 import smtplib
 import ssl
 import time
 from collections.abc import Callable
+from email.message import EmailMessage
 
+from digest import retry
 from digest.config import Settings
 from digest.deliver.mime import build
 from digest.deliver.protocol import Message, Outcome, SendStopped
@@ -45,6 +47,17 @@ def _text(raw: bytes | str) -> str:
     return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw).strip()
 
 
+def _transient(error: BaseException) -> bool:
+    """Worth another try: a 4xx refusal (RFC 5321 §4.2.1), or a lost connection (dropped, timed out,
+    421 closing, or any other answer while connecting): the message was not accepted."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        code, _ = next(iter(error.recipients.values()))
+        return 400 <= code < 500
+    if isinstance(error, smtplib.SMTPSenderRefused | smtplib.SMTPDataError):
+        return 400 <= error.smtp_code < 500
+    return isinstance(error, smtplib.SMTPServerDisconnected | smtplib.SMTPResponseException | OSError)
+
+
 class SMTPTransport:
     name = "smtp"
     batch_size = 20  # small: a process killed mid-batch leaves at most this many readers of unknown fate
@@ -61,7 +74,8 @@ class SMTPTransport:
         self.smtp = sm
         self.where = f"{sm.host}:{sm.port}"
         self.ssl_context = ssl_context or ssl.create_default_context()
-        self.retries, self.backoff, self.sleep = retries, backoff, sleep
+        self.retries = retries
+        self.retrying = retry.policy(attempts=retries + 1, first=backoff, retry_on=_transient, sleep=sleep)
         self.pacer = Pacer(sm.max_per_second, clock=clock, sleep=sleep)
         self._conn: smtplib.SMTP | None = None
         self.connections = 0  # opened so far (reconnects show here)
@@ -122,45 +136,32 @@ class SMTPTransport:
     def send_one(self, message: Message) -> Outcome:
         mime = build(self.settings, message)
         sender = self.settings.publication.from_email
-        tries = 0
-        while True:
-            self.pacer.wait()
-            try:
-                conn = self._conn or self._open()
-                conn.send_message(mime, from_addr=sender, to_addrs=[message.to_email])
-                return Outcome(message.delivery_id, True, message_id=str(mime["Message-ID"]))
-            except smtplib.SMTPRecipientsRefused as e:
-                code, reply = next(iter(e.recipients.values()))
-                if 400 <= code < 500 and tries < self.retries:
-                    tries += 1
-                    self._pause(tries)
-                    continue
-                return Outcome(message.delivery_id, False, error=f"refused by {self.where}: {code} {_text(reply)}")
-            except smtplib.SMTPSenderRefused as e:
-                if 400 <= e.smtp_code < 500 and tries < self.retries:
-                    tries += 1
-                    self._pause(tries)
-                    continue
-                raise SendStopped(f"the SMTP server {self.where} refused the sender {sender}: "
-                                  f"{e.smtp_code} {_text(e.smtp_error)}") from None
-            except smtplib.SMTPDataError as e:
-                if 400 <= e.smtp_code < 500 and tries < self.retries:
-                    tries += 1
-                    self._pause(tries)
-                    continue
-                return Outcome(message.delivery_id, False,
-                               error=f"message refused by {self.where}: {e.smtp_code} {_text(e.smtp_error)}")
-            except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as e:
-                # dropped, timed out, or 421 closing: the message was not accepted; reconnect and resend
-                self._drop()
-                tries += 1
-                if tries > self.retries:
-                    detail = f"{e.smtp_code} {_text(e.smtp_error)}" if isinstance(e, smtplib.SMTPResponseException) \
-                        else f"{e.__class__.__name__}: {e}"
-                    raise SendStopped(f"lost the SMTP server {self.where} {tries} times in a row ({detail}); "
-                                      "the messages not yet accepted are queued again") from None
-                self._pause(tries)
+        try:
+            self.retrying(self._send_mime, mime, sender, message.to_email)
+        except smtplib.SMTPRecipientsRefused as e:
+            code, reply = next(iter(e.recipients.values()))
+            return Outcome(message.delivery_id, False, error=f"refused by {self.where}: {code} {_text(reply)}")
+        except smtplib.SMTPSenderRefused as e:
+            raise SendStopped(f"the SMTP server {self.where} refused the sender {sender}: "
+                              f"{e.smtp_code} {_text(e.smtp_error)}") from None
+        except smtplib.SMTPDataError as e:
+            return Outcome(message.delivery_id, False,
+                           error=f"message refused by {self.where}: {e.smtp_code} {_text(e.smtp_error)}")
+        except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as e:
+            detail = f"{e.smtp_code} {_text(e.smtp_error)}" if isinstance(e, smtplib.SMTPResponseException) \
+                else f"{e.__class__.__name__}: {e}"
+            raise SendStopped(f"lost the SMTP server {self.where} {self.retries + 1} times in a row ({detail}); "
+                              "the messages not yet accepted are queued again") from None
+        return Outcome(message.delivery_id, True, message_id=str(mime["Message-ID"]))
 
-    def _pause(self, tries: int) -> None:
-        ceiling = self.backoff * 2 ** (tries - 1)
-        self.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
+    def _send_mime(self, mime: EmailMessage, sender: str, to_email: str) -> None:
+        """One try, paced. A lost connection is dropped here, so the next try opens a new one."""
+        self.pacer.wait()
+        try:
+            conn = self._conn or self._open()
+            conn.send_message(mime, from_addr=sender, to_addrs=[to_email])
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError):
+            raise  # answers on a working connection
+        except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError):
+            self._drop()
+            raise

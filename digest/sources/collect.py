@@ -16,7 +16,9 @@ from digest.config import Settings
 from digest.issue_status import IssueStatus
 from digest.models import Article, Collected
 from digest.sources.directory import read_directory
-from digest.sources.feeds import FeedResult, Validators, canonical_link, read_feeds, title_key
+from digest.sources.fetch import Validators, read_feeds
+from digest.sources.identity import canonical_link, title_key
+from digest.sources.parse import FeedResult
 from digest.store import FeedState, IssueRow, SeenArticle
 
 

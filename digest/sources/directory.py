@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from digest.models import Listing, SourceProblem
-from digest.sources.feeds import USER_AGENT, plain_text
+from digest.sources.fetch import USER_AGENT
+from digest.sources.text import plain_text
 
 COLUMNS = ("name", "url", "summary", "categories", "logo", "tier")
 TIERS = ("", "featured", "standard")
