@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from digest.cli import deliveries, listings, schedule, subscribers, users, web
@@ -366,5 +367,5 @@ def main() -> None:
     try:
         app()
     except DigestError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)  # `[delivry]` is text, not markup
         sys.exit(2)
