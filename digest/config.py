@@ -119,12 +119,13 @@ class Publication(_Table):
         description="Where `digest serve` answers: links in the email (unsubscribe, preferences, archive) "
                     "point here.")
     from_email: Email = Field(description="The sender's address.")
-    from_name: str = Field("", description="The sender's name as readers see it.")
-    reply_to: str = Field("", description="Where replies go (empty: from_email).")
+    from_name: str = Field(default="", description="The sender's name as readers see it.")
+    reply_to: str = Field(default="", description="Where replies go (empty: from_email).")
     postal_address: str = Field(
         description="Sender identification, required in every email's footer (Spam Act 2003, CAN-SPAM).")
-    timezone: TimeZone = Field("UTC", description="The publication's time zone (IANA name): the schedule "
-                                                  "and the dates in the email are in it.")
+    timezone: TimeZone = Field(
+        default="UTC",
+        description="The publication's time zone (IANA name): the schedule and the dates in the email are in it.")
 
     @model_validator(mode="before")
     @classmethod
@@ -139,47 +140,49 @@ class Publication(_Table):
 
 
 class Sources(_Table):
-    feeds: tuple[str, ...] = Field((), description="RSS 2.0 / Atom feeds: URLs or file paths.")
-    directory: str = Field("", description="The supplier directory: CSV (name,url,summary,categories,logo,"
-                                           "tier) or JSON, a path or a URL.")
-    window_days: Count = Field(7, description="Articles since the last issue, at most this many days back.")
-    max_articles: Count = Field(8, description="Articles with a summary: the top story and the latest news.")
-    headlines: Count = Field(6, description='"More news": date and title only.')
-    featured_listings: Count = Field(3, description="Suppliers featured per issue.")
+    feeds: tuple[str, ...] = Field(default=(), description="RSS 2.0 / Atom feeds: URLs or file paths.")
+    directory: str = Field(
+        default="",
+        description="The supplier directory: CSV (name,url,summary,categories,logo,tier) or JSON, a path or a URL.")
+    window_days: Count = Field(default=7, description="Articles since the last issue, at most this many days back.")
+    max_articles: Count = Field(default=8, description="Articles with a summary: the top story and the latest news.")
+    headlines: Count = Field(default=6, description='"More news": date and title only.')
+    featured_listings: Count = Field(default=3, description="Suppliers featured per issue.")
     rotation_issues: Count = Field(
-        4, description="No supplier featured twice within this many issues (unless there are too few).")
-    timeout_seconds: Seconds = Field(10.0, description="One feed or directory download.")
-    max_feed_bytes: int = Field(5_000_000, gt=0, description="A larger feed is refused, not read.")
+        default=4, description="No supplier featured twice within this many issues (unless there are too few).")
+    timeout_seconds: Seconds = Field(default=10.0, description="One feed or directory download.")
+    max_feed_bytes: int = Field(default=5_000_000, gt=0, description="A larger feed is refused, not read.")
     stale_runs: Count = Field(
-        3, description="A feed that brings nothing new this many runs in a row is reported as stale.")
-    summary_chars: Count = Field(240, description="An article's summary is cut to about this many characters.")
+        default=3, description="A feed that brings nothing new this many runs in a row is reported as stale.")
+    summary_chars: Count = Field(default=240, description="An article's summary is cut to about this many characters.")
 
 
 class AppealVariant(_Table):
     """One appeal: the main one is [appeal] itself; further ones are [[appeal.variants]]."""
 
-    key: str = Field("", description="Its name in the editions and the report (default v1, v2, ... in "
-                                     "order, and thank_you).")
+    key: str = Field(
+        default="",
+        description="Its name in the editions and the report (default v1, v2, ... in order, and thank_you).")
     title: str = Field(description="The heading.")
     body: str = Field(description="The text; blank lines separate paragraphs.")
-    button: str = Field("Subscribe", description="The button's label.")
-    url: str = Field("", description="Where the button leads (required, except for the thank-you).")
+    button: str = Field(default="Subscribe", description="The button's label.")
+    url: str = Field(default="", description="Where the button leads (required, except for the thank-you).")
 
 
 class Appeal(_Table):
-    title: str = Field("", description="The appeal shown in each issue: its heading (empty: no appeal).")
-    body: str = Field("", description="The appeal's text; blank lines separate paragraphs.")
-    button: str = Field("Subscribe", description="The button's label.")
-    url: str = Field("", description="Where the button leads (required with a title).")
+    title: str = Field(default="", description="The appeal shown in each issue: its heading (empty: no appeal).")
+    body: str = Field(default="", description="The appeal's text; blank lines separate paragraphs.")
+    button: str = Field(default="Subscribe", description="The button's label.")
+    url: str = Field(default="", description="Where the button leads (required with a title).")
     variants: tuple[AppealVariant, ...] = Field(
-        (), description="Further appeals, shown in turn with the main one.")
+        default=(), description="Further appeals, shown in turn with the main one.")
     thank_you: AppealVariant | None = Field(
-        None, description="Shown instead to readers who followed an appeal's link.")
+        default=None, description="Shown instead to readers who followed an appeal's link.")
     rotate: Literal["issue", "reader"] = Field(
-        "issue", description="Variants change with each issue, or are spread across the readers of one issue.")
+        default="issue", description="Variants change with each issue, or are spread across the readers of one issue.")
     quiet_issues_after_click: Count = Field(
-        4, description="A reader who followed an appeal's link sees none (or the thank-you) for this many "
-                       "issues.")
+        default=4,
+        description="A reader who followed an appeal's link sees none (or the thank-you) for this many issues.")
 
     @model_validator(mode="before")
     @classmethod
@@ -216,14 +219,16 @@ class Appeal(_Table):
 
 
 class SMTPSettings(_Table):
-    host: str = Field("localhost", description="The SMTP server.")
-    port: int = Field(25, ge=1, le=65535, description="Its port: 587 for submission with STARTTLS, 465 for TLS.")
-    security: Literal["none", "starttls", "tls"] = Field("starttls", description="How the connection is secured.")
-    username: str = Field("", description="The login (empty: no login).")
-    password_env: str = Field("DIGEST_SMTP_PASSWORD",
+    host: str = Field(default="localhost", description="The SMTP server.")
+    port: int = Field(default=25, ge=1, le=65535,
+                      description="Its port: 587 for submission with STARTTLS, 465 for TLS.")
+    security: Literal["none", "starttls", "tls"] = Field(default="starttls",
+                                                         description="How the connection is secured.")
+    username: str = Field(default="", description="The login (empty: no login).")
+    password_env: str = Field(default="DIGEST_SMTP_PASSWORD",
                               description="The environment variable that holds the password (never this file).")
-    max_per_second: float = Field(0.0, ge=0, description="Messages per second at most (0: no cap).")
-    timeout_seconds: Seconds = Field(30.0, description="One SMTP conversation step.")
+    max_per_second: float = Field(default=0.0, ge=0, description="Messages per second at most (0: no cap).")
+    timeout_seconds: Seconds = Field(default=30.0, description="One SMTP conversation step.")
 
     @property
     def password(self) -> str:
@@ -231,24 +236,25 @@ class SMTPSettings(_Table):
 
 
 class SendGridSettings(_Table):
-    api_url: HttpURL = Field("https://api.sendgrid.com", description="The API's address.",
+    api_url: HttpURL = Field(default="https://api.sendgrid.com", description="The API's address.",
                              json_schema_extra={"env": ENV_SENDGRID_API_URL})
-    concurrency: int = Field(4, ge=1, description="mail/send requests in flight at once.")
+    concurrency: int = Field(default=4, ge=1, description="mail/send requests in flight at once.")
     # SendGrid's v3 mail/send takes at most 1000 personalizations per request
     # (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/mail-send)
-    batch_size: int = Field(1000, ge=1, le=1000, description="Readers per request (SendGrid's limit is 1000).")
-    max_retries: Count = Field(5, description="Retries of a request after a 5xx or a dropped connection.")
-    webhook_public_key: str = Field("", description="The Signed Event Webhook's verification key (base64 DER).")
+    batch_size: int = Field(default=1000, ge=1, le=1000, description="Readers per request (SendGrid's limit is 1000).")
+    max_retries: Count = Field(default=5, description="Retries of a request after a 5xx or a dropped connection.")
+    webhook_public_key: str = Field(default="", description="The Signed Event Webhook's verification key (base64 DER).")
     webhook_max_age_seconds: int = Field(
-        600, ge=1, description="An event webhook call signed longer ago than this is refused (replays).")
-    timeout_seconds: Seconds = Field(60.0, description="One mail/send request.")
+        default=600, ge=1, description="An event webhook call signed longer ago than this is refused (replays).")
+    timeout_seconds: Seconds = Field(default=60.0, description="One mail/send request.")
     backoff_seconds: float = Field(
-        0.5, ge=0, description="The first retry's delay after a 5xx or a dropped connection (doubles, with "
-                               "jitter).")
+        default=0.5, ge=0,
+        description="The first retry's delay after a 5xx or a dropped connection (doubles, with jitter).")
     retry_unanswered: bool = Field(
-        False, description="A request whose connection dropped after it was sent in full (no answer) is sent "
-                           "again (true), or its readers are left of unknown fate for `digest deliveries "
-                           "resolve` (false: exactly once first, never a possible duplicate).")
+        default=False,
+        description="A request whose connection dropped after it was sent in full (no answer) is sent again (true), "
+                    "or its readers are left of unknown fate for `digest deliveries resolve` (false: exactly once "
+                    "first, never a possible duplicate).")
 
     @property
     def api_key(self) -> str:
@@ -256,9 +262,9 @@ class SendGridSettings(_Table):
 
 
 class Delivery(_Table):
-    transport: Literal["outbox", "smtp", "sendgrid"] = Field("outbox", description="How the email goes out.")
-    outbox_dir: str = Field("outbox", description='One .eml file per reader here (transport = "outbox").')
-    list: str = Field("weekly", description="The list whose active members receive the digest.")
+    transport: Literal["outbox", "smtp", "sendgrid"] = Field(default="outbox", description="How the email goes out.")
+    outbox_dir: str = Field(default="outbox", description='One .eml file per reader here (transport = "outbox").')
+    list: str = Field(default="weekly", description="The list whose active members receive the digest.")
     smtp: SMTPSettings = Field(default_factory=SMTPSettings, description='The SMTP transport (transport = "smtp").')
     sendgrid: SendGridSettings = Field(
         default_factory=SendGridSettings,
@@ -266,48 +272,50 @@ class Delivery(_Table):
 
 
 class Schedule(_Table):
-    day_of_week: str = Field("mon", description="The send day(s), cron style: mon, mon-fri, mon,thu.")
-    hour: int = Field(7, description="The send's hour (0..23) in publication.timezone.")
-    minute: int = Field(0, description="The send's minute (0..59).")
-    review_hours: int = Field(24, description="The draft is built this long before the send, for the editors.")
-    min_articles: Count = Field(1, description="Fewer new articles than this make an empty issue.")
-    when_empty: Literal["skip", "send", "hold"] = Field("skip", description="What an empty issue does.")
+    day_of_week: str = Field(default="mon", description="The send day(s), cron style: mon, mon-fri, mon,thu.")
+    hour: int = Field(default=7, description="The send's hour (0..23) in publication.timezone.")
+    minute: int = Field(default=0, description="The send's minute (0..59).")
+    review_hours: int = Field(default=24, description="The draft is built this long before the send, for the editors.")
+    min_articles: Count = Field(default=1, description="Fewer new articles than this make an empty issue.")
+    when_empty: Literal["skip", "send", "hold"] = Field(default="skip", description="What an empty issue does.")
     if_not_approved: Literal["send", "hold"] = Field(
-        "hold", description="What a draft nobody approved does at the send time.")
+        default="hold", description="What a draft nobody approved does at the send time.")
     misfire_grace_seconds: int = Field(
-        3600, ge=1, description="A send missed (the scheduler was down) still runs this late.")
-    editors: tuple[Email, ...] = Field((), description="Who is mailed the draft to review.")
+        default=3600, ge=1, description="A send missed (the scheduler was down) still runs this late.")
+    editors: tuple[Email, ...] = Field(default=(), description="Who is mailed the draft to review.")
     check_links: bool = Field(
-        True, description="Scheduled drafts check every link (false where the host has no outbound HTTP).")
+        default=True, description="Scheduled drafts check every link (false where the host has no outbound HTTP).")
     lock_expiry_seconds: int = Field(
-        120, ge=30, description="A scheduler silent this long is taken for dead and its lock can be taken over "
-                                "(shorter would let a standby take over from a live one between heartbeats).")
+        default=120, ge=30,
+        description="A scheduler silent this long is taken for dead and its lock can be taken over (shorter would "
+                    "let a standby take over from a live one between heartbeats).")
 
 
 class Subscribers(_Table):
-    confirm_expiry_days: int = Field(7, ge=1, description="A confirmation link works this long.")
+    confirm_expiry_days: int = Field(default=7, ge=1, description="A confirmation link works this long.")
     link_expiry_days: int = Field(
-        365, ge=60, description="Unsubscribe and preference links work this long (an unsubscribe link must "
-                                "keep working well after the send: CAN-SPAM asks 30 days).")
+        default=365, ge=60,
+        description="Unsubscribe and preference links work this long (an unsubscribe link must keep working well "
+                    "after the send: CAN-SPAM asks 30 days).")
     resend_confirm_minutes: Count = Field(
-        60, description="A second sign-up within this time sends no second confirmation email.")
+        default=60, description="A second sign-up within this time sends no second confirmation email.")
 
 
 class Web(_Table):
     """`digest serve`: sessions of editors and admins, and the per-process limits on public forms."""
 
-    session_hours: int = Field(12, ge=1, description="An editor's login lasts this long.")
-    subscribe_limit: int = Field(5, ge=1, description="Sign-ups per IP address (in-process sliding window) ...")
-    subscribe_window_seconds: int = Field(600, ge=1, description="... within this window.")
-    login_limit: int = Field(10, ge=1, description="Login attempts per IP address ...")
-    login_window_seconds: int = Field(600, ge=1, description="... within this window.")
+    session_hours: int = Field(default=12, ge=1, description="An editor's login lasts this long.")
+    subscribe_limit: int = Field(default=5, ge=1, description="Sign-ups per IP address (in-process sliding window) ...")
+    subscribe_window_seconds: int = Field(default=600, ge=1, description="... within this window.")
+    login_limit: int = Field(default=10, ge=1, description="Login attempts per IP address ...")
+    login_window_seconds: int = Field(default=600, ge=1, description="... within this window.")
     forwarded_allow_ips: str = Field(
-        "", description='Proxies trusted for X-Forwarded-For (uvicorn), e.g. "127.0.0.1" (empty: ignored).')
-    page_size: int = Field(50, ge=10, le=500, description="Subscribers per admin page.")
+        default="", description='Proxies trusted for X-Forwarded-For (uvicorn), e.g. "127.0.0.1" (empty: ignored).')
+    page_size: int = Field(default=50, ge=10, le=500, description="Subscribers per admin page.")
 
 
 class Database(_Table):
-    url: str = Field("sqlite:///digest.db",
+    url: str = Field(default="sqlite:///digest.db",
                      description="SQLAlchemy URL: sqlite:///relative/to/this/file.db or "
                                  "postgresql+psycopg://user@host/db.",
                      json_schema_extra={"env": ENV_DATABASE_URL})
@@ -380,7 +388,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: 
     try:
         parsed = DigestFile.model_validate(data, context={"base_dir": cfg.parent})
     except ValidationError as e:
-        raise ConfigError("\n".join(_problem(cfg, error) for error in e.errors())) from None
+        raise ConfigError("\n".join(_problem(cfg, error) for error in _first_causes(e.errors()))) from None
     key = _secret_key(cfg, parsed.database.url, create_secret)
     return Settings(**dict(parsed), path=cfg, secret_key=key)
 
@@ -451,21 +459,37 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
+def _first_causes(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """Unknown keys first; and a missing key is not reported when a misspelling of it is (`[publicatio]`
+    is one mistake, not two)."""
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    suggested = {(*e["loc"][:-1], *difflib.get_close_matches(str(e["loc"][-1]), known, n=1))
+                 for e in unknown for known in [_known_keys(e["loc"])]}
+    rest = [e for e in errors if e["type"] != "extra_forbidden"
+            and not (e["type"] == "missing" and tuple(e["loc"]) in suggested)]
+    return unknown + rest
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    table, _ = _field_at(loc)
+    return list(table.model_fields) if table is not None else []
+
+
 def _problem(cfg: Path, error: ErrorDetails) -> str:
     """One validation error as one line: the file, the full key, the reason (and a suggestion)."""
     loc, kind, value, ctx = error["loc"], error["type"], error.get("input"), error.get("ctx") or {}
     key = _dotted(loc)
     table, field = _field_at(loc)
     if kind == "extra_forbidden":
-        known = list(table.model_fields) if table is not None else []
+        known = _known_keys(loc)
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        is_table = isinstance(value, dict) or (isinstance(value, list | tuple) and value
-                                               and all(isinstance(v, dict) for v in value))
-        if is_table:
+        array = isinstance(value, list | tuple) and bool(value) and all(isinstance(v, dict) for v in value)
+        if isinstance(value, dict) or array:
             prefix = _dotted(loc[:-1]) + "." if len(loc) > 1 else ""
-            hint = f"did you mean [{prefix}{close[0]}]?" if close else \
+            left, right = ("[[", "]]") if array else ("[", "]")
+            hint = f"did you mean {left}{prefix}{close[0]}{right}?" if close else \
                 "known sections here: " + ", ".join(f"[{prefix}{k}]" for k in known)
-            return f"{cfg}: unknown section [{key}] ({hint})"
+            return f"{cfg}: unknown section {left}{key}{right} ({hint})"
         hint = f"did you mean `{close[0]}`?" if close else f"known keys here: {', '.join(known)}"
         return f"{cfg}: unknown key {key} ({hint})"
     if field is not None and _model_in(field.annotation) is not None and kind == "missing":

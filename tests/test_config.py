@@ -95,6 +95,8 @@ def digest_cli(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     ("[delivery]\n", "[delivry]\n", "unknown section [delivry] (did you mean [delivery]?)"),
     ("[delivery.sendgrid]\n", "[delivery.sendgird]\n",
      "unknown section [delivery.sendgird] (did you mean [delivery.sendgrid]?)"),
+    ("[publication]\n", "[publicatio]\n",  # one mistake, one line: not also "[publication] is missing"
+     "unknown section [publicatio] (did you mean [publication]?)"),
     ("concurrency = 4", 'concurrency = "four"', "delivery.sendgrid.concurrency must be an integer, not 'four'"),
     ("editors = [", "editor = [", "unknown key schedule.editor (did you mean `editors`?)"),
 ])
