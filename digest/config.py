@@ -1,18 +1,38 @@
 """Settings from digest.toml and the environment: the one place configuration keys are named.
 
-Every key is read here and validated here, so the CLI, the scheduler and the web app see the same
-values and a bad key is reported once, naming the key and the file.
+Each key is declared once below, in pydantic models: its name, type, default, constraints and help.
+`load_settings` reads the file through them, and `commented_toml` writes the commented file that
+`digest init` leaves from the same declarations, so the file and the code cannot disagree. A bad or
+unknown key is a ConfigError naming the file and the key (and, for a misspelling, the nearest known
+key), one line per problem: never a pydantic dump.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import secrets
+import textwrap
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import annotated_types
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from digest.errors import ConfigError
 
@@ -24,154 +44,318 @@ ENV_SENDGRID_API_KEY = "SENDGRID_API_KEY"
 ENV_SENDGRID_API_URL = "DIGEST_SENDGRID_API_URL"
 SECRET_FILE = ".digest-secret"
 
+FILE_HEADER = """\
+digest.toml: the configuration of one publication's weekly digest, written by `digest init`.
+Relative paths are relative to this file. A line `#key = value` shows a key's default: remove the `#`
+to change it. Secrets never go here: they come from the environment (DIGEST_SECRET_KEY signs reader
+links, SENDGRID_API_KEY, and the SMTP password variable named by delivery.smtp.password_env)."""
 
-@dataclass(frozen=True)
-class Publication:
-    name: str
-    site_url: str
-    public_url: str
-    from_email: str
-    from_name: str
-    reply_to: str
-    postal_address: str
-    timezone: str = "UTC"
+
+class _Invalid(ValueError):
+    """A validator's reason, optionally about a key below the one being validated (`url` of [appeal])."""
+
+    def __init__(self, reason: str, key: str = "") -> None:
+        super().__init__(reason)
+        self.key = key
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise _Invalid(f"must be an http(s) URL, not {value!r}")
+    return value.rstrip("/")
+
+
+def _email(value: str) -> str:
+    if "@" not in value:
+        raise _Invalid(f"{value!r} is not an email address")
+    return value
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _Invalid(f"{value!r} is not a known time zone") from None
+    return value
+
+
+HttpURL = Annotated[str, AfterValidator(_http_url)]
+Email = Annotated[str, AfterValidator(_email)]
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
+Count = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+def _env(field: FieldInfo) -> str:
+    """The environment variable that overrides a key, declared beside it as json_schema_extra={"env": ...}."""
+    extra = field.json_schema_extra
+    return str(extra.get("env", "")) if isinstance(extra, dict) else ""
+
+
+class _Table(BaseModel):
+    """A table of digest.toml: values typed as TOML types them (strict), unknown keys refused, frozen."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_toml(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        # an empty string is an unset key, as it always was: a required key left "" is reported missing
+        # and an optional one takes its default; TOML arrays become the tuples of a frozen model
+        table = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if v != ""}
+        for name, field in cls.model_fields.items():
+            env = _env(field)
+            if env and os.environ.get(env):
+                table[name] = os.environ[env]
+        return table
+
+
+class Publication(_Table):
+    name: str = Field(description="The publication's name: the email's title and the archive's heading.")
+    site_url: HttpURL = Field(description="The publication's own website (the masthead links here).")
+    public_url: HttpURL = Field(
+        description="Where `digest serve` answers: links in the email (unsubscribe, preferences, archive) "
+                    "point here.")
+    from_email: Email = Field(description="The sender's address.")
+    from_name: str = Field(default="", description="The sender's name as readers see it.")
+    reply_to: str = Field(default="", description="Where replies go (empty: from_email).")
+    postal_address: str = Field(
+        description="Sender identification, required in every email's footer (Spam Act 2003, CAN-SPAM).")
+    timezone: TimeZone = Field(
+        default="UTC",
+        description="The publication's time zone (IANA name): the schedule and the dates in the email are in it.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reply_to_sender(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("reply_to") and isinstance(data.get("from_email"), str):
+            return {**data, "reply_to": data["from_email"]}
+        return data
 
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
 
-@dataclass(frozen=True)
-class Sources:
-    feeds: tuple[str, ...] = ()
-    directory: str = ""
-    window_days: int = 7
-    max_articles: int = 8
-    headlines: int = 6
-    featured_listings: int = 3
-    rotation_issues: int = 4
-    timeout_seconds: float = 10.0
-    max_feed_bytes: int = 5_000_000
-    stale_runs: int = 3
-    summary_chars: int = 240
+class Sources(_Table):
+    feeds: tuple[str, ...] = Field(default=(), description="RSS 2.0 / Atom feeds: URLs or file paths.")
+    directory: str = Field(
+        default="",
+        description="The supplier directory: CSV (name,url,summary,categories,logo,tier) or JSON, a path or a URL.")
+    window_days: Count = Field(default=7, description="Articles since the last issue, at most this many days back.")
+    max_articles: Count = Field(default=8, description="Articles with a summary: the top story and the latest news.")
+    headlines: Count = Field(default=6, description='"More news": date and title only.')
+    featured_listings: Count = Field(default=3, description="Suppliers featured per issue.")
+    rotation_issues: Count = Field(
+        default=4, description="No supplier featured twice within this many issues (unless there are too few).")
+    timeout_seconds: Seconds = Field(default=10.0, description="One feed or directory download.")
+    max_feed_bytes: int = Field(default=5_000_000, gt=0, description="A larger feed is refused, not read.")
+    stale_runs: Count = Field(
+        default=3, description="A feed that brings nothing new this many runs in a row is reported as stale.")
+    summary_chars: Count = Field(default=240, description="An article's summary is cut to about this many characters.")
 
 
-@dataclass(frozen=True)
-class AppealVariant:
-    key: str
-    title: str
-    body: str
-    button: str
-    url: str
+class AppealVariant(_Table):
+    """One appeal: the main one is [appeal] itself; further ones are [[appeal.variants]]."""
+
+    key: str = Field(
+        default="",
+        description="Its name in the editions and the report (default v1, v2, ... in order, and thank_you).")
+    title: str = Field(description="The heading.")
+    body: str = Field(description="The text; blank lines separate paragraphs.")
+    button: str = Field(default="Subscribe", description="The button's label.")
+    url: str = Field(default="", description="Where the button leads (required, except for the thank-you).")
 
 
-@dataclass(frozen=True)
-class Appeal:
-    title: str = ""
-    body: str = ""
-    button: str = ""
-    url: str = ""
-    variants: tuple[AppealVariant, ...] = ()
-    thank_you: AppealVariant | None = None
-    rotate: str = "issue"  # "issue" | "reader"
-    quiet_issues_after_click: int = 4
+class Appeal(_Table):
+    title: str = Field(default="", description="The appeal shown in each issue: its heading (empty: no appeal).")
+    body: str = Field(default="", description="The appeal's text; blank lines separate paragraphs.")
+    button: str = Field(default="Subscribe", description="The button's label.")
+    url: str = Field(default="", description="Where the button leads (required with a title).")
+    variants: tuple[AppealVariant, ...] = Field(
+        default=(), description="Further appeals, shown in turn with the main one.")
+    thank_you: AppealVariant | None = Field(
+        default=None, description="Shown instead to readers who followed an appeal's link.")
+    rotate: Literal["issue", "reader"] = Field(
+        default="issue", description="Variants change with each issue, or are spread across the readers of one issue.")
+    quiet_issues_after_click: Count = Field(
+        default=4,
+        description="A reader who followed an appeal's link sees none (or the thank-you) for this many issues.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variant_keys(cls, data: Any) -> Any:
+        """Unnamed variants are v1, v2, ... in order, and the thank-you is thank_you."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("variants"), list | tuple):
+            data["variants"] = tuple({"key": f"v{i + 1}", **v} if isinstance(v, dict) and not v.get("key") else v
+                                     for i, v in enumerate(data["variants"]))
+        thanks = data.get("thank_you")
+        if isinstance(thanks, dict) and not thanks.get("key"):
+            data["thank_you"] = {**thanks, "key": "thank_you"}
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.title and not self.url:
+            raise _Invalid("is missing (an appeal with a title needs somewhere to lead)", key="url")
+        for i, variant in enumerate(self.variants):
+            if not variant.url:
+                raise _Invalid("is missing", key=f"variants[{i}].url")
+        keys = [v.key for v in (*self.all_variants(), self.thank_you) if v is not None]
+        if len(set(keys)) != len(keys):
+            raise _Invalid(f"variant keys must differ (they name the editions and the report): {', '.join(keys)}")
+        return self
 
     def all_variants(self) -> tuple[AppealVariant, ...]:
         """The main appeal first, then any extra variants."""
-        main = AppealVariant("main", self.title, self.body, self.button, self.url) if self.title else None
+        main = AppealVariant(key="main", title=self.title, body=self.body, button=self.button,
+                             url=self.url) if self.title else None
         return tuple(v for v in (main, *self.variants) if v is not None)
 
 
-@dataclass(frozen=True)
-class SMTPSettings:
-    host: str = "localhost"
-    port: int = 25
-    security: str = "starttls"  # "none" | "starttls" | "tls"
-    username: str = ""
-    password_env: str = "DIGEST_SMTP_PASSWORD"
-    max_per_second: float = 0.0  # 0: no cap
-    timeout_seconds: float = 30.0
+class SMTPSettings(_Table):
+    host: str = Field(default="localhost", description="The SMTP server.")
+    port: int = Field(default=25, ge=1, le=65535,
+                      description="Its port: 587 for submission with STARTTLS, 465 for TLS.")
+    security: Literal["none", "starttls", "tls"] = Field(default="starttls",
+                                                         description="How the connection is secured.")
+    username: str = Field(default="", description="The login (empty: no login).")
+    password_env: str = Field(default="DIGEST_SMTP_PASSWORD",
+                              description="The environment variable that holds the password (never this file).")
+    max_per_second: float = Field(default=0.0, ge=0, description="Messages per second at most (0: no cap).")
+    timeout_seconds: Seconds = Field(default=30.0, description="One SMTP conversation step.")
 
     @property
     def password(self) -> str:
         return os.environ.get(self.password_env, "")
 
 
-@dataclass(frozen=True)
-class SendGridSettings:
-    api_url: str = "https://api.sendgrid.com"
-    concurrency: int = 4
-    batch_size: int = 1000
-    max_retries: int = 5
-    webhook_public_key: str = ""
-    webhook_max_age_seconds: int = 600
-    timeout_seconds: float = 60.0  # one mail/send request
-    backoff_seconds: float = 0.5  # first retry delay after a 5xx or a dropped connection (doubles, with jitter)
-    #: a request whose connection dropped after it was fully sent (no answer) is sent again (true), or its
-    #: readers are left of unknown fate for `digest deliveries resolve` (false: never a possible duplicate)
-    retry_unanswered: bool = False  # exactly once first: an unanswered request is left for an admin
+class SendGridSettings(_Table):
+    api_url: HttpURL = Field(default="https://api.sendgrid.com", description="The API's address.",
+                             json_schema_extra={"env": ENV_SENDGRID_API_URL})
+    concurrency: int = Field(default=4, ge=1, description="mail/send requests in flight at once.")
+    # SendGrid's v3 mail/send takes at most 1000 personalizations per request
+    # (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/mail-send)
+    batch_size: int = Field(default=1000, ge=1, le=1000, description="Readers per request (SendGrid's limit is 1000).")
+    max_retries: Count = Field(default=5, description="Retries of a request after a 5xx or a dropped connection.")
+    webhook_public_key: str = Field(default="", description="The Signed Event Webhook's verification key (base64 DER).")
+    webhook_max_age_seconds: int = Field(
+        default=600, ge=1, description="An event webhook call signed longer ago than this is refused (replays).")
+    timeout_seconds: Seconds = Field(default=60.0, description="One mail/send request.")
+    backoff_seconds: float = Field(
+        default=0.5, ge=0,
+        description="The first retry's delay after a 5xx or a dropped connection (doubles, with jitter).")
+    retry_unanswered: bool = Field(
+        default=False,
+        description="A request whose connection dropped after it was sent in full (no answer) is sent again (true), "
+                    "or its readers are left of unknown fate for `digest deliveries resolve` (false: exactly once "
+                    "first, never a possible duplicate).")
 
     @property
     def api_key(self) -> str:
         return os.environ.get(ENV_SENDGRID_API_KEY, "")
 
 
-@dataclass(frozen=True)
-class Delivery:
-    transport: str = "outbox"
-    outbox_dir: str = "outbox"
-    list: str = "weekly"
-    smtp: SMTPSettings = field(default_factory=SMTPSettings)
-    sendgrid: SendGridSettings = field(default_factory=SendGridSettings)
+class Delivery(_Table):
+    transport: Literal["outbox", "smtp", "sendgrid"] = Field(default="outbox", description="How the email goes out.")
+    outbox_dir: str = Field(default="outbox", description='One .eml file per reader here (transport = "outbox").')
+    list: str = Field(default="weekly", description="The list whose active members receive the digest.")
+    smtp: SMTPSettings = Field(default_factory=SMTPSettings, description='The SMTP transport (transport = "smtp").')
+    sendgrid: SendGridSettings = Field(
+        default_factory=SendGridSettings,
+        description=f'The SendGrid transport (transport = "sendgrid"); its API key comes from {ENV_SENDGRID_API_KEY}.')
 
 
-@dataclass(frozen=True)
-class Schedule:
-    day_of_week: str = "mon"
-    hour: int = 7
-    minute: int = 0
-    review_hours: int = 24
-    min_articles: int = 1
-    when_empty: str = "skip"  # skip | send | hold
-    if_not_approved: str = "hold"  # send | hold
-    misfire_grace_seconds: int = 3600
-    editors: tuple[str, ...] = ()
-    check_links: bool = True  # scheduled drafts HEAD every link (false where the host has no outbound HTTP)
-    lock_expiry_seconds: int = 120  # a scheduler silent this long is taken for dead; its lock can be taken over
+class Schedule(_Table):
+    day_of_week: str = Field(default="mon", description="The send day(s), cron style: mon, mon-fri, mon,thu.")
+    hour: int = Field(default=7, description="The send's hour (0..23) in publication.timezone.")
+    minute: int = Field(default=0, description="The send's minute (0..59).")
+    review_hours: int = Field(default=24, description="The draft is built this long before the send, for the editors.")
+    min_articles: Count = Field(default=1, description="Fewer new articles than this make an empty issue.")
+    when_empty: Literal["skip", "send", "hold"] = Field(default="skip", description="What an empty issue does.")
+    if_not_approved: Literal["send", "hold"] = Field(
+        default="hold", description="What a draft nobody approved does at the send time.")
+    misfire_grace_seconds: int = Field(
+        default=3600, ge=1, description="A send missed (the scheduler was down) still runs this late.")
+    editors: tuple[Email, ...] = Field(default=(), description="Who is mailed the draft to review.")
+    check_links: bool = Field(
+        default=True, description="Scheduled drafts check every link (false where the host has no outbound HTTP).")
+    lock_expiry_seconds: int = Field(
+        default=120, ge=30,
+        description="A scheduler silent this long is taken for dead and its lock can be taken over (shorter would "
+                    "let a standby take over from a live one between heartbeats).")
 
 
-@dataclass(frozen=True)
-class Subscribers:
-    confirm_expiry_days: int = 7
-    link_expiry_days: int = 365
-    resend_confirm_minutes: int = 60
+class Subscribers(_Table):
+    confirm_expiry_days: int = Field(default=7, ge=1, description="A confirmation link works this long.")
+    link_expiry_days: int = Field(
+        default=365, ge=60,
+        description="Unsubscribe and preference links work this long (an unsubscribe link must keep working well "
+                    "after the send: CAN-SPAM asks 30 days).")
+    resend_confirm_minutes: Count = Field(
+        default=60, description="A second sign-up within this time sends no second confirmation email.")
 
 
-@dataclass(frozen=True)
-class Web:
+class Web(_Table):
     """`digest serve`: sessions of editors and admins, and the per-process limits on public forms."""
 
-    session_hours: int = 12
-    subscribe_limit: int = 5  # /subscribe posts per IP per window (in-process sliding window)
-    subscribe_window_seconds: int = 600
-    login_limit: int = 10  # login attempts per IP per window
-    login_window_seconds: int = 600
-    forwarded_allow_ips: str = ""  # proxies trusted for X-Forwarded-For (uvicorn), e.g. "127.0.0.1"
-    page_size: int = 50  # subscribers per admin page
+    session_hours: int = Field(default=12, ge=1, description="An editor's login lasts this long.")
+    subscribe_limit: int = Field(default=5, ge=1, description="Sign-ups per IP address (in-process sliding window) ...")
+    subscribe_window_seconds: int = Field(default=600, ge=1, description="... within this window.")
+    login_limit: int = Field(default=10, ge=1, description="Login attempts per IP address ...")
+    login_window_seconds: int = Field(default=600, ge=1, description="... within this window.")
+    forwarded_allow_ips: str = Field(
+        default="", description='Proxies trusted for X-Forwarded-For (uvicorn), e.g. "127.0.0.1" (empty: ignored).')
+    page_size: int = Field(default=50, ge=10, le=500, description="Subscribers per admin page.")
 
 
-@dataclass(frozen=True)
-class Settings:
+class Database(_Table):
+    url: str = Field(default="sqlite:///digest.db",
+                     description="SQLAlchemy URL: sqlite:///relative/to/this/file.db or "
+                                 "postgresql+psycopg://user@host/db.",
+                     json_schema_extra={"env": ENV_DATABASE_URL})
+
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, url: str, info: ValidationInfo) -> str:
+        if "://" not in url:
+            raise _Invalid(f"{url!r} is not a database URL (e.g. sqlite:///digest.db)")
+        base = (info.context or {}).get("base_dir")
+        if base and url.startswith("sqlite:///") and not url.startswith("sqlite:////") \
+                and url != "sqlite:///:memory:":
+            url = "sqlite:///" + str((Path(base) / url.removeprefix("sqlite:///")).resolve())
+        return url
+
+
+class DigestFile(_Table):
+    """digest.toml: its sections, in the order `digest init` writes them."""
+
+    publication: Publication = Field(description="Who sends the digest.")
+    sources: Sources = Field(default_factory=Sources, description="What goes into an issue.")
+    appeal: Appeal = Field(default_factory=Appeal, description="The appeal box (for support, a subscription).")
+    delivery: Delivery = Field(default_factory=Delivery, description="How issues reach the readers.")
+    schedule: Schedule = Field(default_factory=Schedule, description="`digest schedule`: when drafts are built "
+                                                                     "and issues sent.")
+    subscribers: Subscribers = Field(default_factory=Subscribers, description="Reader links and sign-ups.")
+    web: Web = Field(default_factory=Web, description=Web.__doc__ or "")
+    database: Database = Field(default_factory=Database, description="Where the ledger, readers and issues live.")
+
+
+class Settings(DigestFile):
+    """What a command, the scheduler or the web app runs with: the file's tables, where the file is, and
+    the signing key (never in the file, never in a repr)."""
+
     path: Path
-    publication: Publication
-    sources: Sources
-    appeal: Appeal
-    delivery: Delivery
-    database_url: str
-    secret_key: str
-    schedule: Schedule = field(default_factory=Schedule)
-    subscribers: Subscribers = field(default_factory=Subscribers)
-    web: Web = field(default_factory=Web)
+    secret_key: str = Field(repr=False)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url
 
     @property
     def base_dir(self) -> Path:
@@ -190,54 +374,8 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
 
 
-def _section(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
-    value = data.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: [{name}] must be a table")
-    return value
-
-
-def _get(table: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str, path: Path,
-         default: Any = ..., choices: tuple[str, ...] = ()) -> Any:
-    if key not in table or table[key] in ("", None):
-        if default is ...:
-            raise ConfigError(f"{path}: {where}.{key} is missing")
-        return default
-    value = table[key]
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        raise ConfigError(f"{path}: {where}.{key} must be a {names}, not {value!r}")
-    if choices and value not in choices:
-        raise ConfigError(f"{path}: {where}.{key} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
-def _positive(value: int, key: str, path: Path) -> int:
-    if value < 0:
-        raise ConfigError(f"{path}: {key} must not be negative, not {value}")
-    return value
-
-
-def _url(value: str, key: str, path: Path) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{path}: {key} must be an http(s) URL, not {value!r}")
-    return value.rstrip("/")
-
-
-def _variant(table: dict[str, Any], key: str, where: str, path: Path, *, url_required: bool = True) -> AppealVariant:
-    return AppealVariant(
-        key=str(table.get("key", key)),
-        title=_get(table, "title", str, where, path),
-        body=_get(table, "body", str, where, path),
-        button=_get(table, "button", str, where, path, "Subscribe"),
-        url=_get(table, "url", str, where, path, ... if url_required else ""),  # a thank-you may ask nothing
-    )
-
-
 def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: bool = False) -> Settings:
-    """Read and validate the config file, then apply environment overrides."""
+    """Read and validate the config file, with the environment's overrides and the signing key."""
     cfg = config_path(path)
     if not cfg.exists():
         raise ConfigError(f"{cfg}: config file not found (run `digest init` to write one, or pass --config)")
@@ -246,149 +384,13 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: 
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{cfg}: not valid TOML: {e}") from None
     cfg = cfg.resolve()
-
-    pub = _section(data, "publication", cfg)
-    tz = _get(pub, "timezone", str, "publication", cfg, "UTC")
+    data.setdefault("database", {})  # validated with the context below even when absent (relative sqlite)
     try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{cfg}: publication.timezone {tz!r} is not a known time zone") from None
-    from_email = _get(pub, "from_email", str, "publication", cfg)
-    if "@" not in from_email:
-        raise ConfigError(f"{cfg}: publication.from_email {from_email!r} is not an email address")
-    publication = Publication(
-        name=_get(pub, "name", str, "publication", cfg),
-        site_url=_url(_get(pub, "site_url", str, "publication", cfg), "publication.site_url", cfg),
-        public_url=_url(_get(pub, "public_url", str, "publication", cfg), "publication.public_url", cfg),
-        from_email=from_email,
-        from_name=_get(pub, "from_name", str, "publication", cfg, ""),
-        reply_to=_get(pub, "reply_to", str, "publication", cfg, from_email),
-        postal_address=_get(pub, "postal_address", str, "publication", cfg),
-        timezone=tz,
-    )
-
-    src = _section(data, "sources", cfg)
-    feeds = _get(src, "feeds", list, "sources", cfg, [])
-    if not all(isinstance(f, str) for f in feeds):
-        raise ConfigError(f"{cfg}: sources.feeds must be a list of URLs or paths")
-    sources = Sources(
-        feeds=tuple(feeds),
-        directory=_get(src, "directory", str, "sources", cfg, ""),
-        window_days=_positive(_get(src, "window_days", int, "sources", cfg, 7), "sources.window_days", cfg),
-        max_articles=_positive(_get(src, "max_articles", int, "sources", cfg, 8), "sources.max_articles", cfg),
-        headlines=_positive(_get(src, "headlines", int, "sources", cfg, 6), "sources.headlines", cfg),
-        featured_listings=_positive(
-            _get(src, "featured_listings", int, "sources", cfg, 3), "sources.featured_listings", cfg),
-        rotation_issues=_positive(
-            _get(src, "rotation_issues", int, "sources", cfg, 4), "sources.rotation_issues", cfg),
-        timeout_seconds=_get(src, "timeout_seconds", float, "sources", cfg, 10.0),
-        max_feed_bytes=_get(src, "max_feed_bytes", int, "sources", cfg, 5_000_000),
-        stale_runs=_get(src, "stale_runs", int, "sources", cfg, 3),
-        summary_chars=_get(src, "summary_chars", int, "sources", cfg, 240),
-    )
-
-    ap = _section(data, "appeal", cfg)
-    variants = tuple(_variant(v, f"v{i + 1}", f"appeal.variants[{i}]", cfg)
-                     for i, v in enumerate(_get(ap, "variants", list, "appeal", cfg, [])))
-    thank = _get(ap, "thank_you", dict, "appeal", cfg, None)
-    appeal = Appeal(
-        title=_get(ap, "title", str, "appeal", cfg, ""),
-        body=_get(ap, "body", str, "appeal", cfg, ""),
-        button=_get(ap, "button", str, "appeal", cfg, "Subscribe"),
-        url=_get(ap, "url", str, "appeal", cfg, ""),
-        variants=variants,
-        thank_you=_variant(thank, "thank_you", "appeal.thank_you", cfg, url_required=False) if thank else None,
-        rotate=_get(ap, "rotate", str, "appeal", cfg, "issue", choices=("issue", "reader")),
-        quiet_issues_after_click=_get(ap, "quiet_issues_after_click", int, "appeal", cfg, 4),
-    )
-    if appeal.title and not appeal.url:
-        raise ConfigError(f"{cfg}: appeal.url is missing")
-    appeal_keys = [v.key for v in (*appeal.all_variants(), appeal.thank_you) if v is not None]
-    if len(set(appeal_keys)) != len(appeal_keys):
-        raise ConfigError(f"{cfg}: appeal variant keys must differ (they name the editions and the report): "
-                          f"{', '.join(appeal_keys)}")
-
-    dl = _section(data, "delivery", cfg)
-    sm = _section(dl, "smtp", cfg)
-    sg = _section(dl, "sendgrid", cfg)
-    delivery = Delivery(
-        transport=_get(dl, "transport", str, "delivery", cfg, "outbox", choices=("outbox", "smtp", "sendgrid")),
-        outbox_dir=_get(dl, "outbox_dir", str, "delivery", cfg, "outbox"),
-        list=_get(dl, "list", str, "delivery", cfg, "weekly"),
-        smtp=SMTPSettings(
-            host=_get(sm, "host", str, "delivery.smtp", cfg, "localhost"),
-            port=_get(sm, "port", int, "delivery.smtp", cfg, 25),
-            security=_get(sm, "security", str, "delivery.smtp", cfg, "starttls",
-                          choices=("none", "starttls", "tls")),
-            username=_get(sm, "username", str, "delivery.smtp", cfg, ""),
-            password_env=_get(sm, "password_env", str, "delivery.smtp", cfg, "DIGEST_SMTP_PASSWORD"),
-            max_per_second=_get(sm, "max_per_second", float, "delivery.smtp", cfg, 0.0),
-            timeout_seconds=_get(sm, "timeout_seconds", float, "delivery.smtp", cfg, 30.0),
-        ),
-        sendgrid=SendGridSettings(
-            api_url=_url(os.environ.get(ENV_SENDGRID_API_URL)
-                         or _get(sg, "api_url", str, "delivery.sendgrid", cfg, "https://api.sendgrid.com"),
-                         "delivery.sendgrid.api_url", cfg),
-            concurrency=max(1, _get(sg, "concurrency", int, "delivery.sendgrid", cfg, 4)),
-            batch_size=min(1000, max(1, _get(sg, "batch_size", int, "delivery.sendgrid", cfg, 1000))),
-            max_retries=_get(sg, "max_retries", int, "delivery.sendgrid", cfg, 5),
-            webhook_public_key=_get(sg, "webhook_public_key", str, "delivery.sendgrid", cfg, ""),
-            webhook_max_age_seconds=_get(sg, "webhook_max_age_seconds", int, "delivery.sendgrid", cfg, 600),
-            timeout_seconds=_get(sg, "timeout_seconds", float, "delivery.sendgrid", cfg, 60.0),
-            backoff_seconds=_get(sg, "backoff_seconds", float, "delivery.sendgrid", cfg, 0.5),
-            retry_unanswered=_get(sg, "retry_unanswered", bool, "delivery.sendgrid", cfg, False),
-        ),
-    )
-
-    sc = _section(data, "schedule", cfg)
-    schedule = Schedule(
-        day_of_week=_get(sc, "day_of_week", str, "schedule", cfg, "mon"),
-        hour=_get(sc, "hour", int, "schedule", cfg, 7),
-        minute=_get(sc, "minute", int, "schedule", cfg, 0),
-        review_hours=_get(sc, "review_hours", int, "schedule", cfg, 24),
-        min_articles=_get(sc, "min_articles", int, "schedule", cfg, 1),
-        when_empty=_get(sc, "when_empty", str, "schedule", cfg, "skip", choices=("skip", "send", "hold")),
-        if_not_approved=_get(sc, "if_not_approved", str, "schedule", cfg, "hold", choices=("send", "hold")),
-        misfire_grace_seconds=_get(sc, "misfire_grace_seconds", int, "schedule", cfg, 3600),
-        editors=tuple(_get(sc, "editors", list, "schedule", cfg, [])),
-        check_links=_get(sc, "check_links", bool, "schedule", cfg, True),
-        lock_expiry_seconds=max(30, _get(sc, "lock_expiry_seconds", int, "schedule", cfg, 120)),
-    )
-    for i, editor in enumerate(schedule.editors):
-        if not isinstance(editor, str) or "@" not in editor:
-            raise ConfigError(f"{cfg}: schedule.editors[{i}] {editor!r} is not an email address")
-
-    sb = _section(data, "subscribers", cfg)
-    subs = Subscribers(
-        confirm_expiry_days=_get(sb, "confirm_expiry_days", int, "subscribers", cfg, 7),
-        link_expiry_days=max(60, _get(sb, "link_expiry_days", int, "subscribers", cfg, 365)),
-        resend_confirm_minutes=_get(sb, "resend_confirm_minutes", int, "subscribers", cfg, 60),
-    )
-
-    wb = _section(data, "web", cfg)
-    web = Web(
-        session_hours=max(1, _get(wb, "session_hours", int, "web", cfg, 12)),
-        subscribe_limit=max(1, _get(wb, "subscribe_limit", int, "web", cfg, 5)),
-        subscribe_window_seconds=max(1, _get(wb, "subscribe_window_seconds", int, "web", cfg, 600)),
-        login_limit=max(1, _get(wb, "login_limit", int, "web", cfg, 10)),
-        login_window_seconds=max(1, _get(wb, "login_window_seconds", int, "web", cfg, 600)),
-        forwarded_allow_ips=_get(wb, "forwarded_allow_ips", str, "web", cfg, ""),
-        page_size=min(500, max(10, _get(wb, "page_size", int, "web", cfg, 50))),
-    )
-
-    db = _section(data, "database", cfg)
-    url = os.environ.get(ENV_DATABASE_URL) or _get(db, "url", str, "database", cfg, "sqlite:///digest.db")
-    if "://" not in url:
-        raise ConfigError(f"{cfg}: database.url {url!r} is not a database URL (e.g. sqlite:///digest.db)")
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-        url = "sqlite:///" + str((cfg.parent / url.removeprefix("sqlite:///")).resolve())
-
-    return Settings(
-        path=cfg, publication=publication, sources=sources, appeal=appeal, delivery=delivery,
-        database_url=url, secret_key=_secret_key(cfg, url, create_secret), schedule=schedule,
-        subscribers=subs,
-        web=web,
-    )
+        parsed = DigestFile.model_validate(data, context={"base_dir": cfg.parent})
+    except ValidationError as e:
+        raise ConfigError("\n".join(_problem(cfg, error) for error in _first_causes(e.errors()))) from None
+    key = _secret_key(cfg, parsed.database.url, create_secret)
+    return Settings(**dict(parsed), path=cfg, secret_key=key)
 
 
 def _secret_key(cfg: Path, database_url: str, create: bool) -> str:
@@ -410,3 +412,175 @@ def _secret_key(cfg: Path, database_url: str, create: bool) -> str:
     secret.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
     secret.chmod(0o600)
     return secret.read_text(encoding="utf-8").strip()
+
+
+# --- one line per validation problem -----------------------------------------------------------------
+
+_REASONS = {
+    "missing": "is missing",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "tuple_type": "must be a list",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "string_too_short": "must not be empty",
+}
+_RULES = {annotated_types.Ge: ("ge", "at least"), annotated_types.Gt: ("gt", "more than"),
+          annotated_types.Le: ("le", "at most"), annotated_types.Lt: ("lt", "less than")}
+_BOUNDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "more than"),
+           "less_than_equal": ("le", "at most"), "less_than": ("lt", "less than")}
+
+
+def _model_in(annotation: Any) -> type[_Table] | None:
+    """The table type a field holds: itself, or inside `X | None` or `tuple[X, ...]`."""
+    if get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, _Table):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
+
+
+def _field_at(loc: tuple[int | str, ...]) -> tuple[type[_Table] | None, FieldInfo | None]:
+    """The table that holds the key at `loc`, and the key's field (None where unknown)."""
+    table: type[_Table] | None = DigestFile
+    field: FieldInfo | None = None
+    for part in loc:
+        if isinstance(part, int):  # an item of an array of tables: the same table type
+            continue
+        if field is not None:
+            table = _model_in(field.annotation)
+        field = table.model_fields.get(part) if table is not None else None
+        if field is None:
+            return table, None
+    return table, field
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _first_causes(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """Unknown keys first; and a missing key is not reported when a misspelling of it is (`[publicatio]`
+    is one mistake, not two)."""
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    suggested = {(*e["loc"][:-1], *difflib.get_close_matches(str(e["loc"][-1]), known, n=1))
+                 for e in unknown for known in [_known_keys(e["loc"])]}
+    rest = [e for e in errors if e["type"] != "extra_forbidden"
+            and not (e["type"] == "missing" and tuple(e["loc"]) in suggested)]
+    return unknown + rest
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    table, _ = _field_at(loc)
+    return list(table.model_fields) if table is not None else []
+
+
+def _problem(cfg: Path, error: ErrorDetails) -> str:
+    """One validation error as one line: the file, the full key, the reason (and a suggestion)."""
+    loc, kind, value, ctx = error["loc"], error["type"], error.get("input"), error.get("ctx") or {}
+    key = _dotted(loc)
+    table, field = _field_at(loc)
+    if kind == "extra_forbidden":
+        known = _known_keys(loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        array = isinstance(value, list | tuple) and bool(value) and all(isinstance(v, dict) for v in value)
+        if isinstance(value, dict) or array:
+            prefix = _dotted(loc[:-1]) + "." if len(loc) > 1 else ""
+            left, right = ("[[", "]]") if array else ("[", "]")
+            hint = f"did you mean {left}{prefix}{close[0]}{right}?" if close else \
+                "known sections here: " + ", ".join(f"[{prefix}{k}]" for k in known)
+            return f"{cfg}: unknown section {left}{key}{right} ({hint})"
+        hint = f"did you mean `{close[0]}`?" if close else f"known keys here: {', '.join(known)}"
+        return f"{cfg}: unknown key {key} ({hint})"
+    if field is not None and _model_in(field.annotation) is not None and kind == "missing":
+        return f"{cfg}: [{key}] is missing"
+    where = f"{key} (from {_env(field)})" if field is not None and os.environ.get(_env(field)) else key
+    if kind == "value_error" and isinstance(ctx.get("error"), _Invalid):
+        invalid: _Invalid = ctx["error"]
+        if invalid.key:
+            where = f"{where}.{invalid.key}" if where else invalid.key
+        return f"{cfg}: {where} {invalid}"
+    if kind == "literal_error" and field is not None:
+        choices = ", ".join(str(c) for c in get_args(field.annotation))
+        return f"{cfg}: {where} must be one of {choices}, not {value!r}"
+    if kind in _BOUNDS:
+        name, words = _BOUNDS[kind]
+        return f"{cfg}: {where} must be {words} {ctx.get(name)}, not {value!r}"
+    reason = _REASONS.get(kind) or error["msg"][:1].lower() + error["msg"][1:]
+    return f"{cfg}: {where} {reason}" + ("" if kind == "missing" else f", not {value!r}")
+
+
+# --- the commented file `digest init` writes ---------------------------------------------------------
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        if "\n" in value:  # a multi-line basic string; its first newline is not part of the value
+            return '"""\n' + value.replace("\\", "\\\\").replace('"', '\\"') + '"""'
+        return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are TOML's basic-string escapes
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def help_text(field: FieldInfo) -> str:
+    """A key's help as `digest init` writes it: the description, its choices, bounds and environment."""
+    notes: list[str] = []
+    if get_origin(field.annotation) is Literal:
+        notes.append(" | ".join(str(c) for c in get_args(field.annotation)))
+    for rule in field.metadata:
+        for cls, (name, word) in _RULES.items():
+            if isinstance(rule, cls):
+                notes.append(f"{word} {getattr(rule, name)}")
+    if _env(field):
+        notes.append(f"the environment's {_env(field)} overrides it")
+    text = field.description or ""
+    if not notes:
+        return text
+    stop = "." if text.endswith(".") and not text.endswith("...") else ""
+    return f"{text.removesuffix(stop)} ({'; '.join(notes)}){stop}"
+
+
+def _comment(text: str, indent: str = "") -> list[str]:
+    return textwrap.wrap(text, width=100, initial_indent=f"# {indent}", subsequent_indent=f"# {indent}")
+
+
+def _write_table(lines: list[str], name: str, model: type[_Table], help_: str,
+                 values: Mapping[str, Any]) -> None:
+    lines += ["", *_comment(help_), f"[{name}]"]
+    tables: list[tuple[str, FieldInfo]] = []
+    for key, field in model.model_fields.items():
+        inner = _model_in(field.annotation)
+        if inner is not None and field.annotation is inner:
+            tables.append((key, field))  # a sub-table follows this table's own keys
+            continue
+        lines += _comment(help_text(field))
+        if inner is not None:  # an optional table or an array of tables: documented, not written
+            header = f"[[{name}.{key}]]" if get_origin(field.annotation) is tuple else f"[{name}.{key}]"
+            lines += _comment(f"{'Each' if header.startswith('[[') else 'The'} {header} table has:")
+            for sub, subfield in inner.model_fields.items():
+                lines += _comment(f"{sub}: {help_text(subfield)}", indent="  ")
+        elif key in values:
+            lines.append(f"{key} = {_toml(values[key])}")
+        elif field.is_required():
+            raise ValueError(f"the sample has no value for the required key {name}.{key}")
+        else:  # the default, commented out: the code stays its owner until the key is uncommented
+            lines.append(f"#{key} = {_toml(field.get_default(call_default_factory=True))}")
+    for key, field in tables:
+        inner = _model_in(field.annotation)
+        assert inner is not None
+        _write_table(lines, f"{name}.{key}", inner, field.description or "", values.get(key, {}))
+
+
+def commented_toml(values: Mapping[str, Mapping[str, Any]]) -> str:
+    """digest.toml as `digest init` writes it: every section and key of the schema in order, each with its
+    help; `values` (the sample) are written as set, every other key as its default, commented out."""
+    lines = _comment(FILE_HEADER.replace("\n", " "))
+    for name, field in DigestFile.model_fields.items():
+        model = _model_in(field.annotation)
+        assert model is not None
+        _write_table(lines, name, model, field.description or "", values.get(name, {}))
+    return "\n".join(lines) + "\n"

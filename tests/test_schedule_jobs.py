@@ -147,8 +147,8 @@ def test_if_not_approved_send_sends_the_draft_as_it_is(week: Settings, workdir: 
 def test_too_few_new_articles_applies_when_empty(week: Settings, workdir: Path, when_empty: str,
                                                  status: str) -> None:
     # 14 new articles in the draft (8 + 6 headlines), so min_articles = 15 makes it "empty"
-    settings = reconfigure(workdir, 'min_articles = 1\nwhen_empty = "skip"',
-                           f'min_articles = 15\nwhen_empty = "{when_empty}"')
+    reconfigure(workdir, "min_articles = 1", "min_articles = 15")
+    settings = reconfigure(workdir, 'when_empty = "skip"', f'when_empty = "{when_empty}"')
     settings = reconfigure(workdir, 'if_not_approved = "hold"', 'if_not_approved = "send"')
     run_draft(settings, send_at=SEND_AT, now=DRAFT_AT)
     assert "fewer than min_articles = 15" in text_of(notices(workdir)[0])
@@ -166,7 +166,7 @@ def test_too_few_new_articles_applies_when_empty(week: Settings, workdir: Path, 
 
 
 def test_when_empty_send_and_an_editors_approval_both_send_a_small_issue(week: Settings, workdir: Path) -> None:
-    settings = reconfigure(workdir, 'min_articles = 1\nwhen_empty = "skip"', 'min_articles = 15\nwhen_empty = "skip"')
+    settings = reconfigure(workdir, "min_articles = 1", "min_articles = 15")
     run_draft(settings, send_at=SEND_AT, now=DRAFT_AT)
     with session_scope(settings.database_url) as s:
         issues.approve(s, by="editor")  # an editor's approval wins over when_empty

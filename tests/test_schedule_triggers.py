@@ -129,7 +129,8 @@ def test_editors_must_be_email_addresses(workdir: Path) -> None:
 
 def test_a_send_in_the_hour_dst_skips_or_repeats_goes_out_once(workdir: Path) -> None:
     edit_config(workdir, 'day_of_week = "mon"', 'day_of_week = "sun"')
-    edit_config(workdir, "hour = 7\nminute = 0", "hour = 2\nminute = 30")
+    edit_config(workdir, "hour = 7", "hour = 2")
+    edit_config(workdir, "minute = 0", "minute = 30")
     trigger = send_trigger(load_settings(workdir / "digest.toml"))
     # 6 October 2024: 02:00 -> 03:00 in Sydney, so 02:30 does not exist; it goes out at 03:30 AEDT
     spring = trigger.get_next_fire_time(None, datetime(2024, 10, 1, tzinfo=UTC))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -83,7 +82,7 @@ def test_subscribe_is_rate_limited_per_ip(settings):
     from tests.test_web_support import make_users
 
     make_users(settings)
-    limited = dataclasses.replace(settings, web=Web(subscribe_limit=2, subscribe_window_seconds=600))
+    limited = settings.model_copy(update={"web": Web(subscribe_limit=2, subscribe_window_seconds=600)})
     with TestClient(create_app(limited)) as c:
         answers = [subscribe_form(c, f"r{i}@example.com").status_code for i in range(3)]
     assert answers == [200, 200, 429]

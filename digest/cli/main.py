@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from digest.cli import deliveries, issue, listings, schedule, subscribers, users, web
 from digest.cli.common import err
@@ -33,5 +34,5 @@ def main() -> None:
     try:
         app()
     except DigestError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)  # `[delivry]` is text, not markup
         sys.exit(2)
