@@ -23,13 +23,14 @@ from sqlalchemy.orm import Session
 
 from digest.config import Settings
 from digest.errors import DeliveryError, DigestError
-from digest.store import Lock, engine_for, utcnow
+from digest.store import Lock, core_table, engine_for, utcnow
 
 #: a send lock whose holder has not written for this long (and cannot be checked) is taken for dead
 SEND_LOCK_STALE = timedelta(minutes=10)
 #: how often a sender renews its lock
 SEND_HEARTBEAT = timedelta(seconds=10)
 SCHEDULER_LOCK = "scheduler"
+LOCKS = core_table(Lock)
 
 
 def safe_url(url: str) -> str:
@@ -87,7 +88,7 @@ def take_send_lock(session: Session, issue_id: int, number: int) -> str:
     if row.owner != me and _holder_alive(row.owner, row.heartbeat_at):
         raise DeliveryError(f"issue {number} is being sent by {row.owner} (since {row.acquired_at:%Y-%m-%d %H:%M} "
                             "UTC): wait for it to finish")
-    taken = session.execute(update(Lock).where(Lock.name == name, Lock.owner == row.owner)
+    taken = session.connection().execute(update(Lock).where(Lock.name == name, Lock.owner == row.owner)
                             .values(owner=me, acquired_at=now, heartbeat_at=now)).rowcount
     session.commit()
     if not taken:
@@ -97,13 +98,13 @@ def take_send_lock(session: Session, issue_id: int, number: int) -> str:
 
 def beat_send_lock(session: Session, issue_id: int, me: str) -> None:
     """Renew the send lock (the caller commits)."""
-    session.execute(update(Lock).where(Lock.name == send_lock_name(issue_id), Lock.owner == me)
+    session.connection().execute(update(Lock).where(Lock.name == send_lock_name(issue_id), Lock.owner == me)
                     .values(heartbeat_at=utcnow()))
 
 
 def drop_send_lock(session: Session, issue_id: int, me: str) -> None:
     session.rollback()
-    session.execute(delete(Lock).where(Lock.name == send_lock_name(issue_id), Lock.owner == me))
+    session.connection().execute(delete(Lock).where(Lock.name == send_lock_name(issue_id), Lock.owner == me))
     session.commit()
 
 
@@ -130,7 +131,7 @@ class SchedulerLock:
     def acquire(self, now: datetime | None = None) -> str:
         """Take the lock or raise LockHeld. Returns what happened, for the log."""
         now = now or utcnow()
-        table = Lock.__table__
+        table = LOCKS
         engine = engine_for(self.url)
         try:
             with engine.begin() as conn:
@@ -159,18 +160,18 @@ class SchedulerLock:
 
     def heartbeat(self, now: datetime | None = None) -> bool:
         """Renew the lock; False if it is no longer ours (taken over after we were silent too long)."""
-        table = Lock.__table__
+        table = LOCKS
         with engine_for(self.url).begin() as conn:
             return conn.execute(update(table).where(table.c.name == self.name, table.c.owner == self.owner)
                                 .values(heartbeat_at=now or utcnow())).rowcount == 1
 
     def held(self) -> bool:
-        table = Lock.__table__
+        table = LOCKS
         with engine_for(self.url).begin() as conn:
             return conn.execute(select(table.c.owner).where(table.c.name == self.name)).scalar() == self.owner
 
     def release(self) -> bool:
-        table = Lock.__table__
+        table = LOCKS
         with engine_for(self.url).begin() as conn:
             return conn.execute(delete(table).where(table.c.name == self.name, table.c.owner == self.owner)
                                 ).rowcount == 1
@@ -179,7 +180,7 @@ class SchedulerLock:
 def scheduler_lock_state(settings: Settings, now: datetime | None = None) -> str:
     """Who holds the scheduler lock, in words (for `digest schedule --show`)."""
     now = now or utcnow()
-    table = Lock.__table__
+    table = LOCKS
     with engine_for(settings.database_url).begin() as conn:
         row = conn.execute(select(table.c.owner, table.c.heartbeat_at).where(table.c.name == SCHEDULER_LOCK)).first()
     if row is None:

@@ -213,6 +213,14 @@ apscheduler_jobs = Table(
 )
 
 
+def core_table(model: type[Base]) -> Table:
+    """A mapped class's Core table, for bulk statements that need no ORM bookkeeping (SQLAlchemy types
+    `__table__` as any FromClause; a declarative class always has a Table)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # a new database only (an existing one keeps its own): 16 KiB pages, as the WAL write-ahead log

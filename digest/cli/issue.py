@@ -125,8 +125,8 @@ def draft(config: ConfigOpt = None,
 
         problems = notify_editors(settings, Notice("draft", f"Issue {summary.number} is ready for review",
                                                    (), summary, (f"Approve it: `digest approve {summary.number}`.",)))
-        for problem in problems:
-            err.print(f"[yellow]problem:[/] {problem}")
+        for failure in problems:
+            err.print(f"[yellow]problem:[/] {failure}")
         if not problems:
             console.print(f"editors notified: {', '.join(settings.schedule.editors)}")
 
@@ -258,7 +258,7 @@ def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] 
     """The whole job on the embedded default: sample sources, SQLite, sample readers, an outbox folder."""
     from digest.demo import SAMPLE_READERS
     from digest.demo import init as do_init
-    from digest.issues import newest_issue, open_issue
+    from digest.issues import issue_of, newest_issue, open_issue
     from digest.issues import send as do_send
     from digest.store import session_scope
     from subscribers import lifecycle
@@ -284,8 +284,8 @@ def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] 
     outbox = Path(settings.resolve(settings.delivery.outbox_dir))
     if outcome.report is None:
         console.print(f"{outcome.message}; nobody was sent anything twice.")
-    else:
-        issue = row and __import__("digest.issues", fromlist=["issue_of"]).issue_of(row)
+    elif row is not None:
+        issue = issue_of(row)
         r = outcome.report
         console.print(f"[bold]Issue {r.issue_number}[/]: {r.subject}")
         console.print(f"  articles {len(issue.articles)} + {len(issue.headlines)} headlines, "

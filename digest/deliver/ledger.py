@@ -23,8 +23,10 @@ from digest.deliver.protocol import Outcome
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus, move
 from digest.locks import sender_of
-from digest.store import Delivery, IssueRow, utcnow
+from digest.store import Delivery, IssueRow, core_table, utcnow
 from subscribers.models import ACTIVE, Membership, Subscriber
+
+DELIVERIES = core_table(Delivery)
 
 
 class DeliveryStatus(StrEnum):
@@ -55,7 +57,7 @@ def snapshot(session: Session, issue: IssueRow, list_id: int) -> int:
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
     rows = rows.where(Subscriber.id.not_in(already))
-    result = session.connection().execute(insert(Delivery.__table__).from_select(
+    result = session.connection().execute(insert(DELIVERIES).from_select(
         ["issue_id", "subscriber_id", "email", "status", "updated_at"], rows))
     issue.snapshot_at = now
     move(issue, IssueStatus.SENDING, now=now)
@@ -106,17 +108,17 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *,
     """
     batch = f"{_batch_ids.getrandbits(128):032x}"  # not uuid4: os.urandom would yield the GIL per batch
     now = utcnow()
-    D = Delivery.__table__.c
+    D = DELIVERIES.c
     next_ids = (select(D.id).where(D.issue_id == issue_id, D.status == QUEUED).order_by(D.id).limit(size)
                 .scalar_subquery())
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
-    conn.execute(update(Delivery.__table__).where(D.id.in_(next_ids)).values(status=CLAIMED, batch=batch,
+    conn.execute(update(DELIVERIES).where(D.id.in_(next_ids)).values(status=CLAIMED, batch=batch,
                                                                                 updated_at=now))
     rows = conn.execute(
         select(D.id, Subscriber.id, Subscriber.email, Subscriber.name,
                type_coerce(Subscriber.attributes, Text), type_coerce(Subscriber.categories, Text),
                Membership.status)
-        .select_from(Delivery.__table__)
+        .select_from(DELIVERIES)
         .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
         .join(Membership, and_(Membership.subscriber_id == D.subscriber_id, Membership.list_id == list_id),
               isouter=True)
@@ -132,7 +134,7 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *,
         else:
             readers.append(Reader(did, sid, email, name or "", _json[attributes] or {}, _json[categories] or []))
     if gone:
-        conn.execute(update(Delivery.__table__).where(D.id.in_(gone))
+        conn.execute(update(DELIVERIES).where(D.id.in_(gone))
                      .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now))
     session.commit()
     return Claimed(batch, readers, len(gone))
@@ -142,7 +144,7 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -
     """Record what became of a batch of `size` readers (the caller commits). Returns (submitted, failed,
     unknown)."""
     now = utcnow()
-    t = Delivery.__table__
+    t = DELIVERIES
     ok = [o for o in outcomes if o.ok]
     bad = [o for o in outcomes if not o.ok and not o.unknown]
     unknown = [o for o in outcomes if o.unknown]
@@ -169,7 +171,7 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -
 def release(session: Session, ids: Sequence[int]) -> None:
     """Messages that were certainly not sent go back to the queue (the caller commits)."""
     if ids:
-        t = Delivery.__table__
+        t = DELIVERIES
         session.connection().execute(update(t).where(t.c.id.in_(list(ids)), t.c.status == CLAIMED)
                                      .values(status=QUEUED, batch=None, updated_at=utcnow()))
 
@@ -229,7 +231,7 @@ def resolve(session: Session, issue: IssueRow, choice: str, *, batch: str | None
     if holder is not None:
         raise DeliveryError(f"issue {issue.number} is being sent right now by {holder}: its claimed batches are "
                             "in flight, not of unknown fate; wait for the send to finish")
-    t = Delivery.__table__
+    t = DELIVERIES
     where = [t.c.issue_id == issue.id, t.c.status == CLAIMED]
     if batch:
         found = session.scalar(select(func.count()).where(*where, t.c.batch.startswith(batch, autoescape=True)))
@@ -245,7 +247,7 @@ def resolve(session: Session, issue: IssueRow, choice: str, *, batch: str | None
     else:
         values = {"status": QUEUED, "batch": None, "updated_at": now,
                   "error": "fate unknown; resolved by the admin: send again"}
-    n = session.execute(update(t).where(*where).values(**values)).rowcount or 0
+    n = session.connection().execute(update(t).where(*where).values(**values)).rowcount or 0
     finish_if_done(session, issue)
     session.commit()
     return n
@@ -257,8 +259,8 @@ def requeue_failed(session: Session, issue: IssueRow) -> int:
     holder = sender_of(session, issue.id)
     if holder is not None:
         raise DeliveryError(f"issue {issue.number} is being sent right now by {holder}: wait for it to finish")
-    t = Delivery.__table__
-    n = session.execute(update(t).where(t.c.issue_id == issue.id, t.c.status == FAILED)
+    t = DELIVERIES
+    n = session.connection().execute(update(t).where(t.c.issue_id == issue.id, t.c.status == FAILED)
                         .values(status=QUEUED, batch=None, updated_at=utcnow())).rowcount or 0
     if n and issue.status == IssueStatus.SENT:
         move(issue, IssueStatus.SENDING)
