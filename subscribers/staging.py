@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -41,15 +41,13 @@ from digest.errors import DigestError
 from digest.store import UTCDateTime, utcnow
 from subscribers import lifecycle
 from subscribers.bulk import among, insert_rows
-from subscribers.models import WITHDRAWN, Membership, Subscriber, Suppression
-
-if TYPE_CHECKING:
-    from subscribers.csvio import ImportReport
+from subscribers.csv_read import RejectRow
+from subscribers.import_report import ImportReport
+from subscribers.models import WITHDRAWN, Membership, MembershipStatus, Subscriber, Suppression
 
 _META = MetaData()
-#: a row not applied as written: (row, line, reason, the record as read)
-RejectRow = tuple[int, int, str, list[str] | None]
-
+#: a row's `lists` cell as the parser read it: (list slug, the status it names or None to join), ...
+ListsCell = tuple[tuple[str, MembershipStatus | None], ...]
 
 
 def _row_columns() -> list[Column[Any]]:
@@ -226,7 +224,7 @@ class Writer:
     already stored are compared in Python and changed through `lifecycle.apply_imported`. A dry run
     does the same and rolls each batch back: its counts are the real import's."""
 
-    def __init__(self, stage: Stage, cells: dict[int, tuple[tuple[str, str | None], ...]], *, preconfirmed: bool,
+    def __init__(self, stage: Stage, cells: dict[int, ListsCell], *, preconfirmed: bool,
                  dry_run: bool, source: str, file_name: str) -> None:
         self.stage = stage
         self.session = stage.session

@@ -30,8 +30,8 @@ from digest.config import Settings
 from digest.errors import DeliveryError
 from digest.render import Rendered, token_values
 from digest.store import Delivery, IssueRow, Lock, utcnow
-from subscribers.models import ACTIVE, Membership, Subscriber
-from subscribers.tokens import Tokens
+from subscribers.links import ReaderLinks
+from subscribers.models import Membership, MembershipStatus, Subscriber
 
 QUEUED, CLAIMED, SUBMITTED, FAILED, SKIPPED = "queued", "claimed", "submitted", "failed", "skipped"
 _batch_ids = random.Random()  # seeded from os.urandom once per process; batch ids need uniqueness, not secrecy
@@ -117,21 +117,17 @@ def sender(settings: Settings) -> str:
 
 
 class Personalizer:
-    """Token values and headers for a reader: signed links built here, for every transport alike."""
+    """Token values and headers for a reader, for every transport alike (the links: subscribers.links)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.public_url = settings.publication.public_url
-        self.tokens = Tokens(settings.secret_key)
+        self.links = ReaderLinks(settings)
         self.mailto = settings.publication.reply_to or settings.publication.from_email
 
-    def _token(self, purpose: str, subscriber_id: int, list_id: int) -> str:
-        return self.tokens.make(purpose, subscriber_id, list_id)
-
     def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
-        return f"{self.public_url}/u/{self._token('unsubscribe', subscriber_id, list_id)}"
+        return self.links.unsubscribe_url(subscriber_id, list_id)
 
     def preferences_url(self, subscriber_id: int, list_id: int) -> str:
-        return f"{self.public_url}/p/{self._token('preferences', subscriber_id, list_id)}"
+        return self.links.preferences_url(subscriber_id, list_id)
 
     def for_reader(self, subscriber_id: int, list_id: int, name: str) -> tuple[dict[str, str], dict[str, str]]:
         unsub = self.unsubscribe_url(subscriber_id, list_id)
@@ -155,7 +151,7 @@ def snapshot(session: Session, issue: IssueRow, list_id: int) -> int:
         literal(issue.id, Delivery.issue_id.type), Subscriber.id, Subscriber.email,
         literal(QUEUED, Delivery.status.type), literal(now, Delivery.updated_at.type),
     ).join(Membership, and_(Membership.subscriber_id == Subscriber.id, Membership.list_id == list_id,
-                            Membership.status == ACTIVE))
+                            Membership.status == MembershipStatus.ACTIVE))
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
     rows = rows.where(Subscriber.id.not_in(already))
@@ -231,7 +227,7 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *,
         return None
     readers, gone = [], []
     for did, sid, email, name, attributes, categories, member_status in rows:
-        if sid is None or member_status != ACTIVE:
+        if sid is None or member_status != MembershipStatus.ACTIVE:
             gone.append(did)
         else:
             readers.append(Reader(did, sid, email, name or "", _json[attributes] or {}, _json[categories] or []))

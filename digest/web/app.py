@@ -25,7 +25,7 @@ from digest.web.auth import SESSION_COOKIE, Forbidden, LoginRequired, session_ke
 from digest.web.catalog import Catalog
 from digest.web.pages import WEB_TEMPLATES, render
 from digest.web.ratelimit import SlidingWindow
-from subscribers.tokens import TokenError
+from subscribers.links import TokenError
 
 log = logging.getLogger("digest.web")
 
