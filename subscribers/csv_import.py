@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from digest.errors import DigestError, NotFound
@@ -83,6 +83,9 @@ def import_csv(session: Session, path: Path, *, list_slug: str = lifecycle.DEFAU
     raw, text = open_file(path)
     session.commit()
     engine = session.get_bind()
+    if not isinstance(engine, Engine):  # the import opens a connection of its own
+        text.close()
+        raise TypeError("import_csv needs a session bound to an engine, not to one connection")
     if engine.dialect.name not in ("sqlite", "postgresql"):
         text.close()
         raise DigestError(f"importing needs SQLite or PostgreSQL (ON CONFLICT DO NOTHING), not {engine.dialect.name}")

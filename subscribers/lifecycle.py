@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import typing
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
-from sqlalchemy import Select, String, case, cast, delete, insert, literal, null, select, update
+from sqlalchemy import Select, String, Table, case, cast, delete, insert, literal, null, select, update
 from sqlalchemy.orm import Session
 
 from digest.errors import DigestError, NotFound
@@ -337,10 +338,10 @@ def apply_imported(session: Session, items: list[ImportedStatus], *, source: str
             changes.append(change_row)
         events.append((item.subscriber_id, item.list_id, "imported", item.old, item.new, source, item.detail, now))
     conn = session.connection()
-    insert_rows(conn, Membership.__table__, MEMBERSHIP_COLUMNS, joins)
+    insert_rows(conn, typing.cast(Table, Membership.__table__), MEMBERSHIP_COLUMNS, joins)
     for group in same_columns(changes):
         session.execute(update(Membership), group)
-    insert_rows(conn, Event.__table__, EVENT_COLUMNS, events)
+    insert_rows(conn, typing.cast(Table, Event.__table__), EVENT_COLUMNS, events)
 
 
 def join_imported(session: Session, people: Select[Any], *, source: str, detail_prefix: str,

@@ -79,7 +79,7 @@ class Tokens:
         signer = self._signer(purpose)
         token = token.strip()
         try:
-            value, signed_at = signer.unsign(token, max_age=max_age_days * 86400, return_timestamp=True)
+            value, signed_at = signer.unsign(token, max_age=round(max_age_days * 86400), return_timestamp=True)
         except SignatureExpired:
             raise TokenError("this link has expired", expired=True) from None
         except (BadSignature, UnicodeError):

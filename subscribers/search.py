@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from subscribers.models import MailingList, Membership, MembershipStatus, Subscriber
@@ -58,7 +58,7 @@ def _like(text: str) -> str:
 
 @dataclass(frozen=True)
 class _Filter:
-    text: object | None  # the WHERE clause of the text search, if any
+    text: ColumnElement[bool] | None  # the WHERE clause of the text search, if any
     members: Select | None  # subscriber ids with the asked-for membership, if a status/list is asked
     distinct: bool  # whether one subscriber may appear in `members` more than once (no list named)
 

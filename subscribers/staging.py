@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    ColumnElement,
     Integer,
     MetaData,
     String,
@@ -198,7 +199,7 @@ class Stage:
             if count:
                 yield condition, count
 
-    def set_plans(self, rows: list[tuple[int, int, str]]) -> None:
+    def set_plans(self, rows: list[tuple[int, int, MembershipStatus]]) -> None:
         self.session.execute(delete(plans))
         if rows:
             self.session.execute(insert(plans), [{"plan": p, "list_id": lid, "status": s} for p, lid, s in rows])
@@ -287,11 +288,11 @@ class Writer:
                        func.coalesce(ordered.c.created_at, stamp))
                 .where(condition).order_by(ordered.c.email_key))
         new_ids = list(session.scalars(
-            dialect_insert(self.dialect, Subscriber.__table__)
+            dialect_insert(self.dialect, cast(Table, Subscriber.__table__))
             .from_select(["email", "email_key", "name", "attributes", "categories", "created_at"], rows)
             .on_conflict_do_nothing(index_elements=["email_key"]).returning(Subscriber.id)))
         report.added += len(new_ids)
-        is_new = false()
+        is_new: ColumnElement[bool] = false()
         if new_ids:
             low, high = min(new_ids), max(new_ids)
             is_new = Subscriber.id.between(low, high) if high - low + 1 == len(new_ids) else \
@@ -342,7 +343,7 @@ class Writer:
         lifecycle.apply_imported(session, statuses, source=self.source, now=now)
 
     def _memberships(self, row: int, line: int, sid: int, plan: int, fields: str,
-                     members: dict[tuple[int, int], tuple[int, str]], out: list[lifecycle.ImportedStatus],
+                     members: dict[tuple[int, int], tuple[int, MembershipStatus]], out: list[lifecycle.ImportedStatus],
                      report: ImportReport, rejects: list[RejectRow]) -> bool:
         """Plan a known person's memberships as the row's `lists` asks; returns whether any changes."""
         notes = []
