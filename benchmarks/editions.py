@@ -34,7 +34,7 @@ from digest.editions import Editions, appeal_clickers  # noqa: E402
 from digest.issues import build_draft, issue_of, start_sending  # noqa: E402
 from digest.store import DeliveryEvent, IssueRow, migrate, session_factory, utcnow  # noqa: E402
 from subscribers import lifecycle  # noqa: E402
-from subscribers.models import ACTIVE, Membership, Subscriber  # noqa: E402
+from subscribers.models import Membership, MembershipStatus, Subscriber  # noqa: E402
 
 #: (share of readers, categories): most readers have none, a handful of sets cover the rest
 PREFERENCES = [(0.55, []), (0.12, ["Aquatics"]), (0.10, ["Fitness", "Venues"]), (0.08, ["Attractions"]),
@@ -76,7 +76,7 @@ def populate(settings, readers: int) -> None:  # type: ignore[no-untyped-def]
              "attributes": {"print_subscriber": i % PRINT_EVERY == 0}, "categories": cats, "created_at": now}
             for cats, i in rows])
         ids = list(s.scalars(select(Subscriber.id).order_by(Subscriber.id)))
-        s.execute(insert(Membership), [{"subscriber_id": sid, "list_id": mlist.id, "status": ACTIVE,
+        s.execute(insert(Membership), [{"subscriber_id": sid, "list_id": mlist.id, "status": MembershipStatus.ACTIVE,
                                         "created_at": now, "updated_at": now, "confirmed_at": now} for sid in ids])
         previous = IssueRow(number=1, subject="#1", content={}, status="sent", sent_at=now - timedelta(days=20),
                             created_at=now - timedelta(days=21))

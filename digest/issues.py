@@ -31,7 +31,7 @@ from digest.render import Check, check_links, issue_links, personalize, public_v
 from digest.sources.collect import collect, health_summary, mark_sent
 from digest.store import IssueRow, ListingFeature, session_factory, utcnow
 from subscribers import lifecycle
-from subscribers.models import ACTIVE, Membership, Subscriber
+from subscribers.models import Membership, MembershipStatus, Subscriber
 
 
 @dataclass
@@ -232,7 +232,7 @@ def issue_of(row: IssueRow) -> Issue:
 def recipients(session: Session, list_slug: str) -> list[Subscriber]:
     mlist = lifecycle.ensure_list(session, list_slug)
     return list(session.scalars(select(Subscriber).join(Membership).where(
-        Membership.list_id == mlist.id, Membership.status == ACTIVE).order_by(Subscriber.id)))
+        Membership.list_id == mlist.id, Membership.status == MembershipStatus.ACTIVE).order_by(Subscriber.id)))
 
 
 def start_sending(session: Session, row: IssueRow) -> None:

@@ -82,7 +82,7 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: It
     compiled = insert(table).values({c: bindparam(c) for c in columns}).compile(dialect=dialect)
     if compiled.positional:
         index = {name: i for i, name in enumerate(columns)}
-        params: list[Any] = list(zip(*(data[index[name]] for name in compiled.positiontup), strict=True))
+        params: list[Any] = list(zip(*(data[index[name]] for name in compiled.positiontup or ()), strict=True))
     else:
         params = [dict(zip(columns, values, strict=True)) for values in zip(*data, strict=True)]
     conn.exec_driver_sql(compiled.string, params)

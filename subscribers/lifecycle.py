@@ -8,31 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+import typing
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
-from sqlalchemy import Select, String, case, cast, delete, insert, literal, null, select, update
+from sqlalchemy import Select, String, Table, case, cast, delete, insert, literal, null, select, update
 from sqlalchemy.orm import Session
 
 from digest.errors import DigestError, NotFound
 from digest.store import UTCDateTime, utcnow
 from subscribers.bulk import insert_rows
-from subscribers.models import (
-    ACTIVE,
-    BOUNCED,
-    COMPLAINED,
-    PENDING,
-    UNSUBSCRIBED,
-    WITHDRAWN,
-    Event,
-    MailingList,
-    Membership,
-    Subscriber,
-    Suppression,
-)
+from subscribers.models import WITHDRAWN, Event, MailingList, Membership, MembershipStatus, Subscriber, Suppression
 
 DEFAULT_LIST = "weekly"
 
@@ -155,15 +144,15 @@ def membership(session: Session, subscriber: Subscriber, mailing_list: MailingLi
 
 
 def record(session: Session, subscriber_id: int | None, list_id: int | None, kind: str, *,
-           old: str | None = None, new: str | None = None, source: str = "", ip: str | None = None,
-           detail: str = "", at: datetime | None = None) -> Event:
+           old: MembershipStatus | None = None, new: MembershipStatus | None = None, source: str = "",
+           ip: str | None = None, detail: str = "", at: datetime | None = None) -> Event:
     event = Event(subscriber_id=subscriber_id, list_id=list_id, kind=kind, old_status=old, new_status=new,
                   source=source, ip=ip, detail=detail, at=at or utcnow())
     session.add(event)
     return event
 
 
-def change(session: Session, member: Membership, new: str, *, kind: str, source: str,
+def change(session: Session, member: Membership, new: MembershipStatus, *, kind: str, source: str,
            ip: str | None = None, detail: str = "") -> bool:
     """Set a membership's status and record why. Returns False when nothing changed."""
     old = member.status
@@ -172,7 +161,7 @@ def change(session: Session, member: Membership, new: str, *, kind: str, source:
     now = utcnow()
     member.status = new
     member.updated_at = now
-    if new == ACTIVE:
+    if new == MembershipStatus.ACTIVE:
         member.confirmed_at = now
     record(session, member.subscriber_id, member.list_id, kind, old=old, new=new, source=source, ip=ip,
            detail=detail, at=now)
@@ -211,12 +200,12 @@ def subscribe(session: Session, email: str, *, name: str = "", list_slug: str = 
     mlist = ensure_list(session, list_slug)
     member = membership(session, sub, mlist)
     if member is None:
-        member = Membership(subscriber_id=sub.id, list_id=mlist.id, status=PENDING)
+        member = Membership(subscriber_id=sub.id, list_id=mlist.id, status=MembershipStatus.PENDING)
         session.add(member)
         session.flush()
-        record(session, sub.id, mlist.id, "subscribed", new=PENDING, source=source, ip=ip)
-    if confirmed and member.status == PENDING:
-        change(session, member, ACTIVE, kind="confirmed", source=source, ip=ip,
+        record(session, sub.id, mlist.id, "subscribed", new=MembershipStatus.PENDING, source=source, ip=ip)
+    if confirmed and member.status == MembershipStatus.PENDING:
+        change(session, member, MembershipStatus.ACTIVE, kind="confirmed", source=source, ip=ip,
                detail="consent recorded by admin")
     elif member.status in WITHDRAWN:
         record(session, sub.id, mlist.id, "requested", old=member.status, new=member.status, source=source,
@@ -232,11 +221,11 @@ def confirm(session: Session, member: Membership, *, source: str, ip: str | None
     after the withdrawal: the reader asked again, so this is a fresh double opt-in; an old link
     clicked after an unsubscribe changes nothing. (Signed links keep whole seconds, hence the rounding.)
     """
-    if member.status == PENDING:
-        return change(session, member, ACTIVE, kind="confirmed", source=source, ip=ip)
+    if member.status == MembershipStatus.PENDING:
+        return change(session, member, MembershipStatus.ACTIVE, kind="confirmed", source=source, ip=ip)
     if member.status in WITHDRAWN and requested_at is not None \
             and requested_at >= member.updated_at.replace(microsecond=0):
-        return change(session, member, ACTIVE, kind="confirmed", source=source, ip=ip,
+        return change(session, member, MembershipStatus.ACTIVE, kind="confirmed", source=source, ip=ip,
                       detail=f"fresh double opt-in after {member.status}")
     return False
 
@@ -248,9 +237,20 @@ def unsubscribe(session: Session, subscriber: Subscriber, list_slug: str | None 
     for member in subscriber.memberships:
         if list_slug and member.mailing_list.slug != list_slug:
             continue
-        if member.status in (PENDING, ACTIVE):
-            changed += change(session, member, UNSUBSCRIBED, kind="unsubscribed", source=source, ip=ip)
+        if member.status in (MembershipStatus.PENDING, MembershipStatus.ACTIVE):
+            changed += change(session, member, MembershipStatus.UNSUBSCRIBED, kind="unsubscribed", source=source, ip=ip)
     return changed
+
+
+def unsubscribe_address(session: Session, email: str, list_slug: str | None = None, *, source: str,
+                        ip: str | None = None) -> tuple[Subscriber, int]:
+    """`unsubscribe` the person with this address: NotFound for an unknown address or list."""
+    sub = find(session, email)
+    if sub is None:
+        raise NotFound(f"no subscriber {email.strip()!r}")
+    if list_slug:
+        get_list(session, list_slug)
+    return sub, unsubscribe(session, sub, list_slug, source=source, ip=ip)
 
 
 def erase(session: Session, email: str, *, reason: str = "erasure request") -> bool:
@@ -282,17 +282,19 @@ def erase(session: Session, email: str, *, reason: str = "erasure request") -> b
 # -- imports: the same rules, applied to a batch of thousands in a few statements ------------------
 
 @lru_cache(maxsize=256)
-def import_status(old: str | None, wanted: str | None, *, preconfirmed: bool) -> tuple[str | None, str]:
+def import_status(old: MembershipStatus | None, wanted: MembershipStatus | None, *,
+                  preconfirmed: bool) -> tuple[MembershipStatus | None, str]:
     """The status an import may set on a membership, and a note when it may not do what the row asks.
 
     `wanted` is the status the row names (None: join). Active needs consent evidence (preconfirmed);
     a withdrawn membership is never changed by an import; a withdrawal in the file is always honoured.
     Returns (new status or None for no change, note).
     """
-    target = wanted or (ACTIVE if preconfirmed else PENDING)
+    target = wanted or (MembershipStatus.ACTIVE if preconfirmed else MembershipStatus.PENDING)
     note = ""
-    if target == ACTIVE and not preconfirmed:
-        target, note = PENDING, "active needs --preconfirmed with consent evidence: imported as pending"
+    if target == MembershipStatus.ACTIVE and not preconfirmed:
+        target = MembershipStatus.PENDING
+        note = "active needs --preconfirmed with consent evidence: imported as pending"
     if old is None:
         return target, note
     if old in WITHDRAWN:
@@ -301,9 +303,9 @@ def import_status(old: str | None, wanted: str | None, *, preconfirmed: bool) ->
         return None, f"kept {old}: an import never changes a withdrawn membership (only the reader can)"
     if target in WITHDRAWN:
         return target, ""
-    if old == PENDING and target == ACTIVE:
-        return ACTIVE, ""
-    return None, note if old == PENDING else ""  # an active member stays active
+    if old == MembershipStatus.PENDING and target == MembershipStatus.ACTIVE:
+        return MembershipStatus.ACTIVE, ""
+    return None, note if old == MembershipStatus.PENDING else ""  # an active member stays active
 
 
 class ImportedStatus(NamedTuple):
@@ -312,8 +314,8 @@ class ImportedStatus(NamedTuple):
     subscriber_id: int
     list_id: int
     member_id: int | None
-    old: str | None
-    new: str
+    old: MembershipStatus | None
+    new: MembershipStatus
     detail: str = ""
 
 
@@ -326,7 +328,7 @@ def apply_imported(session: Session, items: list[ImportedStatus], *, source: str
     for item in items:
         if item.old in WITHDRAWN or (item.old == item.new):
             raise ValueError(f"an import may not change a {item.old} membership to {item.new}")
-        confirmed = now if item.new == ACTIVE else None
+        confirmed = now if item.new == MembershipStatus.ACTIVE else None
         if item.member_id is None:
             joins.append((item.subscriber_id, item.list_id, item.new, now, now, confirmed))
         else:
@@ -336,10 +338,10 @@ def apply_imported(session: Session, items: list[ImportedStatus], *, source: str
             changes.append(change_row)
         events.append((item.subscriber_id, item.list_id, "imported", item.old, item.new, source, item.detail, now))
     conn = session.connection()
-    insert_rows(conn, Membership.__table__, MEMBERSHIP_COLUMNS, joins)
+    insert_rows(conn, typing.cast(Table, Membership.__table__), MEMBERSHIP_COLUMNS, joins)
     for group in same_columns(changes):
         session.execute(update(Membership), group)
-    insert_rows(conn, Event.__table__, EVENT_COLUMNS, events)
+    insert_rows(conn, typing.cast(Table, Event.__table__), EVENT_COLUMNS, events)
 
 
 def join_imported(session: Session, people: Select[Any], *, source: str, detail_prefix: str,
@@ -354,7 +356,7 @@ def join_imported(session: Session, people: Select[Any], *, source: str, detail_
     session.execute(insert(Membership).from_select(
         ["subscriber_id", "list_id", "status", "created_at", "updated_at", "confirmed_at"],
         select(joins.c[0], joins.c[1], joins.c[2], stamp, stamp,
-               case((joins.c[2] == ACTIVE, stamp), else_=null())).order_by(joins.c[0], joins.c[1])))
+               case((joins.c[2] == MembershipStatus.ACTIVE, stamp), else_=null())).order_by(joins.c[0], joins.c[1])))
     session.execute(insert(Event).from_select(
         ["subscriber_id", "list_id", "kind", "old_status", "new_status", "source", "detail", "at"],
         select(joins.c[0], joins.c[1], literal("imported"), null(), joins.c[2], literal(source[:255]),
@@ -373,8 +375,9 @@ def same_columns(rows: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-EVENT_STATUS = {"bounce": BOUNCED, "dropped": BOUNCED, "spamreport": COMPLAINED,
-                "unsubscribe": UNSUBSCRIBED, "group_unsubscribe": UNSUBSCRIBED}
+EVENT_STATUS = {"bounce": MembershipStatus.BOUNCED, "dropped": MembershipStatus.BOUNCED,
+                "spamreport": MembershipStatus.COMPLAINED, "unsubscribe": MembershipStatus.UNSUBSCRIBED,
+                "group_unsubscribe": MembershipStatus.UNSUBSCRIBED}
 
 
 def apply_event(session: Session, subscriber_id: int, kind: str, *, source: str, list_id: int | None = None,
@@ -388,8 +391,8 @@ def apply_event(session: Session, subscriber_id: int, kind: str, *, source: str,
         raise NotFound(f"no subscriber with id {subscriber_id}")
     changed = 0
     for member in sub.memberships:
-        if list_id is not None and member.list_id != list_id and status == UNSUBSCRIBED:
+        if list_id is not None and member.list_id != list_id and status == MembershipStatus.UNSUBSCRIBED:
             continue
-        if member.status != status and member.status != COMPLAINED:
+        if member.status != status and member.status != MembershipStatus.COMPLAINED:
             changed += change(session, member, status, kind=kind, source=source, detail=detail)
     return changed

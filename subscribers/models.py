@@ -7,17 +7,40 @@ Statuses live on the membership (one per person and list). They are changed only
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Enum, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from digest.store import Base, UTCDateTime, utcnow
 
-PENDING, ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED = "pending", "active", "unsubscribed", "bounced", "complained"
-STATUSES = (PENDING, ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED)
+
+class MembershipStatus(StrEnum):
+    """Where a person stands on one list; stored as these strings. Only `active` members receive it."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+    @classmethod
+    def parse(cls, text: str) -> MembershipStatus:
+        """The status a form, file or command line names; ValueError names the known ones."""
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"unknown status {text!r} (one of {', '.join(cls)})") from None
+
+
 #: Statuses that only the reader's own fresh double opt-in may leave.
-WITHDRAWN = (UNSUBSCRIBED, BOUNCED, COMPLAINED)
+WITHDRAWN = frozenset({MembershipStatus.UNSUBSCRIBED, MembershipStatus.BOUNCED, MembershipStatus.COMPLAINED})
+
+#: The column type: VARCHAR(16) holding the values (no database enum, no CHECK: the schema is unchanged);
+#: rows read back as MembershipStatus members.
+_STATUS = Enum(MembershipStatus, native_enum=False, create_constraint=False, length=16,
+               values_callable=lambda statuses: [s.value for s in statuses])
 
 
 class Subscriber(Base):
@@ -57,7 +80,7 @@ class Membership(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    status: Mapped[MembershipStatus] = mapped_column(_STATUS, default=MembershipStatus.PENDING)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -77,8 +100,8 @@ class Event(Base):
         ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=True, index=True)
     list_id: Mapped[int | None] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"), nullable=True)
     kind: Mapped[str] = mapped_column(String(32))
-    old_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    new_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    old_status: Mapped[MembershipStatus | None] = mapped_column(_STATUS, nullable=True)
+    new_status: Mapped[MembershipStatus | None] = mapped_column(_STATUS, nullable=True)
     source: Mapped[str] = mapped_column(String(255), default="")
     ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")

@@ -10,14 +10,14 @@ from sqlalchemy.orm import Session
 
 from digest.errors import NotFound
 from subscribers import lifecycle
-from subscribers.models import STATUSES, Event, MailingList, Membership, Subscriber
+from subscribers.models import Event, MailingList, Membership, MembershipStatus, Subscriber
 
 
 @dataclass
 class ListCounts:
     slug: str
     name: str
-    counts: dict[str, int]
+    counts: dict[MembershipStatus, int]
 
     @property
     def total(self) -> int:
@@ -26,18 +26,27 @@ class ListCounts:
 
 def list_counts(session: Session) -> list[ListCounts]:
     """Every list with how many memberships it has in each status (zeros included)."""
-    counts: dict[int, dict[str, int]] = {}
+    counts: dict[int, dict[MembershipStatus, int]] = {}
     for lid, status, n in session.execute(select(Membership.list_id, Membership.status, func.count())
                                           .group_by(Membership.list_id, Membership.status)):
         counts.setdefault(lid, {})[status] = n
-    return [ListCounts(m.slug, m.name, {s: counts.get(m.id, {}).get(s, 0) for s in STATUSES})
+    return [ListCounts(m.slug, m.name, {s: counts.get(m.id, {}).get(s, 0) for s in MembershipStatus})
             for m in session.scalars(select(MailingList).order_by(MailingList.slug))]
+
+
+def membership_status(session: Session, email: str, list_slug: str) -> MembershipStatus | None:
+    """Where this address stands on this list; None when it is not a member (or not known)."""
+    sub = lifecycle.find(session, email)
+    if sub is None:
+        return None
+    return session.scalar(select(Membership.status).join(MailingList, MailingList.id == Membership.list_id)
+                          .where(Membership.subscriber_id == sub.id, MailingList.slug == list_slug))
 
 
 @dataclass
 class MembershipView:
     slug: str
-    status: str
+    status: MembershipStatus
     created_at: datetime
     updated_at: datetime
     confirmed_at: datetime | None
@@ -49,8 +58,8 @@ class HistoryItem:
     at: datetime
     list_slug: str
     kind: str
-    old: str | None
-    new: str | None
+    old: MembershipStatus | None
+    new: MembershipStatus | None
     source: str
     ip: str | None
     detail: str

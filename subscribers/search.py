@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from subscribers.models import STATUSES, MailingList, Membership, Subscriber
+from subscribers.models import MailingList, Membership, MembershipStatus, Subscriber
 
 COUNT_CAP = 10_000
 
@@ -37,7 +37,7 @@ class Row:
     email: str
     name: str
     created_at: datetime
-    memberships: list[tuple[str, str]] = field(default_factory=list)  # (list slug, status)
+    memberships: list[tuple[str, MembershipStatus]] = field(default_factory=list)  # (list slug, status)
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _like(text: str) -> str:
 
 @dataclass(frozen=True)
 class _Filter:
-    text: object | None  # the WHERE clause of the text search, if any
+    text: ColumnElement[bool] | None  # the WHERE clause of the text search, if any
     members: Select | None  # subscriber ids with the asked-for membership, if a status/list is asked
     distinct: bool  # whether one subscriber may appear in `members` more than once (no list named)
 
@@ -76,11 +76,12 @@ def _filter(session: Session, query: Query) -> _Filter | str:
         text = or_(Subscriber.email_key.like(_like(q.casefold()), escape="\\"), name)
     members = None
     if query.status or query.list_slug:
-        if query.status and query.status not in STATUSES:
-            return f"unknown status {query.status!r} (one of {', '.join(STATUSES)})"
         members = select(Membership.subscriber_id)
         if query.status:
-            members = members.where(Membership.status == query.status)
+            try:
+                members = members.where(Membership.status == MembershipStatus.parse(query.status))
+            except ValueError as e:
+                return str(e)
         if query.list_slug:
             list_id = session.scalar(select(MailingList.id).where(MailingList.slug == query.list_slug))
             if list_id is None:

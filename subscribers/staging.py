@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    ColumnElement,
     Integer,
     MetaData,
     String,
@@ -41,15 +42,13 @@ from digest.errors import DigestError
 from digest.store import UTCDateTime, utcnow
 from subscribers import lifecycle
 from subscribers.bulk import among, insert_rows
-from subscribers.models import WITHDRAWN, Membership, Subscriber, Suppression
-
-if TYPE_CHECKING:
-    from subscribers.csvio import ImportReport
+from subscribers.csv_read import RejectRow
+from subscribers.import_report import ImportReport
+from subscribers.models import WITHDRAWN, Membership, MembershipStatus, Subscriber, Suppression
 
 _META = MetaData()
-#: a row not applied as written: (row, line, reason, the record as read)
-RejectRow = tuple[int, int, str, list[str] | None]
-
+#: a row's `lists` cell as the parser read it: (list slug, the status it names or None to join), ...
+ListsCell = tuple[tuple[str, MembershipStatus | None], ...]
 
 
 def _row_columns() -> list[Column[Any]]:
@@ -200,7 +199,7 @@ class Stage:
             if count:
                 yield condition, count
 
-    def set_plans(self, rows: list[tuple[int, int, str]]) -> None:
+    def set_plans(self, rows: list[tuple[int, int, MembershipStatus]]) -> None:
         self.session.execute(delete(plans))
         if rows:
             self.session.execute(insert(plans), [{"plan": p, "list_id": lid, "status": s} for p, lid, s in rows])
@@ -226,7 +225,7 @@ class Writer:
     already stored are compared in Python and changed through `lifecycle.apply_imported`. A dry run
     does the same and rolls each batch back: its counts are the real import's."""
 
-    def __init__(self, stage: Stage, cells: dict[int, tuple[tuple[str, str | None], ...]], *, preconfirmed: bool,
+    def __init__(self, stage: Stage, cells: dict[int, ListsCell], *, preconfirmed: bool,
                  dry_run: bool, source: str, file_name: str) -> None:
         self.stage = stage
         self.session = stage.session
@@ -289,11 +288,11 @@ class Writer:
                        func.coalesce(ordered.c.created_at, stamp))
                 .where(condition).order_by(ordered.c.email_key))
         new_ids = list(session.scalars(
-            dialect_insert(self.dialect, Subscriber.__table__)
+            dialect_insert(self.dialect, cast(Table, Subscriber.__table__))
             .from_select(["email", "email_key", "name", "attributes", "categories", "created_at"], rows)
             .on_conflict_do_nothing(index_elements=["email_key"]).returning(Subscriber.id)))
         report.added += len(new_ids)
-        is_new = false()
+        is_new: ColumnElement[bool] = false()
         if new_ids:
             low, high = min(new_ids), max(new_ids)
             is_new = Subscriber.id.between(low, high) if high - low + 1 == len(new_ids) else \
@@ -344,7 +343,7 @@ class Writer:
         lifecycle.apply_imported(session, statuses, source=self.source, now=now)
 
     def _memberships(self, row: int, line: int, sid: int, plan: int, fields: str,
-                     members: dict[tuple[int, int], tuple[int, str]], out: list[lifecycle.ImportedStatus],
+                     members: dict[tuple[int, int], tuple[int, MembershipStatus]], out: list[lifecycle.ImportedStatus],
                      report: ImportReport, rejects: list[RejectRow]) -> bool:
         """Plan a known person's memberships as the row's `lists` asks; returns whether any changes."""
         notes = []

@@ -27,7 +27,7 @@ from digest.render import Rendered
 from digest.reports import issue_figures
 from digest.store import Delivery, IssueRow, migrate, session_factory
 from subscribers import lifecycle
-from subscribers.tokens import Tokens
+from subscribers.links import Tokens
 from tests.conftest import SECRET, edit_config, run_cli
 from tests.fakes.readers import seed_readers
 from tests.fakes.sendgrid_server import (

@@ -12,11 +12,14 @@ from sqlalchemy.orm import Session
 
 from digest.config import Settings, load_settings
 from digest.errors import DigestError, NotFound
+from digest.sources.categories import known_categories
 from digest.store import migrate, session_factory
-from subscribers import csvio, lifecycle
-from subscribers.categories import known_categories
-from subscribers.csvio import export_csv, import_csv
-from subscribers.models import ACTIVE, PENDING, UNSUBSCRIBED, Event, MailingList, Membership, Subscriber
+from subscribers import csv_import, lifecycle
+from subscribers.csv_export import export_csv
+from subscribers.csv_import import import_csv
+from subscribers.csv_read import CSVError
+from subscribers.import_report import ImportReport
+from subscribers.models import Event, MailingList, Membership, MembershipStatus, Subscriber
 
 
 def _write(path: Path, data: str | bytes) -> Path:
@@ -24,7 +27,7 @@ def _write(path: Path, data: str | bytes) -> Path:
     return path
 
 
-def _rejects(report: csvio.ImportReport) -> list[dict[str, str]]:
+def _rejects(report: ImportReport) -> list[dict[str, str]]:
     assert report.rejects_path is not None
     # the report keeps a row's bytes as they were, even when they are not UTF-8
     with open(report.rejects_path, encoding="utf-8", errors="surrogateescape", newline="") as f:
@@ -65,7 +68,7 @@ def test_an_ugly_file_imports_what_is_good_and_reports_every_bad_row(settings: S
     ann = lifecycle.find(session, "ann@example.com")
     assert ann.name == "Ann Smith" and ann.categories == ["Aquatics", "Fitness"]
     assert lifecycle.find(session, "zoë@example.org").email == "zoë@example.org"
-    assert set(_statuses(session).values()) == {PENDING}  # no consent evidence: pending
+    assert set(_statuses(session).values()) == {MembershipStatus.PENDING}  # no consent evidence: pending
 
     rejects = _rejects(report)
     # _row counts records as a spreadsheet does (header = 1); _line is where the record starts in the file
@@ -100,13 +103,13 @@ def test_commas_and_multiline_quoted_fields_with_windows_line_endings(session: S
 
 
 def test_the_file_must_have_an_email_column_and_no_repeated_columns(session: Session, tmp_path: Path) -> None:
-    with pytest.raises(csvio.CSVError, match="no `email` column"):
+    with pytest.raises(CSVError, match="no `email` column"):
         import_csv(session, _write(tmp_path / "a.csv", "name,region\nAnn,NSW\n"))
-    with pytest.raises(csvio.CSVError, match="appears twice"):
+    with pytest.raises(CSVError, match="appears twice"):
         import_csv(session, _write(tmp_path / "b.csv", "email,Email\na@example.com,b@example.com\n"))
-    with pytest.raises(csvio.CSVError, match="empty"):
+    with pytest.raises(CSVError, match="empty"):
         import_csv(session, _write(tmp_path / "c.csv", ""))
-    with pytest.raises(csvio.CSVError, match="cannot open"):
+    with pytest.raises(CSVError, match="cannot open"):
         import_csv(session, tmp_path / "missing.csv")
 
 
@@ -134,7 +137,7 @@ def test_an_import_never_reactivates_a_withdrawn_membership_and_says_so(session:
     path = _write(tmp_path / "back.csv", "email,lists\ngone@example.com,weekly:active\nbounced@example.com,weekly\n")
     report = import_csv(session, path, preconfirmed=True, source="old CRM export")
     assert report.kept_withdrawn == 2 and report.unchanged == 2 and report.added == 0
-    assert _statuses(session) == {("gone@example.com", "weekly"): UNSUBSCRIBED,
+    assert _statuses(session) == {("gone@example.com", "weekly"): MembershipStatus.UNSUBSCRIBED,
                                   ("bounced@example.com", "weekly"): "bounced"}
     reasons = [r["_reason"] for r in _rejects(report)]
     assert reasons == ["weekly: kept unsubscribed: an import never changes a withdrawn membership (only the reader "
@@ -147,7 +150,7 @@ def test_withdrawals_in_a_file_are_honoured_at_once(session: Session, tmp_path: 
     session.commit()
     report = import_csv(session, _write(tmp_path / "u.csv", "email,lists\nleaving@example.com,weekly:unsubscribed\n"))
     assert report.updated == 1
-    assert _statuses(session) == {("leaving@example.com", "weekly"): UNSUBSCRIBED}
+    assert _statuses(session) == {("leaving@example.com", "weekly"): MembershipStatus.UNSUBSCRIBED}
 
 
 def test_preconfirmed_needs_a_source_and_records_it_as_consent_evidence(session: Session, tmp_path: Path) -> None:
@@ -157,16 +160,17 @@ def test_preconfirmed_needs_a_source_and_records_it_as_consent_evidence(session:
     report = import_csv(session, path, preconfirmed=True, source="paper sign-up sheets, Expo 2024")
     assert report.added == 1
     member = session.scalars(select(Membership)).one()
-    assert member.status == ACTIVE and member.confirmed_at is not None
+    assert member.status == MembershipStatus.ACTIVE and member.confirmed_at is not None
     event = session.scalars(select(Event)).one()
-    assert (event.kind, event.new_status, event.source) == ("imported", ACTIVE, "paper sign-up sheets, Expo 2024")
+    assert (event.kind, event.new_status, event.source) == ("imported", MembershipStatus.ACTIVE,
+                                                            "paper sign-up sheets, Expo 2024")
     assert event.detail == "p.csv row 2"
 
 
 def test_active_in_the_file_without_consent_evidence_is_pending(session: Session, tmp_path: Path) -> None:
     report = import_csv(session, _write(tmp_path / "a.csv", "email,lists\na@example.com,weekly:active\n"))
     assert report.pending_only == 1
-    assert _statuses(session) == {("a@example.com", "weekly"): PENDING}
+    assert _statuses(session) == {("a@example.com", "weekly"): MembershipStatus.PENDING}
 
 
 def test_erased_addresses_are_suppressed_and_never_come_back(session: Session, tmp_path: Path) -> None:
@@ -190,14 +194,15 @@ def test_lists_column_unknown_lists_and_statuses_are_rejected(session: Session, 
             "c@example.com,weekly:maybe\nd@example.com,weekly|weekly\ne@example.com,\n")
     report = import_csv(session, _write(tmp_path / "l.csv", data))
     assert (report.added, report.rejected) == (2, 3)
-    assert _statuses(session) == {("a@example.com", "weekly"): PENDING, ("a@example.com", "offers"): UNSUBSCRIBED}
+    assert _statuses(session) == {("a@example.com", "weekly"): MembershipStatus.PENDING,
+                                  ("a@example.com", "offers"): MembershipStatus.UNSUBSCRIBED}
     assert lifecycle.find(session, "e@example.com").memberships == []  # an empty `lists` cell: no list
     reasons = [r["_reason"] for r in _rejects(report)]
     assert "unknown list 'events'" in reasons[0] and "unknown status 'maybe'" in reasons[1]
     assert "named twice" in reasons[2]
     created = import_csv(session, _write(tmp_path / "l2.csv", "email,lists\nb@example.com,events\n"),
                          create_lists=True)
-    assert created.added == 1 and _statuses(session)[("b@example.com", "events")] == PENDING
+    assert created.added == 1 and _statuses(session)[("b@example.com", "events")] == MembershipStatus.PENDING
 
 
 def test_an_unknown_target_list_is_an_error_unless_created(session: Session, tmp_path: Path) -> None:
@@ -205,7 +210,7 @@ def test_an_unknown_target_list_is_an_error_unless_created(session: Session, tmp
     with pytest.raises(NotFound, match="lists create vip"):
         import_csv(session, path, list_slug="vip")
     assert import_csv(session, path, list_slug="vip", create_lists=True).added == 1
-    assert _statuses(session) == {("t@example.com", "vip"): PENDING}
+    assert _statuses(session) == {("t@example.com", "vip"): MembershipStatus.PENDING}
 
 
 def test_a_dry_run_writes_nothing_but_counts_and_reports_everything(session: Session, tmp_path: Path) -> None:
@@ -234,7 +239,7 @@ def test_the_import_commits_the_callers_session_and_leaves_no_staging_tables(ses
                                                                             tmp_path: Path) -> None:
     lifecycle.ensure_list(session, "pending-write")  # not committed: the import's own connection must not wait
     report = import_csv(session, _write(tmp_path / "s.csv", "email,lists\na@example.com,pending-write\n"))
-    assert report.added == 1 and _statuses(session) == {("a@example.com", "pending-write"): PENDING}
+    assert report.added == 1 and _statuses(session) == {("a@example.com", "pending-write"): MembershipStatus.PENDING}
     with session.get_bind().connect() as conn:  # the pool hands back the import's connection
         assert conn.exec_driver_sql("SELECT name FROM sqlite_temp_master").all() == []
 
@@ -332,11 +337,11 @@ def test_export_filters_by_list_and_status(session: Session) -> None:
     lifecycle.subscribe(session, "b@example.com", source="t")
     session.commit()
     out = io.StringIO()
-    assert export_csv(session, out, list_slug="weekly", status=ACTIVE) == 1
+    assert export_csv(session, out, list_slug="weekly", status=MembershipStatus.ACTIVE) == 1
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert [(r["email"], r["lists"]) for r in rows] == [("a@example.com", "weekly:active")]
     out = io.StringIO()
-    assert export_csv(session, out, status=PENDING) == 2
+    assert export_csv(session, out, status=MembershipStatus.PENDING) == 2
     assert [r["lists"] for r in csv.DictReader(io.StringIO(out.getvalue()))] == ["offers:pending", "weekly:pending"]
     with pytest.raises(NotFound):
         export_csv(session, io.StringIO(), list_slug="nope")
@@ -376,8 +381,8 @@ def test_new_and_known_people_mixed_after_a_gap_in_the_ids(session: Session, tmp
     report = import_csv(session, _write(tmp_path / "mix.csv", "\n".join(lines) + "\n"), batch_size=6)
     assert (report.added, report.updated, report.rejected) == (12, 4, 0)
     statuses = _statuses(session)
-    assert all(statuses[(f"new{i}@example.com", "weekly")] == PENDING for i in range(12))
-    assert all(statuses[(f"old{i}@example.com", "weekly")] == ACTIVE for i in range(4))
+    assert all(statuses[(f"new{i}@example.com", "weekly")] == MembershipStatus.PENDING for i in range(12))
+    assert all(statuses[(f"old{i}@example.com", "weekly")] == MembershipStatus.ACTIVE for i in range(4))
     for i in range(12):  # each new membership and event belongs to its own person
         sub = lifecycle.find(session, f"new{i}@example.com")
         assert sub.name == f"New {i}"
@@ -398,9 +403,11 @@ def test_join_imported_writes_exactly_what_apply_imported_writes(session: Sessio
     people = [lifecycle.upsert_subscriber(session, lifecycle.normalize(f"p{i}@example.com"))[0] for i in range(6)]
     session.commit()
     now = lifecycle.utcnow()
-    plan = [(people[0].id, weekly.id, PENDING, 2), (people[1].id, weekly.id, ACTIVE, 3),
-            (people[2].id, offers.id, UNSUBSCRIBED, 4), (people[3].id, weekly.id, PENDING, 7),
-            (people[3].id, offers.id, ACTIVE, 7), (people[4].id, offers.id, "bounced", 11)]
+    plan = [(people[0].id, weekly.id, MembershipStatus.PENDING, 2),
+            (people[1].id, weekly.id, MembershipStatus.ACTIVE, 3),
+            (people[2].id, offers.id, MembershipStatus.UNSUBSCRIBED, 4),
+            (people[3].id, weekly.id, MembershipStatus.PENDING, 7),
+            (people[3].id, offers.id, MembershipStatus.ACTIVE, 7), (people[4].id, offers.id, "bounced", 11)]
     lifecycle.apply_imported(session, [lifecycle.ImportedStatus(sid, lid, None, None, new, f"f.csv row {row}")
                                        for sid, lid, new, row in plan], source="src", now=now)
     session.commit()
@@ -428,7 +435,7 @@ def test_the_parsing_thread_holds_one_batch_ahead_not_two() -> None:
             produced.append(i)
             yield i
 
-    chunks = csvio._ahead(items())
+    chunks = csv_import._ahead(items())
     assert next(chunks) == 0
     deadline = time.monotonic() + 5
     while len(produced) < 2 and time.monotonic() < deadline:

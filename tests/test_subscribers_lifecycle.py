@@ -15,17 +15,7 @@ from digest.config import Settings
 from digest.issues import recipients
 from digest.store import Delivery, IssueRow
 from subscribers import lifecycle
-from subscribers.models import (
-    ACTIVE,
-    BOUNCED,
-    COMPLAINED,
-    PENDING,
-    UNSUBSCRIBED,
-    Event,
-    Membership,
-    Subscriber,
-    Suppression,
-)
+from subscribers.models import Event, Membership, MembershipStatus, Subscriber, Suppression
 
 
 def _events(session: Session, sub: Subscriber) -> list[tuple[str, str | None, str | None]]:
@@ -35,15 +25,16 @@ def _events(session: Session, sub: Subscriber) -> list[tuple[str, str | None, st
 
 def test_pending_then_confirmed_then_unsubscribed_each_with_its_event(session: Session) -> None:
     member = lifecycle.subscribe(session, "Ann@Example.com", name="Ann", source="web form", ip="203.0.113.5")
-    assert member.status == PENDING and member.confirmed_at is None
+    assert member.status == MembershipStatus.PENDING and member.confirmed_at is None
     assert lifecycle.confirm(session, member, source="reader: confirmation link", ip="203.0.113.9")
-    assert member.status == ACTIVE and member.confirmed_at is not None
+    assert member.status == MembershipStatus.ACTIVE and member.confirmed_at is not None
     sub = member.subscriber
     assert lifecycle.unsubscribe(session, sub, source="reader: link", ip="198.51.100.1") == 1
-    assert member.status == UNSUBSCRIBED
+    assert member.status == MembershipStatus.UNSUBSCRIBED
     session.commit()
-    assert _events(session, sub) == [("subscribed", None, PENDING), ("confirmed", PENDING, ACTIVE),
-                                     ("unsubscribed", ACTIVE, UNSUBSCRIBED)]
+    assert _events(session, sub) == [("subscribed", None, MembershipStatus.PENDING),
+                                     ("confirmed", MembershipStatus.PENDING, MembershipStatus.ACTIVE),
+                                     ("unsubscribed", MembershipStatus.ACTIVE, MembershipStatus.UNSUBSCRIBED)]
     ips = [e.ip for e in session.scalars(select(Event).where(Event.subscriber_id == sub.id).order_by(Event.id))]
     assert ips == ["203.0.113.5", "203.0.113.9", "198.51.100.1"]
 
@@ -107,7 +98,8 @@ def test_the_fast_path_of_normalize_agrees_with_email_validator_exactly() -> Non
 
 
 def test_withdrawn_memberships_are_never_reactivated_by_an_admin_or_a_form(session: Session) -> None:
-    for status, how in ((UNSUBSCRIBED, "unsubscribe"), (BOUNCED, "bounce"), (COMPLAINED, "spamreport")):
+    for status, how in ((MembershipStatus.UNSUBSCRIBED, "unsubscribe"), (MembershipStatus.BOUNCED, "bounce"),
+                        (MembershipStatus.COMPLAINED, "spamreport")):
         email = f"{status}@example.com"
         member = lifecycle.subscribe(session, email, source="test", confirmed=True)
         lifecycle.apply_event(session, member.subscriber_id, how, source="webhook")
@@ -129,9 +121,9 @@ def test_a_confirmation_signed_after_the_withdrawal_is_a_fresh_opt_in(session: S
     from datetime import timedelta
 
     assert not lifecycle.confirm(session, member, source="link", requested_at=withdrawn_at - timedelta(seconds=5))
-    assert member.status == UNSUBSCRIBED
+    assert member.status == MembershipStatus.UNSUBSCRIBED
     assert lifecycle.confirm(session, member, source="link", requested_at=withdrawn_at + timedelta(seconds=5))
-    assert member.status == ACTIVE
+    assert member.status == MembershipStatus.ACTIVE
 
 
 def test_a_complaint_outranks_later_bounces_and_unsubscribes(session: Session) -> None:
@@ -139,33 +131,33 @@ def test_a_complaint_outranks_later_bounces_and_unsubscribes(session: Session) -
     assert lifecycle.apply_event(session, member.subscriber_id, "spamreport", source="webhook") == 1
     assert lifecycle.apply_event(session, member.subscriber_id, "bounce", source="webhook") == 0
     assert lifecycle.apply_event(session, member.subscriber_id, "unsubscribe", source="webhook") == 0
-    assert member.status == COMPLAINED
+    assert member.status == MembershipStatus.COMPLAINED
 
 
 @pytest.mark.parametrize(("old", "wanted", "preconfirmed", "expected"), [
-    (None, None, False, PENDING),
-    (None, None, True, ACTIVE),
-    (None, ACTIVE, False, PENDING),
-    (None, ACTIVE, True, ACTIVE),
-    (None, UNSUBSCRIBED, True, UNSUBSCRIBED),
-    (None, BOUNCED, False, BOUNCED),
-    (PENDING, None, True, ACTIVE),
-    (PENDING, None, False, None),
-    (ACTIVE, PENDING, False, None),
-    (ACTIVE, UNSUBSCRIBED, False, UNSUBSCRIBED),
-    (PENDING, COMPLAINED, False, COMPLAINED),
-    (UNSUBSCRIBED, ACTIVE, True, None),
-    (UNSUBSCRIBED, None, True, None),
-    (BOUNCED, PENDING, False, None),
-    (COMPLAINED, ACTIVE, True, None),
-    (COMPLAINED, UNSUBSCRIBED, True, None),
+    (None, None, False, MembershipStatus.PENDING),
+    (None, None, True, MembershipStatus.ACTIVE),
+    (None, MembershipStatus.ACTIVE, False, MembershipStatus.PENDING),
+    (None, MembershipStatus.ACTIVE, True, MembershipStatus.ACTIVE),
+    (None, MembershipStatus.UNSUBSCRIBED, True, MembershipStatus.UNSUBSCRIBED),
+    (None, MembershipStatus.BOUNCED, False, MembershipStatus.BOUNCED),
+    (MembershipStatus.PENDING, None, True, MembershipStatus.ACTIVE),
+    (MembershipStatus.PENDING, None, False, None),
+    (MembershipStatus.ACTIVE, MembershipStatus.PENDING, False, None),
+    (MembershipStatus.ACTIVE, MembershipStatus.UNSUBSCRIBED, False, MembershipStatus.UNSUBSCRIBED),
+    (MembershipStatus.PENDING, MembershipStatus.COMPLAINED, False, MembershipStatus.COMPLAINED),
+    (MembershipStatus.UNSUBSCRIBED, MembershipStatus.ACTIVE, True, None),
+    (MembershipStatus.UNSUBSCRIBED, None, True, None),
+    (MembershipStatus.BOUNCED, MembershipStatus.PENDING, False, None),
+    (MembershipStatus.COMPLAINED, MembershipStatus.ACTIVE, True, None),
+    (MembershipStatus.COMPLAINED, MembershipStatus.UNSUBSCRIBED, True, None),
 ])
 def test_import_status_rules(old: str | None, wanted: str | None, preconfirmed: bool, expected: str | None) -> None:
     new, note = lifecycle.import_status(old, wanted, preconfirmed=preconfirmed)
     assert new == expected
-    if old in (UNSUBSCRIBED, BOUNCED, COMPLAINED):
+    if old in (MembershipStatus.UNSUBSCRIBED, MembershipStatus.BOUNCED, MembershipStatus.COMPLAINED):
         assert "kept" in note  # never silent: the import reports it left the membership as it was
-    if (old, wanted, preconfirmed) == (None, ACTIVE, False):
+    if (old, wanted, preconfirmed) == (None, MembershipStatus.ACTIVE, False):
         assert "--preconfirmed" in note
 
 
@@ -173,7 +165,8 @@ def test_apply_imported_refuses_to_touch_a_withdrawn_membership(session: Session
     member = lifecycle.subscribe(session, "x@example.com", source="test", confirmed=True)
     lifecycle.unsubscribe(session, member.subscriber, source="test")
     session.flush()
-    item = lifecycle.ImportedStatus(member.subscriber_id, member.list_id, member.id, UNSUBSCRIBED, ACTIVE)
+    item = lifecycle.ImportedStatus(member.subscriber_id, member.list_id, member.id, MembershipStatus.UNSUBSCRIBED,
+                                    MembershipStatus.ACTIVE)
     with pytest.raises(ValueError):
         lifecycle.apply_imported(session, [item], source="import")
 
@@ -226,3 +219,15 @@ def test_create_list_checks_the_name(session: Session) -> None:
         lifecycle.create_list(session, "offers")
     with pytest.raises(DigestError):
         lifecycle.create_list(session, "Bad Name!")
+
+
+def test_statuses_are_an_enum_stored_as_their_strings(session: Session) -> None:
+    member = lifecycle.subscribe(session, "enum@example.com", source="test", confirmed=True)
+    session.commit()
+    session.expire_all()
+    assert member.status is MembershipStatus.ACTIVE  # read back as the enum, not a bare string
+    stored = session.connection().exec_driver_sql("SELECT status FROM memberships").scalar_one()
+    assert stored == "active" and type(stored) is str
+    assert MembershipStatus.parse("bounced") is MembershipStatus.BOUNCED
+    with pytest.raises(ValueError, match="unknown status 'gone' \\(one of pending, active, unsubscribed"):
+        MembershipStatus.parse("gone")

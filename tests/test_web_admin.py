@@ -11,7 +11,7 @@ from sqlalchemy import select
 from digest import issues
 from digest.store import session_scope
 from subscribers import lifecycle
-from subscribers.models import ACTIVE, UNSUBSCRIBED, Event, Membership
+from subscribers.models import Event, Membership, MembershipStatus
 from subscribers.search import Page, Query, search
 from tests.test_web_support import app_fixture, client_fixture, csrf, csrf_from, login  # noqa: F401 (fixtures)
 
@@ -115,7 +115,7 @@ def test_subscriber_history_and_unsubscribe_by_an_admin(client, settings):
     with session_scope(settings.database_url) as s:
         statuses = dict(s.execute(select(Membership.list_id, Membership.status)
                                   .where(Membership.subscriber_id == sid)).all())
-        assert sorted(statuses.values()) == [ACTIVE, UNSUBSCRIBED]
+        assert sorted(statuses.values()) == [MembershipStatus.ACTIVE, MembershipStatus.UNSUBSCRIBED]
         event = s.scalar(select(Event).where(Event.subscriber_id == sid, Event.kind == "unsubscribed"))
         assert event.source == "admin admin@example.com (web)" and event.ip == "testclient"
     assert "admin admin@example.com (web)" in r.text  # the history shows who did it
@@ -164,7 +164,7 @@ def test_import_needs_source_for_preconfirmed_and_names_the_problem(client, sett
     assert r.status_code == 200
     with session_scope(settings.database_url) as s:
         sub = lifecycle.find(s, "ann@example.com")
-        assert sub.memberships[0].status == ACTIVE
+        assert sub.memberships[0].status == MembershipStatus.ACTIVE
         sources = {e.source for e in s.scalars(select(Event).where(Event.subscriber_id == sub.id))}
     assert any("paper form at the 2024 expo" in src and "admin@example.com" in src for src in sources)
     r = client.post("/admin/import", data={"csrf_token": token},

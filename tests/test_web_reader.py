@@ -14,8 +14,8 @@ from digest.config import Web
 from digest.store import session_scope
 from digest.web.app import create_app
 from subscribers import lifecycle
-from subscribers.models import ACTIVE, PENDING, UNSUBSCRIBED, Event, Membership, Subscriber
-from subscribers.tokens import Tokens
+from subscribers.links import Tokens
+from subscribers.models import Event, Membership, MembershipStatus, Subscriber
 from tests.test_web_support import app_fixture, client_fixture, csrf, link, messages, path_of  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -52,10 +52,11 @@ def test_subscribe_confirm_by_the_emailed_link(client, settings):
     assert url.startswith(settings.publication.public_url + "/c/")
     page = client.get(path_of(url))
     assert page.status_code == 200 and "Yes, subscribe me" in page.text
-    assert status_of(settings, "new.reader@example.com") == PENDING  # opening the link (a mail scanner) is not consent
+    # opening the link (a mail scanner) is not consent
+    assert status_of(settings, "new.reader@example.com") == MembershipStatus.PENDING
     done = client.post(path_of(url))
     assert done.status_code == 200 and "You are subscribed" in done.text
-    assert status_of(settings, "new.reader@example.com") == ACTIVE
+    assert status_of(settings, "new.reader@example.com") == MembershipStatus.ACTIVE
     with session_scope(settings.database_url) as s:
         sub = lifecycle.find(s, "new.reader@example.com")
         assert sub.categories == ["Aquatics"]  # only the directory's categories are kept
@@ -125,7 +126,7 @@ def test_expired_and_tampered_links_get_a_clear_page(client, settings):
     # a confirm token is not an unsubscribe token (one signer per purpose)
     assert client.post(f"/u/{tokens.make('confirm', sid, list_id)}").status_code == 400
     assert client.get(f"/p/{good}").status_code == 400
-    assert status_of(settings, "ann@example.com") == ACTIVE
+    assert status_of(settings, "ann@example.com") == MembershipStatus.ACTIVE
 
 
 def test_one_click_unsubscribe_from_a_sent_email(client, settings):
@@ -137,20 +138,20 @@ def test_one_click_unsubscribe_from_a_sent_email(client, settings):
     assert url == link(msg, "u") and msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     page = client.get(path_of(url))
     assert page.status_code == 200 and 'method="post"' in page.text and "ann@example.com" in page.text
-    assert status_of(settings, "ann@example.com") == ACTIVE  # the GET page only asks
+    assert status_of(settings, "ann@example.com") == MembershipStatus.ACTIVE  # the GET page only asks
     # the mail provider's POST: no cookie, no form token, no login; 200 and no redirect (RFC 8058)
     with TestClient(client.app) as provider:
         r = provider.post(path_of(url), data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)
     assert r.status_code == 200 and "You are unsubscribed" in r.text
-    assert status_of(settings, "ann@example.com") == UNSUBSCRIBED
-    assert status_of(settings, "bob@example.com") == ACTIVE  # ann's token acted on ann only
+    assert status_of(settings, "ann@example.com") == MembershipStatus.UNSUBSCRIBED
+    assert status_of(settings, "bob@example.com") == MembershipStatus.ACTIVE  # ann's token acted on ann only
     with session_scope(settings.database_url) as s:
         sub = lifecycle.find(s, "ann@example.com")
         sources = [e.source for e in s.scalars(select(Event).where(Event.subscriber_id == sub.id,
                                                                    Event.kind == "unsubscribed"))]
     assert sources == ["reader: one-click (RFC 8058)"]
     again = client.post(path_of(url))  # a second click is harmless
-    assert again.status_code == 200 and status_of(settings, "ann@example.com") == UNSUBSCRIBED
+    assert again.status_code == 200 and status_of(settings, "ann@example.com") == MembershipStatus.UNSUBSCRIBED
 
 
 def test_preferences_page_changes_only_its_own_reader(client, settings):
@@ -170,8 +171,8 @@ def test_preferences_page_changes_only_its_own_reader(client, settings):
     with session_scope(settings.database_url) as s:
         ann, bob = lifecycle.find(s, "ann@example.com"), lifecycle.find(s, "bob@example.com")
         assert ann.categories == ["Aquatics", "Fitness"] and bob.categories == []
-    assert status_of(settings, "ann@example.com") == UNSUBSCRIBED
-    assert status_of(settings, "bob@example.com") == ACTIVE
+    assert status_of(settings, "ann@example.com") == MembershipStatus.UNSUBSCRIBED
+    assert status_of(settings, "bob@example.com") == MembershipStatus.ACTIVE
     assert client.post(url, data={"categories": ["Aquatics"]}).status_code == 403  # no CSRF token
 
 

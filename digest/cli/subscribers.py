@@ -1,11 +1,14 @@
 """`digest subscribers ...`: the admin's door onto the subscriber store (lists, consent, import/export).
 
-Every command calls a function of lifecycle/optin/csvio/queries that the tests and the web call too.
+Presentation only: every command opens a session, calls a function of subscribers (lifecycle, optin,
+queries, search, csv_import, csv_export) or digest.confirmations that the tests and the web call too,
+and prints the answer.
 """
 
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +18,7 @@ from rich.table import Table
 
 from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
 from digest.errors import DigestError
-from subscribers.csvio import BATCH_SIZE
+from subscribers.csv_import import BATCH_SIZE
 
 ListOpt = Annotated[str | None, typer.Option("--list", "-l", help="The list (default: the digest's list).",
                                              show_default=False)]
@@ -23,7 +26,7 @@ StatusOpt = Annotated[str | None, typer.Option(
     "--status", "-s", help="pending, active, unsubscribed, bounced or complained.", show_default=False)]
 
 
-def _when(value) -> str:  # type: ignore[no-untyped-def]
+def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
 
 
@@ -40,31 +43,25 @@ def add(email: Annotated[str, typer.Argument(help="The reader's address.")],
         source: Annotated[str, typer.Option(help="Where and when consent was given (the evidence).")] = "",
         config: ConfigOpt = None) -> None:
     """Add a reader: a confirmation email is sent (double opt-in) unless --confirmed --source."""
+    from digest import confirmations
     from digest.store import session_scope
-    from subscribers import lifecycle, optin
-    from subscribers.models import ACTIVE, PENDING, WITHDRAWN
+    from subscribers import lifecycle, optin, queries
+    from subscribers.models import MembershipStatus
 
     settings = settings_for(config, create_secret=True)
     slug = list_ or settings.delivery.list
     with session_scope(settings.database_url) as session:
         if confirmed:
-            if not source.strip():
-                raise DigestError("--confirmed needs --source: say where and when this reader gave consent")
-            member = lifecycle.subscribe(session, email, name=name, list_slug=slug,
-                                         source=f"admin (cli): {source.strip()}", confirmed=True)
-            if member.status in WITHDRAWN:
-                raise DigestError(f"{member.subscriber.email} is {member.status} on {slug!r}: an admin cannot "
-                                  "re-activate that; the reader can subscribe again themselves")
+            member = optin.add_confirmed(session, email, name=name, list_slug=slug, evidence=source, by="admin (cli)")
             console.print(f"{member.subscriber.email}: {member.status} on {slug!r}"
-                          + (" (consent recorded)" if member.status == ACTIVE else ""), markup=False)
+                          + (" (consent recorded)" if member.status == MembershipStatus.ACTIVE else ""), markup=False)
             return
-        outcome = optin.request(settings, session, email, name=name, list_slug=slug,
-                                source=f"admin (cli){': ' + source.strip() if source.strip() else ''}")
+        outcome = confirmations.request(settings, session, email, name=name, list_slug=slug,
+                                        source=f"admin (cli){': ' + source.strip() if source.strip() else ''}")
         address = lifecycle.normalize(email).email
         if outcome == optin.SUPPRESSED:
             raise DigestError(f"{address} was erased on request and cannot be added again")
-        member = lifecycle.membership(session, lifecycle.find(session, address), lifecycle.get_list(session, slug))
-        status = member.status if member is not None else PENDING
+        status = queries.membership_status(session, address, slug) or MembershipStatus.PENDING
         messages = {optin.SENT: f"confirmation email sent; {status} until the reader confirms",
                     optin.ALREADY_ACTIVE: "already active: nothing sent",
                     optin.RECENTLY_SENT: f"a confirmation was sent recently: not sent again yet ({status})"}
@@ -93,12 +90,7 @@ def remove(email: Annotated[str, typer.Argument(help="The reader's address.")],
                                             "not a subscriber") + "; suppressed so it cannot be added again",
                           markup=False)
             return
-        sub = lifecycle.find(session, email)
-        if sub is None:
-            raise DigestError(f"no subscriber {email.strip()!r}")
-        if list_:
-            lifecycle.get_list(session, list_)
-        n = lifecycle.unsubscribe(session, sub, list_, source="admin (cli)")
+        sub, n = lifecycle.unsubscribe_address(session, email, list_, source="admin (cli)")
         where = f"list {list_!r}" if list_ else "every list"
         console.print(f"{sub.email}: unsubscribed from {where} ({n} membership(s) changed)", markup=False)
 
@@ -172,15 +164,14 @@ def import_cmd(file: Annotated[Path, typer.Argument(help="The CSV file (header w
                batch_size: Annotated[int, typer.Option(help="Rows per transaction (all or nothing).")] = BATCH_SIZE,
                config: ConfigOpt = None) -> None:
     """Import readers from CSV; bad rows go to FILE.rejects.csv with their row number and reason."""
+    from digest.sources.categories import known_categories
     from digest.store import session_factory
-    from subscribers import lifecycle
-    from subscribers.categories import known_categories
-    from subscribers.csvio import import_csv
+    from subscribers.csv_import import import_csv
+    from subscribers.lifecycle import ensure_list
 
     settings = settings_for(config, create_secret=True)
     with session_factory(settings.database_url)() as session, progress_bar("importing") as bar:
-        lifecycle.ensure_list(session, settings.delivery.list)  # the digest's own list always exists
-        session.commit()
+        ensure_list(session, settings.delivery.list)  # the digest's own list always exists (committed by the import)
         task = bar.add_task("import", total=None)
         report = import_csv(session, file, list_slug=list_ or settings.delivery.list,
                             preconfirmed=preconfirmed, source=source, dry_run=dry_run,
@@ -212,7 +203,7 @@ def export(list_: Annotated[str | None, typer.Option("--list", "-l", help="Only 
            config: ConfigOpt = None) -> None:
     """Export subscribers as CSV (imports back: email,name,lists,categories,created_at,attributes...)."""
     from digest.store import session_factory
-    from subscribers.csvio import export_csv
+    from subscribers.csv_export import export_csv
 
     settings = settings_for(config)
     with session_factory(settings.database_url)() as session, progress_bar("exporting") as bar:
@@ -235,7 +226,7 @@ def lists(ctx: typer.Context, config: ConfigOpt = None) -> None:
         return
     from digest.store import session_scope
     from subscribers import lifecycle
-    from subscribers.models import STATUSES
+    from subscribers.models import MembershipStatus
     from subscribers.queries import list_counts
 
     settings = settings_for(config)
@@ -243,10 +234,12 @@ def lists(ctx: typer.Context, config: ConfigOpt = None) -> None:
         lifecycle.ensure_list(session, settings.delivery.list)
         rows = list_counts(session)
     table = Table(title="Lists")
-    for col in ("list", "name", *STATUSES, "total"):
-        table.add_column(col, justify="right" if col in STATUSES or col == "total" else "left")
+    for col in ("list", "name"):
+        table.add_column(col)
+    for col in (*MembershipStatus, "total"):
+        table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r.slug, escape(r.name), *(str(r.counts[s]) for s in STATUSES), str(r.total))
+        table.add_row(r.slug, escape(r.name), *(str(r.counts[s]) for s in MembershipStatus), str(r.total))
     console.print(table)
 
 @lists_app.command("create")
@@ -270,24 +263,20 @@ def confirm_pending(list_: Annotated[str | None, typer.Option("--list", "-l", he
                     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count; send nothing.")] = False,
                     config: ConfigOpt = None) -> None:
     """Email a confirmation link to pending readers who have not been sent one (e.g. after an import)."""
-    from sqlalchemy import func, select
-
+    from digest import confirmations
     from digest.store import session_factory
-    from subscribers import lifecycle, optin
+    from subscribers import optin
 
     settings = settings_for(config, create_secret=True)
     with session_factory(settings.database_url)() as session:
         if dry_run:
-            list_id = lifecycle.get_list(session, list_).id if list_ else None
-            q = optin.pending_query(settings, list_id=list_id, again=again)
-            n = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-            n = min(n, limit) if limit is not None else n
+            n = optin.Pending(settings, session, list_slug=list_, again=again).count(limit)
             console.print(f"would send {n} confirmation email(s) by {settings.delivery.transport}")
             return
         with progress_bar("confirmations") as bar:
             task = bar.add_task("send", total=None)
-            report = optin.send_pending(settings, session, list_slug=list_, again=again, limit=limit,
-                                        progress=lambda d, t: bar.update(task, completed=d, total=t))
+            report = confirmations.send_pending(settings, session, list_slug=list_, again=again, limit=limit,
+                                                progress=lambda d, t: bar.update(task, completed=d, total=t))
     console.print(f"{report.sent} confirmation email(s) sent, {report.failed} failed")
     for e in report.errors:
         err.print(f"[red]error:[/] {escape(e)}")

@@ -24,7 +24,7 @@ from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus, move
 from digest.locks import sender_of
 from digest.store import Delivery, IssueRow, core_table, utcnow
-from subscribers.models import ACTIVE, Membership, Subscriber
+from subscribers.models import Membership, MembershipStatus, Subscriber
 
 DELIVERIES = core_table(Delivery)
 
@@ -53,7 +53,7 @@ def snapshot(session: Session, issue: IssueRow, list_id: int) -> int:
         literal(issue.id, Delivery.issue_id.type), Subscriber.id, Subscriber.email,
         literal(QUEUED, Delivery.status.type), literal(now, Delivery.updated_at.type),
     ).join(Membership, and_(Membership.subscriber_id == Subscriber.id, Membership.list_id == list_id,
-                            Membership.status == ACTIVE))
+                            Membership.status == MembershipStatus.ACTIVE))
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
     rows = rows.where(Subscriber.id.not_in(already))
@@ -129,7 +129,7 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *,
         return None
     readers, gone = [], []
     for did, sid, email, name, attributes, categories, member_status in rows:
-        if sid is None or member_status != ACTIVE:
+        if sid is None or member_status != MembershipStatus.ACTIVE:
             gone.append(did)
         else:
             readers.append(Reader(did, sid, email, name or "", _json[attributes] or {}, _json[categories] or []))

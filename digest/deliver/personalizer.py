@@ -7,25 +7,21 @@ from __future__ import annotations
 
 from digest.config import Settings
 from digest.render import token_values
-from subscribers.tokens import Tokens
+from subscribers.links import ReaderLinks
 
 
 class Personalizer:
-    """Token values and headers for a reader: signed links built here, for every transport alike."""
+    """Token values and headers for a reader, for every transport alike (the links: subscribers.links)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.public_url = settings.publication.public_url
-        self.tokens = Tokens(settings.secret_key)
+        self.links = ReaderLinks(settings)
         self.mailto = settings.publication.reply_to or settings.publication.from_email
 
-    def _token(self, purpose: str, subscriber_id: int, list_id: int) -> str:
-        return self.tokens.make(purpose, subscriber_id, list_id)
-
     def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
-        return f"{self.public_url}/u/{self._token('unsubscribe', subscriber_id, list_id)}"
+        return self.links.unsubscribe_url(subscriber_id, list_id)
 
     def preferences_url(self, subscriber_id: int, list_id: int) -> str:
-        return f"{self.public_url}/p/{self._token('preferences', subscriber_id, list_id)}"
+        return self.links.preferences_url(subscriber_id, list_id)
 
     def for_reader(self, subscriber_id: int, list_id: int, name: str) -> tuple[dict[str, str], dict[str, str]]:
         unsub = self.unsubscribe_url(subscriber_id, list_id)

@@ -1,8 +1,8 @@
 """Admins' pages: subscribers (search, history, unsubscribe), CSV import and export, list counts and
 per-issue delivery figures.
 
-Statuses change only through subscribers.lifecycle; import and export are subscribers.csvio's; the
-figures are digest.reports'. These routes read forms, call those and show the result.
+Statuses change only through subscribers.lifecycle; import and export are subscribers.csv_import's and
+csv_export's; the figures are digest.reports'. These routes read forms, call those and show the result.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from digest.config import Settings
 from digest.errors import DigestError, NotFound
 from digest.issue_queries import deliveries_to
 from digest.reports import issue_figures
+from digest.sources.categories import known_categories
 from digest.store import User
 from digest.web.auth import require_admin, require_user
 from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
 from digest.web.pages import flash, render
-from subscribers import csvio, lifecycle
-from subscribers.categories import known_categories
-from subscribers.models import STATUSES, Subscriber
+from subscribers import csv_export, csv_import, lifecycle
+from subscribers.models import MembershipStatus, Subscriber
 from subscribers.queries import list_counts, list_slugs, profile, subscriber_by_id
 from subscribers.search import Query, search
 
@@ -54,7 +54,7 @@ def subscribers(request: Request, settings: Annotated[Settings, Depends(get_sett
     query = Query(q=q.strip()[:320], status=status, list_slug=list, before=_int(before), after=_int(after),
                   size=settings.web.page_size)
     return render(request, "admin/subscribers.html", {"page": search(db, query), "query": query,
-                                                      "statuses": STATUSES, "lists": list_slugs(db)})
+                                                      "statuses": tuple(MembershipStatus), "lists": list_slugs(db)})
 
 
 def _subscriber(db: Session, subscriber_id: int) -> Subscriber:
@@ -89,7 +89,7 @@ def unsubscribe(request: Request, subscriber_id: int, db: Annotated[Session, Dep
 
 @router.get("/lists")
 def lists(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
-    return render(request, "admin/lists.html", {"counts": list_counts(db), "statuses": STATUSES})
+    return render(request, "admin/lists.html", {"counts": list_counts(db), "statuses": tuple(MembershipStatus)})
 
 
 @router.get("/issues")
@@ -97,7 +97,7 @@ def figures(request: Request, db: Annotated[Session, Depends(get_db)]) -> Respon
     return render(request, "admin/issues.html", {"figures": issue_figures(db)})
 
 
-# -- CSV import and export (subscribers.csvio) ------------------------------------------------------
+# -- CSV import and export (subscribers.csv_import, csv_export) -------------------------------------
 
 IMPORTS_DIR = "imports"
 #: uploaded files are deleted after the import; their rejects reports are kept this long to download
@@ -141,7 +141,7 @@ def import_upload(request: Request, settings: Annotated[Settings, Depends(get_se
                   file: Annotated[UploadFile, File()], list: Annotated[str, Form()] = lifecycle.DEFAULT_LIST,  # noqa: A002
                   preconfirmed: Annotated[bool, Form()] = False, source: Annotated[str, Form()] = "",
                   dry_run: Annotated[bool, Form()] = False) -> Response:
-    """Import an uploaded CSV with csvio (batches, rules of lifecycle) and show the report and rejects."""
+    """Import an uploaded CSV with csv_import (batches, rules of lifecycle) and show the report and rejects."""
     folder = imports_dir(settings)
     _prune(folder)
     original = Path(file.filename or "upload.csv").name
@@ -151,7 +151,7 @@ def import_upload(request: Request, settings: Annotated[Settings, Depends(get_se
     with path.open("wb") as out:
         shutil.copyfileobj(file.file, out, 1 << 20)
     try:
-        report = csvio.import_csv(db, path, list_slug=list or lifecycle.DEFAULT_LIST, preconfirmed=preconfirmed,
+        report = csv_import.import_csv(db, path, list_slug=list or lifecycle.DEFAULT_LIST, preconfirmed=preconfirmed,
                                   source=f"{source.strip()} (imported by {user.email})" if source.strip() else "",
                                   dry_run=dry_run, categories=known_categories(settings))
     except DigestError as e:
@@ -178,11 +178,11 @@ def rejects_download(name: str, settings: Annotated[Settings, Depends(get_settin
 
 @router.get("/export")
 def export(db: Annotated[Session, Depends(get_db)], list: str = "", status: str = "") -> Response:  # noqa: A002
-    """The CSV that csvio writes (it re-imports to the same selection), streamed from a temporary file."""
+    """The CSV that csv_export writes (it re-imports to the same selection), streamed from a temporary file."""
     spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the response has streamed it)
     text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
     try:
-        csvio.export_csv(db, text, list_slug=list or None, status=status or None)
+        csv_export.export_csv(db, text, list_slug=list or None, status=status or None)
         text.flush()
         text.detach()
     except BaseException:

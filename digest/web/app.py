@@ -26,7 +26,7 @@ from digest.web.catalog import Catalog
 from digest.web.errors import Forbidden, LoginRequired
 from digest.web.pages import WEB_TEMPLATES, flash, render
 from digest.web.ratelimit import SlidingWindow
-from subscribers.tokens import TokenError
+from subscribers.links import TokenError
 
 log = logging.getLogger("digest.web")
 

@@ -1,8 +1,9 @@
 """Reader pages (no login): subscribe, the signed confirm / unsubscribe / preferences links, the archive.
 
-Every change goes through subscribers.optin (and so through lifecycle, which records the event); these
-routes only read the form, call it and show the answer. The signed token in the URL is the whole
-authority of a link page, so a token can act on its own subscriber only.
+Every change goes through subscribers.optin (via digest.confirmations when an email goes out), and so
+through lifecycle, which records the event; these routes only read the form, call it and show the answer.
+The signed token in the URL is the whole authority of a link page, so a token can act on its own
+subscriber only.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from digest import issue_queries
+from digest import confirmations, issue_queries
 from digest.config import Settings
 from digest.errors import NotFound
+from digest.sources.categories import known_categories
 from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
 from digest.web.pages import render
 from subscribers import lifecycle, optin
-from subscribers.categories import known_categories
-from subscribers.models import ACTIVE, PENDING, MailingList, Subscriber
+from subscribers.links import ReaderLinks
+from subscribers.models import MailingList, MembershipStatus, Subscriber
 from subscribers.queries import list_choices, list_slugs, mailing_list_by_id, subscriber_by_id
-from subscribers.tokens import Tokens
 
 router = APIRouter()
 
@@ -63,8 +64,8 @@ def subscribe(request: Request, settings: Annotated[Settings, Depends(get_settin
             "message": "There have been too many sign-ups from your address. Please try again in a few minutes.",
         }, status_code=429)
     try:
-        optin.request_confirmation(settings, db, email, name=name, list_slug=settings.delivery.list,
-                                   categories=chosen, source="web form /subscribe", ip=client_ip(request))
+        confirmations.request_confirmation(settings, db, email, name=name, list_slug=settings.delivery.list,
+                                           categories=chosen, source="web form /subscribe", ip=client_ip(request))
         db.commit()
     except lifecycle.InvalidEmail:
         db.rollback()
@@ -77,10 +78,9 @@ def subscribe(request: Request, settings: Annotated[Settings, Depends(get_settin
     return render(request, "subscribe_sent.html", {"email": email})
 
 
-def _read(settings: Settings, db: Session, purpose: str, token: str,
-          days: int) -> tuple[MailingList | None, Subscriber | None]:
+def _read(settings: Settings, db: Session, purpose: str, token: str) -> tuple[MailingList | None, Subscriber | None]:
     """Check a link before showing its page (raises TokenError for a bad one; nothing is changed)."""
-    ref = Tokens(settings.secret_key).read(purpose, token, days)
+    ref = ReaderLinks(settings).read(purpose, token)
     return mailing_list_by_id(db, ref.list_id), subscriber_by_id(db, ref.subscriber_id)
 
 
@@ -88,7 +88,7 @@ def _read(settings: Settings, db: Session, purpose: str, token: str,
 def confirm_page(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
                  db: Annotated[Session, Depends(get_db)]) -> Response:
     """A button, not an action: mail scanners that open links must not confirm for the reader."""
-    mlist, sub = _read(settings, db, "confirm", token, settings.subscribers.confirm_expiry_days)
+    mlist, sub = _read(settings, db, "confirm", token)
     if sub is None or mlist is None:
         raise NotFound("this subscription no longer exists")
     return render(request, "confirm.html", {"token": token, "list": mlist})
@@ -100,14 +100,15 @@ def confirm(request: Request, token: str, settings: Annotated[Settings, Depends(
     member = optin.confirm_from_token(settings, db, token, ip=client_ip(request))
     db.commit()
     prefs = request.app.state.personalizer.preferences_url(member.subscriber_id, member.list_id)
-    return render(request, "confirmed.html", {"list": member.mailing_list, "active": member.status == ACTIVE,
+    return render(request, "confirmed.html", {"list": member.mailing_list,
+                                              "active": member.status == MembershipStatus.ACTIVE,
                                               "preferences_url": prefs})
 
 
 @router.get("/u/{token}")
 def unsubscribe_page(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
                      db: Annotated[Session, Depends(get_db)]) -> Response:
-    mlist, sub = _read(settings, db, "unsubscribe", token, settings.subscribers.link_expiry_days)
+    mlist, sub = _read(settings, db, "unsubscribe", token)
     if sub is None or mlist is None:
         return render(request, "unsubscribed.html", {"list": mlist, "email": ""})
     return render(request, "unsubscribe.html", {"token": token, "list": mlist, "email": sub.email})
@@ -121,7 +122,7 @@ def unsubscribe(request: Request, token: str, settings: Annotated[Settings, Depe
 
     The signed URL is the authority; the answer is 200 with no redirect, as RFC 8058 asks.
     """
-    ref = Tokens(settings.secret_key).read("unsubscribe", token, settings.subscribers.link_expiry_days)
+    ref = ReaderLinks(settings).read("unsubscribe", token)
     sub = optin.unsubscribe_from_token(settings, db, token, ip=client_ip(request),
                                        source="one-click (RFC 8058)" if one_click == "One-Click" else "link")
     db.commit()
@@ -132,7 +133,8 @@ def unsubscribe(request: Request, token: str, settings: Annotated[Settings, Depe
 def _preferences_context(request: Request, db: Session, sub: Subscriber, token: str, **extra: object) -> dict:
     known = directory_categories(request)
     return {"token": token, "subscriber": sub, "lists": list_choices(db, sub.id), "categories": known,
-            "chosen": set(sub.categories or []), "joined": (PENDING, ACTIVE), "saved": False, **extra}
+            "chosen": set(sub.categories or []), "joined": (MembershipStatus.PENDING, MembershipStatus.ACTIVE),
+            "saved": False, **extra}
 
 
 @router.get("/p/{token}")
@@ -151,8 +153,8 @@ def save_preferences(request: Request, token: str, settings: Annotated[Settings,
     known = directory_categories(request)
     wanted = set(lists or [])
     choice = {slug: slug in wanted for slug in list_slugs(db)}
-    optin.update_preferences(settings, db, sub, categories=[c for c in categories or [] if c in known], lists=choice,
-                             ip=client_ip(request))
+    confirmations.update_preferences(settings, db, sub, categories=[c for c in categories or [] if c in known],
+                                     lists=choice, ip=client_ip(request))
     db.commit()
     db.refresh(sub)
     return render(request, "preferences.html", _preferences_context(request, db, sub, token, saved=True))

@@ -10,7 +10,7 @@ import pytest
 import time_machine
 
 from digest.config import Settings
-from subscribers.tokens import PURPOSES, TokenError, Tokens
+from subscribers.links import PURPOSES, ReaderLinks, TokenError, Tokens
 
 KEY = "test-secret-key-0123456789abcdef"
 
@@ -122,3 +122,30 @@ def test_make_writes_exactly_what_itsdangerous_signs() -> None:
                 reference = TimestampSigner(KEY, salt=f"digest.{purpose}")
                 for sid, lid in ((1, 1), (7, 3), (123456789, 42)):
                     assert tokens.make(purpose, sid, lid) == reference.sign(f"{sid:x}.{lid:x}").decode("ascii")
+
+
+def test_reader_links_are_made_and_read_in_one_place(settings: Settings) -> None:
+    """Each purpose has its own path under public_url, and is read back with its own expiry."""
+    links = ReaderLinks(settings)
+    base = settings.publication.public_url
+    urls = {"confirm": links.confirm_url(5, 2), "unsubscribe": links.unsubscribe_url(5, 2),
+            "preferences": links.preferences_url(5, 2)}
+    for purpose, path in (("confirm", "/c/"), ("unsubscribe", "/u/"), ("preferences", "/p/")):
+        assert urls[purpose].startswith(base + path)
+        ref = links.read(purpose, urls[purpose].rsplit("/", 1)[1])
+        assert (ref.subscriber_id, ref.list_id) == (5, 2)
+    with pytest.raises(TokenError):
+        links.read("confirm", urls["unsubscribe"].rsplit("/", 1)[1])
+    with pytest.raises(ValueError):
+        links.read("nothing", "x")
+    sent = datetime(2025, 3, 1, tzinfo=UTC)
+    with time_machine.travel(sent, tick=False):
+        confirm = ReaderLinks(settings).confirm_url(1, 1).rsplit("/", 1)[1]
+        unsubscribe = ReaderLinks(settings).unsubscribe_url(1, 1).rsplit("/", 1)[1]
+    later = sent + timedelta(days=settings.subscribers.confirm_expiry_days, seconds=1)
+    assert later < sent + timedelta(days=settings.subscribers.link_expiry_days)
+    with time_machine.travel(later, tick=False):
+        with pytest.raises(TokenError) as e:
+            ReaderLinks(settings).read("confirm", confirm)
+        assert e.value.expired
+        assert ReaderLinks(settings).read("unsubscribe", unsubscribe).subscriber_id == 1

@@ -1,4 +1,8 @@
-"""Signed reader links (itsdangerous): unforgeable, expiring, and carrying ids, never an address.
+"""Every link a reader gets, made and read here: signed (itsdangerous), expiring, carrying ids, never an address.
+
+`ReaderLinks` builds the confirm (`/c/`), unsubscribe (`/u/`) and preferences (`/p/`) URLs from
+`[publication] public_url` and reads their tokens back with the expiry the config gives each purpose;
+`Tokens` signs and checks the tokens themselves.
 
 A token is `<subscriber id hex>.<list id hex>.<timestamp>.<signature>`: the ids are readable but mean
 nothing without the database, the address is not in it, and a change to any character breaks the
@@ -15,6 +19,7 @@ from datetime import datetime
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, want_bytes
 from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes
 
+from digest.config import Settings
 from digest.errors import DigestError
 
 PURPOSES = ("confirm", "unsubscribe", "preferences")
@@ -74,7 +79,7 @@ class Tokens:
         signer = self._signer(purpose)
         token = token.strip()
         try:
-            value, signed_at = signer.unsign(token, max_age=max_age_days * 86400, return_timestamp=True)
+            value, signed_at = signer.unsign(token, max_age=round(max_age_days * 86400), return_timestamp=True)
         except SignatureExpired:
             raise TokenError("this link has expired", expired=True) from None
         except (BadSignature, UnicodeError):
@@ -89,3 +94,33 @@ class Tokens:
             return ReaderRef(int(sid, 16), int(lid, 16), signed_at)
         except ValueError:
             raise TokenError("this link is not valid") from None
+
+
+class ReaderLinks:
+    """The reader's URLs for one publication, and the check of a token that comes back on one.
+
+    Confirmation links expire after `[subscribers] confirm_expiry_days`; unsubscribe and preferences
+    links after `link_expiry_days` (an unsubscribe link must keep working long after its issue).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.public_url = settings.publication.public_url
+        self.tokens = Tokens(settings.secret_key)
+        self._max_age_days = {"confirm": settings.subscribers.confirm_expiry_days,
+                              "unsubscribe": settings.subscribers.link_expiry_days,
+                              "preferences": settings.subscribers.link_expiry_days}
+
+    def confirm_url(self, subscriber_id: int, list_id: int) -> str:
+        return f"{self.public_url}/c/{self.tokens.make('confirm', subscriber_id, list_id)}"
+
+    def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
+        return f"{self.public_url}/u/{self.tokens.make('unsubscribe', subscriber_id, list_id)}"
+
+    def preferences_url(self, subscriber_id: int, list_id: int) -> str:
+        return f"{self.public_url}/p/{self.tokens.make('preferences', subscriber_id, list_id)}"
+
+    def read(self, purpose: str, token: str) -> ReaderRef:
+        """The ids in a link's token; TokenError when it is tampered, expired or meant for another purpose."""
+        if purpose not in self._max_age_days:
+            raise ValueError(f"unknown token purpose {purpose!r} (one of {', '.join(PURPOSES)})")
+        return self.tokens.read(purpose, token, self._max_age_days[purpose])
