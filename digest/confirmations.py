@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from digest.config import Settings
 from digest.deliver import make_transport, send_outside_ledger
-from digest.deliver.base import Message, Transport
+from digest.deliver.protocol import Message, Transport
 from digest.errors import DeliveryError
 from digest.render import TOKENS, Rendered, compile_mjml, render_text
 from digest.sources.categories import known_categories

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeEngine
 
 
-class _Memo(dict):  # type: ignore[type-arg]
+class _Memo(dict[Any, Any]):
     """A processor's results for hashable values (the first call computes, the rest look up)."""
 
     def __init__(self, process: Any) -> None:
@@ -31,7 +31,7 @@ class _Memo(dict):  # type: ignore[type-arg]
         return value
 
 
-class _JSONMemo(dict):  # type: ignore[type-arg]
+class _JSONMemo(dict[Any, Any]):
     """The same for JSON values: small dicts and lists of strings, keyed by their items (few distinct)."""
 
     def __init__(self, process: Any) -> None:
