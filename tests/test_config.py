@@ -58,6 +58,7 @@ def test_environment_overrides_database_and_needs_a_secret(workdir: Path, monkey
     assert load_settings(workdir / "digest.toml").secret_key == generated
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_cli_reports_a_bad_key_in_one_line_with_exit_2(workdir: Path) -> None:
     edit_config(workdir, 'transport = "outbox"', 'transport = "pigeon"')
     result = run_cli("collect", cwd=workdir)
@@ -68,6 +69,7 @@ def test_cli_reports_a_bad_key_in_one_line_with_exit_2(workdir: Path) -> None:
     assert "delivery.transport" in result.stderr and "digest.toml" in result.stderr
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_cli_missing_config_names_the_file(tmp_path: Path) -> None:
     result = run_cli("send", "--config", str(tmp_path / "nope.toml"), cwd=tmp_path)
     assert result.returncode == 2
@@ -230,6 +232,7 @@ def test_init_writes_every_key_with_its_help_and_loads_back_to_the_defaults(work
     assert load_settings(path) == loaded
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_init_refuses_to_overwrite_and_demo_still_works_from_it(tmp_path: Path) -> None:
     init(tmp_path)
     with pytest.raises(DigestError, match="already exists"):

@@ -133,6 +133,7 @@ def claimed_issue(settings: Settings) -> None:
         s.commit()
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_a_second_sender_waits_and_resolve_refuses_while_a_send_runs(workdir: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -190,6 +191,7 @@ def test_ctrl_c_records_the_requests_already_out(workdir: Path, monkeypatch: pyt
     assert ledger["queued"] == 70
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_resolve_command_explains_itself(workdir: Path) -> None:
     settings = configure(workdir, batch=10, concurrency=1)
     seed_readers(settings, 5)

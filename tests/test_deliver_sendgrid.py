@@ -209,6 +209,7 @@ def test_a_refusal_stops_the_send_with_sendgrids_words_and_nothing_is_lost(
         assert s.scalar(select(IssueRow)).status == "sending"
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_wrong_key_exits_2_with_one_line(workdir: Path, server: SendGridServer) -> None:
     sendgrid_config(workdir)
     settings = reload(workdir)
@@ -223,6 +224,7 @@ def test_wrong_key_exits_2_with_one_line(workdir: Path, server: SendGridServer) 
     assert ledger(settings) == {"queued": 3}
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_missing_key_fails_in_one_line_before_anything_is_claimed(workdir: Path, server: SendGridServer) -> None:
     sendgrid_config(workdir)
     settings = reload(workdir)

@@ -85,6 +85,7 @@ def test_a_refused_recipient_fails_alone_and_a_deferred_one_is_tried_again(workd
 
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_failed_readers_can_be_queued_again_once_the_cause_is_fixed(workdir: Path) -> None:
     rec = Recorder(refuse={"reader2@example.com"})
     with SMTPServer(rec) as server:
@@ -135,6 +136,7 @@ def test_starttls_and_login(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> N
             quick(settings)._open()
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_missing_password_fails_in_one_line_before_anything_is_claimed(workdir: Path) -> None:
     settings = smtp_settings(workdir, 2525, security="starttls", username="digest")
     seed_readers(settings, 2)

@@ -59,6 +59,7 @@ def issue(settings: Settings) -> IssueRow:
         return row
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_the_editor_workflow_end_to_end(settings: Settings, workdir: Path, digest: Callable[..., str]
                                          ) -> None:
     subscribe(settings, *READERS)

@@ -212,6 +212,7 @@ def test_drafts_tell_editors_about_feed_health(cfg, db, feeds) -> None:  # type:
     assert "cannot read file" in feeds_check["message"]
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_collect_command_shows_feed_health_and_problems(workdir, feeds) -> None:  # type: ignore[no-untyped-def]
     a, b = feeds
     now = datetime.now(UTC)

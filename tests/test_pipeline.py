@@ -6,6 +6,7 @@ import email
 import email.policy
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from digest.config import Settings
@@ -27,6 +28,7 @@ def _emls(folder: Path) -> list[email.message.EmailMessage]:
             for p in sorted((folder / "outbox").glob("*.eml"))]
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_demo_sends_once_and_a_second_run_sends_nobody_anything(tmp_path: Path) -> None:
     no_key = {"DIGEST_SECRET_KEY": ""}  # as on a fresh machine: the demo makes its own key
     first = run_cli("demo", cwd=tmp_path, env=no_key)
@@ -93,6 +95,7 @@ def test_only_active_members_receive_and_sent_articles_never_return(settings: Se
     assert send(settings).report is None
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_a_broken_feed_is_reported_and_the_issue_is_built_from_the_rest(settings: Settings, workdir: Path) -> None:
     (workdir / "broken.xml").write_text("<html><body><p>404: this page is not a feed</p></body></html>")
     edit_config(workdir, 'feeds = ["sample/feed.xml"]', 'feeds = ["sample/feed.xml", "broken.xml", "missing.xml"]')
@@ -103,6 +106,7 @@ def test_a_broken_feed_is_reported_and_the_issue_is_built_from_the_rest(settings
     assert "failing" in result.stdout
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_bad_directory_rows_are_reported_with_row_numbers(settings: Settings, workdir: Path) -> None:
     directory = workdir / "sample" / "directory.csv"
     with directory.open("a", encoding="utf-8") as f:
@@ -117,6 +121,7 @@ def test_bad_directory_rows_are_reported_with_row_numbers(settings: Settings, wo
     assert "row 16: tier 'gold'" in err
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_dry_run_records_nothing_and_test_send_is_not_in_the_ledger(settings: Settings, workdir: Path) -> None:
     _readers(settings, "ann@example.com", "bob@example.com")
     dry = run_cli("send", "--dry-run", cwd=workdir)
@@ -135,6 +140,7 @@ def test_dry_run_records_nothing_and_test_send_is_not_in_the_ledger(settings: Se
     assert len(_emls(workdir)) == 3
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_every_command_has_help(tmp_path: Path) -> None:
     for command in ("init", "collect", "preview", "send", "demo", "status", "draft", "approve"):
         result = run_cli(command, "--help", cwd=tmp_path)
@@ -144,6 +150,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
             assert "--config" in result.stdout, command
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_init_and_preview_write_files(tmp_path: Path) -> None:
     assert run_cli("init", str(tmp_path / "pub"), cwd=tmp_path).returncode == 0
     again = run_cli("init", str(tmp_path / "pub"), cwd=tmp_path)

@@ -7,6 +7,8 @@ import csv
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from digest.compose import FeatureHistory, choose_listings, compose
 from digest.issues import feature_history, start_sending
 from digest.models import Article, Listing
@@ -83,6 +85,7 @@ def test_editor_picks_come_first_and_previews_use_the_next_number() -> None:
     assert [x.name for x in choose_listings(listings, 2, 0, history)] == ["Supplier 02", "Supplier 03"]
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_52_weekly_issues_through_the_store_and_the_report(settings, session, workdir) -> None:  # type: ignore[no-untyped-def]
     listings, problems = read_directory(settings.resolve(settings.sources.directory))
     assert len(listings) == 12 and not problems

@@ -40,6 +40,7 @@ def admin_routes(app) -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_users_cli_add_list_remove(workdir, monkeypatch):
     # the real command once, in a subprocess, with the password on stdin as a script would give it
     r = cli_with_input("users", "add", "Ed@Example.com", "--role", "editor", "--password-stdin", cwd=workdir,

@@ -76,6 +76,7 @@ def test_subscriber_lookups_for_the_pages(session: Session) -> None:
                                                                                  "weekly": "unsubscribed"}
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_digest_help_imports_no_web_framework() -> None:
     """`digest --help` stays cheap: the web stack loads in `digest serve` only."""
     code = ("import sys, digest.cli.main\n"

@@ -94,6 +94,7 @@ BATCH = [
 ]
 
 
+@pytest.mark.slow  # the real command in a subprocess
 def test_a_signed_batch_changes_statuses_once_and_counts_per_issue(client: TestClient, signer: Signer,
                                                                    sent: Settings, workdir: Path) -> None:
     response = post(client, signer, BATCH)
