@@ -18,4 +18,5 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/lint-imports
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -n 2 -m "" "$@"
