@@ -10,6 +10,8 @@ from digest.config import load_settings
 from digest.errors import ConfigError
 from tests.conftest import edit_config, run_cli
 
+pytestmark = pytest.mark.nodb  # settings are read, never a database: these run once
+
 
 def test_sample_config_loads_with_paths_relative_to_the_file(workdir: Path) -> None:
     s = load_settings(workdir / "digest.toml")
