@@ -139,7 +139,7 @@ def start() -> Server:
         (folder / "pw").unlink()
         if init.returncode != 0:
             raise PostgresUnavailable(f"initdb failed: {(init.stderr or init.stdout).strip()}")
-        (sockets).mkdir()
+        sockets.mkdir()
         if pw is not None:
             os.chown(sockets, pw.pw_uid, pw.pw_gid)
         for _attempt in range(5):  # the port is free when chosen; another process may take it before we bind
@@ -158,7 +158,9 @@ def start() -> Server:
             server = Server(process, folder, url)
             if _wait_ready(server):
                 return server
-            server.process.wait(timeout=10) if server.process.poll() is not None else server.stop()
+            if process.poll() is None:  # not ready in time: give up on this one, keep the folder for the next
+                process.kill()
+            process.wait(timeout=10)
         tail = (folder / "postgres.log").read_text(errors="replace")[-2000:]
         raise PostgresUnavailable(f"postgres did not start: {tail.strip()}")
     except BaseException:
