@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The test command (README, quick start 2; .ci/run runs exactly this):
-# sets up .venv, installs the project with its test extras, makes sure Debian's chromium is there for
-# the browser tests, checks style (ruff), the layers (import-linter) and types (mypy), then runs the
-# whole suite on both cores: `-m ""` lifts the fast default of a bare `pytest` (slow and browser tests
-# included, the wheel test among them).
+# sets up .venv, installs the project with its test extras, makes sure Debian's chromium (browser tests)
+# and postgresql (the PostgreSQL half of the suite) are there, checks style (ruff), the layers
+# (import-linter) and types (mypy), then runs the whole suite on both cores: `-m ""` lifts the fast
+# default of a bare `pytest` (slow and browser tests included, the wheel test among them). pytest itself
+# starts and removes the throwaway PostgreSQL server (tests/pgserver.py); DIGEST_TEST_BACKENDS=sqlite
+# runs the database tests on SQLite alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  fi
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -19,6 +19,8 @@ from digest.errors import ConfigError, DigestError
 from tests.conftest import SECRET, edit_config, run_cli
 from tests.fakes.readers import set_keys
 
+pytestmark = pytest.mark.nodb  # settings are read, never a database: these run once
+
 
 def test_sample_config_loads_with_paths_relative_to_the_file(workdir: Path) -> None:
     s = load_settings(workdir / "digest.toml")

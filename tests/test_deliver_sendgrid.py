@@ -365,6 +365,7 @@ def test_request_level_violations_are_bugs_caught_before_sending(sg: Settings, s
     assert server.stats()["requests"] == 0
 
 
+@pytest.mark.nodb  # reads settings only: runs once
 def test_categories_are_ascii_and_within_limits(workdir: Path) -> None:
     edit_config(workdir, 'name = "Leisure Industry Weekly"', 'name = "Café Society Wöchentlich ' + "x" * 300 + '"')
     cats = categories_for(load_settings(workdir / "digest.toml"), 7)

@@ -226,6 +226,7 @@ def test_a_send_renders_once_per_distinct_edition_not_per_reader(cfg: Settings, 
     assert categories["venuesfit0@example.com"] == ["venues", "fitness"]
 
 
+@pytest.mark.nodb  # reads settings only: runs once
 def test_appeal_variant_keys_must_differ(workdir: Path) -> None:
     from digest.errors import ConfigError
 

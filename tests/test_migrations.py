@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -12,8 +10,8 @@ import subscribers.models  # noqa: F401  (registers the subscriber tables on Bas
 from digest.store import Base, engine_for, migrate
 
 
-def test_migrations_create_every_table_and_match_the_models(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+def test_migrations_create_every_table_and_match_the_models(database_url: str) -> None:
+    url = database_url
     migrate(url)
     migrate(url)  # idempotent
     engine = engine_for(url)

@@ -52,11 +52,13 @@ def stop(proc: subprocess.Popen[str], how: signal.Signals) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_digest_schedule_runs_refuses_a_second_and_stops_on_ctrl_c(settings: Settings, workdir: Path) -> None:
+def test_digest_schedule_runs_refuses_a_second_and_stops_on_ctrl_c(settings: Settings, workdir: Path,
+                                                                   backend: str) -> None:
     proc = start(workdir)
     try:
         banner = read_until(proc, "next send:")
-        assert "scheduler running on sqlite:///" in banner and "Ctrl-C stops" in banner
+        shown_url = {"sqlite": "sqlite:///", "postgresql": "postgresql+psycopg://postgres:***@"}[backend]
+        assert f"scheduler running on {shown_url}" in banner and "Ctrl-C stops" in banner
         assert "next draft: " in banner and " UTC" in banner and ("AEST" in banner or "AEDT" in banner)
         owner = lock_owner(settings)
         assert owner is not None and owner in banner

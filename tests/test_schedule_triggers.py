@@ -49,6 +49,7 @@ def test_a_sydney_0700_send_stays_0700_local_across_april_and_october(settings: 
     assert cron.get_next_fire_time(None, datetime(2024, 4, 2, tzinfo=UTC)) == april[2]
 
 
+@pytest.mark.nodb  # reads settings only: runs once
 def test_the_draft_is_review_hours_of_elapsed_time_before_the_send_even_over_a_dst_change(
         workdir: Path) -> None:
     edit_config(workdir, 'day_of_week = "mon"', 'day_of_week = "sun"')
@@ -103,6 +104,7 @@ def test_next_moments_and_show_print_local_time_and_utc(settings: Settings) -> N
     assert "the review window is open" in inside.getvalue()
 
 
+@pytest.mark.nodb  # reads settings only: runs once
 @pytest.mark.parametrize("old, new, message", [
     ('day_of_week = "mon"', 'day_of_week = "funday"', "schedule.day_of_week 'funday' is not valid"),
     ("hour = 7", "hour = 24", "schedule.hour must be 0..23, not 24"),
@@ -121,12 +123,14 @@ def test_bad_schedule_fields_name_the_key_and_the_file(workdir: Path, old: str, 
     assert message in str(e.value) and str(workdir / "digest.toml") in str(e.value)
 
 
+@pytest.mark.nodb  # reads settings only: runs once
 def test_editors_must_be_email_addresses(workdir: Path) -> None:
     edit_config(workdir, 'editors = ["editor@news.example.com"]', 'editors = ["editor@news.example.com", "bob"]')
     with pytest.raises(ConfigError, match=r"schedule.editors\[1\] 'bob' is not an email address"):
         load_settings(workdir / "digest.toml")
 
 
+@pytest.mark.nodb  # reads settings only: runs once
 def test_a_send_in_the_hour_dst_skips_or_repeats_goes_out_once(workdir: Path) -> None:
     edit_config(workdir, 'day_of_week = "mon"', 'day_of_week = "sun"')
     edit_config(workdir, "hour = 7", "hour = 2")

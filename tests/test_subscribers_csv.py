@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from digest.config import Settings, load_settings
+from digest.config import Settings
 from digest.errors import DigestError, NotFound
 from digest.sources.categories import known_categories
 from digest.store import migrate, session_factory
@@ -241,7 +242,9 @@ def test_the_import_commits_the_callers_session_and_leaves_no_staging_tables(ses
     report = import_csv(session, _write(tmp_path / "s.csv", "email,lists\na@example.com,pending-write\n"))
     assert report.added == 1 and _statuses(session) == {("a@example.com", "pending-write"): MembershipStatus.PENDING}
     with session.get_bind().connect() as conn:  # the pool hands back the import's connection
-        assert conn.exec_driver_sql("SELECT name FROM sqlite_temp_master").all() == []
+        temp_tables = {"sqlite": "SELECT name FROM sqlite_temp_master",
+                       "postgresql": "SELECT relname FROM pg_class WHERE relnamespace = pg_my_temp_schema()"}
+        assert conn.exec_driver_sql(temp_tables[conn.dialect.name]).all() == []
 
 
 @pytest.mark.parametrize("fields", [["a@example.com", "Ann"], ["", ""], ["x\x1fy", "z"], ["\x1eq", "\udce9"], ["solo"]])
@@ -279,17 +282,13 @@ def test_each_batch_is_all_or_nothing_and_a_rerun_completes(session: Session, tm
     assert session.scalar(select(func.count()).select_from(Membership)) == 25
 
 
-def _fresh(tmp_path: Path, settings: Settings, name: str) -> Session:
-    (tmp_path / name).mkdir()
-    cfg = tmp_path / name / "digest.toml"
-    cfg.write_text(settings.path.read_text())
-    fresh = load_settings(cfg)
-    migrate(fresh.database_url)
-    return session_factory(fresh.database_url)()
+def _fresh(url: str) -> Session:
+    migrate(url)
+    return session_factory(url)()
 
 
-def test_export_then_import_into_a_fresh_database_round_trips(settings: Settings, session: Session,
-                                                              tmp_path: Path) -> None:
+def test_export_then_import_into_a_fresh_database_round_trips(settings: Settings, session: Session, tmp_path: Path,
+                                                              another_database: Callable[[str], str]) -> None:
     lifecycle.create_list(session, "offers", "Offers")
     lifecycle.subscribe(session, "a@example.com", name="Ann, the first", source="t", confirmed=True,
                         categories=["Aquatics", "Fitness"])
@@ -309,7 +308,7 @@ def test_export_then_import_into_a_fresh_database_round_trips(settings: Settings
     assert export_csv(session, out) == 5
     (tmp_path / "export.csv").write_text(out.getvalue(), encoding="utf-8")
 
-    with _fresh(tmp_path, settings, "fresh") as other:
+    with _fresh(another_database("fresh")) as other:
         report = import_csv(other, tmp_path / "export.csv", preconfirmed=True, source="export of the old database",
                             create_lists=True)
         assert (report.added, report.rejected) == (5, 0)
