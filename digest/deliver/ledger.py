@@ -57,11 +57,14 @@ def snapshot(session: Session, issue: IssueRow, list_id: int) -> int:
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
     rows = rows.where(Subscriber.id.not_in(already))
-    result = session.connection().execute(insert(DELIVERIES).from_select(
+    # counted, not taken from the cursor: psycopg reports -1 rows for this INSERT ... SELECT on PostgreSQL
+    in_ledger = select(func.count()).select_from(DELIVERIES).where(DELIVERIES.c.issue_id == issue.id)
+    before = session.connection().execute(in_ledger).scalar_one()
+    session.connection().execute(insert(DELIVERIES).from_select(
         ["issue_id", "subscriber_id", "email", "status", "updated_at"], rows))
     issue.snapshot_at = now
     move(issue, IssueStatus.SENDING, now=now)
-    return result.rowcount or 0
+    return int(session.connection().execute(in_ledger).scalar_one() - before)
 
 
 def counts(session: Session, issue_id: int) -> dict[str, int]:
