@@ -91,12 +91,17 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     if prepare is None or submit is None:
         prepare, submit = None, transport.send
 
+    unbuilt: list[Outcome] = []  # readers whose own data made their message impossible: failed alone
+
     def build(readers: list[Reader]) -> Any:
         msgs = []
         for r in readers:
-            values, headers = personal.for_reader(r.id, list_id, r.name)
-            msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
-                                values, headers, list_id))
+            try:
+                values, headers = personal.for_reader(r.id, list_id, r.name)
+                msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
+                                    values, headers, list_id))
+            except Exception as e:
+                unbuilt.append(Outcome(r.delivery_id, False, error=f"could not build this reader's message: {e}"))
         return prepare(msgs) if prepare is not None else msgs
 
     stop: DeliveryError | None = None
@@ -141,12 +146,22 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     try:
                         work = build(claimed.readers)
                     except BaseException as e:
+                        unbuilt.clear()
                         release(session, ids)  # claimed, refused before anything went out
                         session.commit()
                         if not isinstance(e, DeliveryError):
                             raise
                         stop = e
                         break
+                    if unbuilt:
+                        report.failed += mark(session, claimed.batch, unbuilt, len(unbuilt))[1]
+                        done += len(unbuilt)
+                        failed_ids = {o.delivery_id for o in unbuilt}
+                        ids = [i for i in ids if i not in failed_ids]
+                        unbuilt.clear()
+                        session.commit()
+                        if not ids:
+                            continue
                     pending[pool.submit(submit, work)] = (claimed.batch, ids)
                 if not pending:
                     break
