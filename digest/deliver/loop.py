@@ -32,10 +32,12 @@ from digest.deliver.ledger import (
     snapshot,
 )
 from digest.deliver.personalizer import Personalizer
-from digest.deliver.protocol import Message, Outcome, SendReport, Transport
+from digest.deliver.protocol import Message, Outcome, SendInterrupted, SendReport, Transport
 from digest.errors import DeliveryError
 from digest.locks import SEND_HEARTBEAT, beat_send_lock, drop_send_lock, take_send_lock
 from digest.render import Rendered
+from digest.stopping import requested as stop_requested
+from digest.stopping import signal_name
 from digest.store import IssueRow, utcnow
 
 
@@ -136,6 +138,10 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         try:
             while True:
                 while stop is None and len(pending) < workers:
+                    if stop_requested():  # SIGTERM/SIGHUP: nothing new goes out; what is out is recorded
+                        stop = SendInterrupted(f"stopped by {signal_name()}: every request in flight was "
+                                               "answered and recorded; `digest send` resumes")
+                        break
                     claimed = claim(session, issue_id, list_id, transport.batch_size)
                     if claimed is None:
                         break
@@ -176,6 +182,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     settle(fut)
             raise
     if stop is not None:
+        if isinstance(stop, SendInterrupted):
+            report.unknown = counts(session, issue_id).get(CLAIMED, 0)
+            stop.report = report
         raise stop
     final = counts(session, issue_id)
     report.skipped = final.get(SKIPPED, 0)
