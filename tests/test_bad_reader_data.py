@@ -23,6 +23,7 @@ from subscribers.models import Membership, Subscriber
 from subscribers.names import InvalidName, checked_name, clean_name
 from tests.fakes.readers import seed_readers
 from tests.fakes.smtp_server import SMTPServer
+from tests.test_deliver_sendgrid import server, sg  # noqa: F401 (fixtures)
 from tests.test_deliver_smtp import ledger, smtp_settings
 from tests.test_web_support import app_fixture, client_fixture, csrf, messages  # noqa: F401 (fixtures)
 
@@ -67,13 +68,13 @@ def test_on_the_outbox_a_reader_whose_message_cannot_be_built_fails_alone(workdi
 
 @pytest.mark.slow
 def test_over_smtp_a_reader_whose_message_cannot_be_built_fails_alone(workdir: Path) -> None:
-    with SMTPServer() as server:
-        settings = smtp_settings(workdir, server.port)
+    with SMTPServer() as smtp:
+        settings = smtp_settings(workdir, smtp.port)
         emails = seed_readers(settings, 5)
         _break_name(settings, emails[0])
         outcome = send(settings, transport=SMTPTransport(settings, backoff=0.01))
         again = send(settings, transport=SMTPTransport(settings, backoff=0.01))
-        rec = server.recorder
+        rec = smtp.recorder
     assert outcome.report is not None and (outcome.report.submitted, outcome.report.failed) == (4, 1)
     assert again.report is None or again.report.submitted == 0  # the issue is done: a rerun sends nobody
     assert Counter(rec.recipients()) == Counter(emails[1:]), "everyone else once; nobody before them again"
@@ -138,8 +139,8 @@ class _CrashingSMTP(SMTPTransport):
 
 @pytest.mark.slow
 def test_confirm_pending_after_a_crash_sends_nobody_a_second_confirmation(workdir: Path, tmp_path: Path) -> None:
-    with SMTPServer() as server:
-        settings = smtp_settings(workdir, server.port)
+    with SMTPServer() as smtp:
+        settings = smtp_settings(workdir, smtp.port)
         rows = "".join(f"p{i}@example.com,P {i}\n" for i in range(8))
         (tmp_path / "in.csv").write_text("email,name\n" + rows)
         with session_factory(settings.database_url)() as session:
@@ -148,12 +149,24 @@ def test_confirm_pending_after_a_crash_sends_nobody_a_second_confirmation(workdi
             session.commit()
             with pytest.raises(RuntimeError, match="power cut"):
                 confirmations.send_pending(settings, session, transport=_CrashingSMTP(settings))
-        assert len(server.recorder.received) == 3
+        assert len(smtp.recorder.received) == 3
         with session_factory(settings.database_url)() as session:
             recorded = session.scalar(select(func.count()).select_from(Membership)
                                       .where(Membership.confirm_sent_at.is_not(None)))
             assert recorded == 3, "each confirmation that went out was recorded before the next"
             report = confirmations.send_pending(settings, session, transport=SMTPTransport(settings, backoff=0.01))
         assert (report.sent, report.failed) == (4, 1) and "p5@example.com" in report.errors[0]
-        got = server.recorder.recipients()
+        got = smtp.recorder.recipients()
     assert Counter(got) == Counter(f"p{i}@example.com" for i in range(8) if i != 5), "nobody twice"
+
+
+def test_over_sendgrid_one_readers_bad_data_never_stops_the_request(sg: Settings) -> None:  # noqa: F811
+    emails = seed_readers(sg, 5)
+    _break_name(sg, emails[1])
+    with session_scope(sg.database_url) as s:  # an address SendGrid's v3 API cannot take (SMTPUTF8)
+        s.execute(update(Subscriber).where(Subscriber.email == emails[3]).values(email="jösé@example.com"))
+        s.execute(update(Delivery).where(Delivery.email == emails[3]).values(email="jösé@example.com"))
+    outcome = send(sg)
+    assert outcome.report is not None and (outcome.report.submitted, outcome.report.failed) == (4, 1)
+    assert list(_failed(sg)) == ["jösé@example.com"]
+    assert ledger(sg) == {"submitted": 4, "failed": 1}
