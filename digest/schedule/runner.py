@@ -240,6 +240,7 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
             if scheduler.running:
                 scheduler.shutdown(wait=True)  # a running job is waited for
         finally:
+            stopping.reset()  # the job has ended: the flag must not stop a later send in this process
             lock.release()
             _lock = None
             say("scheduler stopped")
