@@ -229,6 +229,10 @@ class SMTPSettings(_Table):
                               description="The environment variable that holds the password (never this file).")
     max_per_second: float = Field(default=0.0, ge=0, description="Messages per second at most (0: no cap).")
     timeout_seconds: Seconds = Field(default=30.0, description="One SMTP conversation step.")
+    data_timeout_seconds: Seconds = Field(
+        default=600.0,
+        description="How long to wait for the reply after a message's final dot (RFC 5321 4.5.3.2.6: 10 "
+                    "minutes). No reply in time: that message's fate is unknown, never sent again by itself.")
 
     @property
     def password(self) -> str:

@@ -115,9 +115,10 @@ class PendingReport:
 def send_pending(settings: Settings, session: Session, *, list_slug: str | None = None, again: bool = False,
                  limit: int | None = None, transport: Transport | None = None, now: datetime | None = None,
                  progress: Callable[[int, int], None] | None = None) -> PendingReport:
-    """Send the confirmation email to pending readers (imported without consent evidence), in the
-    transport's batches and at its pace; each batch is recorded (confirm_sent_at, an event) as it goes,
-    so an interrupted run resumes without sending anyone two."""
+    """Send the confirmation email to pending readers (imported without consent evidence), one at a time
+    at the transport's pace. Each one is recorded (confirm_sent_at, an event) and committed as soon as it
+    went out, before the next, so a run that crashes or is killed never sends anyone a second one; a
+    reader whose message cannot be built or is refused fails alone, with the reason."""
     pending = optin.Pending(settings, session, list_slug=list_slug, again=again, now=now)
     total = pending.count(limit)
     report = PendingReport()
@@ -126,29 +127,35 @@ def send_pending(settings: Settings, session: Session, *, list_slug: str | None 
     transport = transport or make_transport(settings)
     links = ReaderLinks(settings)
     editions: dict[int, Rendered] = {}
+
+    def failed(email: str, why: str | None) -> None:
+        report.failed += 1
+        if len(report.errors) < 5:
+            report.errors.append(f"{email}: {why or 'refused'}")
+
     try:
         while report.sent + report.failed < total:
-            rows = pending.next_batch(min(transport.batch_size, total - report.sent - report.failed))
+            rows = pending.next_batch(min(100, total - report.sent - report.failed))
             if not rows:
                 break
-            messages = []
-            for member, sub, mlist in rows:
-                if mlist.id not in editions:
-                    editions[mlist.id] = confirmation_edition(settings, mlist)
-                messages.append(confirmation_message(links, member, sub, editions[mlist.id]))
-            outcomes = transport.send(messages)
-            by_id = {m.delivery_id: (m, r) for m, r in zip(messages, rows, strict=True)}
-            for o in outcomes:
-                if not o.ok:
-                    report.failed += 1
-                    if len(report.errors) < 5:
-                        report.errors.append(f"{by_id[o.delivery_id][0].to_email}: {o.error}")
-            sent = [by_id[o.delivery_id][1] for o in outcomes if o.ok]
-            pending.record_sent(sent)
-            session.commit()
-            report.sent += len(sent)
-            if progress:
-                progress(report.sent + report.failed, total)
+            for row in rows:
+                member, sub, mlist = row
+                try:
+                    if mlist.id not in editions:
+                        editions[mlist.id] = confirmation_edition(settings, mlist)
+                    message = confirmation_message(links, member, sub, editions[mlist.id])
+                except Exception as e:  # this reader's data alone; the others still get theirs
+                    failed(sub.email, f"could not build the confirmation: {e}")
+                    continue
+                (outcome,) = transport.send([message])
+                if outcome.ok:
+                    pending.record_sent([row])
+                    session.commit()  # recorded before the next one goes out
+                    report.sent += 1
+                else:
+                    failed(sub.email, outcome.error)
+                if progress:
+                    progress(report.sent + report.failed, total)
     except DeliveryError:
         session.commit()
         raise

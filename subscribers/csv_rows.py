@@ -18,10 +18,10 @@ from subscribers.categories import UnknownCategory, canonical
 from subscribers.csv_read import Layout, RowRejected
 from subscribers.lifecycle import InvalidEmail
 from subscribers.models import MembershipStatus
+from subscribers.names import NAME_MAX, clean_name
 
 _LIST_SPLIT = re.compile(r"[;|,]")
 _CATEGORY_SPLIT = re.compile(r"[/;|]")
-NAME_MAX = 255
 
 
 class RowParser:
@@ -68,7 +68,8 @@ class RowParser:
             address = lifecycle.normalize(email)
         except InvalidEmail as e:
             raise RowRejected(str(e)) from None
-        name = fields[lay.name].strip() if lay.name is not None else ""
+        # a multi-line quoted cell or a stray control character: spaces, as at every door (subscribers.names)
+        name = clean_name(fields[lay.name]) if lay.name is not None else ""
         if len(name) > NAME_MAX:
             raise RowRejected(f"name is {len(name)} characters (at most {NAME_MAX})")
         plan = self._plan(fields[lay.lists]) if lay.lists is not None else 0

@@ -22,6 +22,7 @@ from digest.errors import DigestError, NotFound
 from digest.store import UTCDateTime, utcnow
 from subscribers.bulk import insert_rows
 from subscribers.models import WITHDRAWN, Event, MailingList, Membership, MembershipStatus, Subscriber, Suppression
+from subscribers.names import checked_name
 
 DEFAULT_LIST = "weekly"
 
@@ -170,13 +171,15 @@ def change(session: Session, member: Membership, new: MembershipStatus, *, kind:
 
 def upsert_subscriber(session: Session, address: Address, name: str = "", *,
                       attributes: dict | None = None, categories: list[str] | None = None) -> tuple[Subscriber, bool]:
-    """The person for this address, created when new. Raises Suppressed for an erased address."""
+    """The person for this address, created when new. Raises Suppressed for an erased address, InvalidName
+    for a name too long (control characters and line breaks in it become spaces: `subscribers.names`)."""
+    name = checked_name(name)
     if is_suppressed(session, address):
         raise Suppressed(f"{address.email} was erased on request and cannot be added again")
     sub = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key))
     created = sub is None
     if sub is None:
-        sub = Subscriber(email=address.email, email_key=address.key, name=name.strip(),
+        sub = Subscriber(email=address.email, email_key=address.key, name=name,
                          attributes=attributes or {}, categories=categories or [])
         session.add(sub)
         session.flush()
@@ -194,9 +197,10 @@ def subscribe(session: Session, email: str, *, name: str = "", list_slug: str = 
     stranger filling in a form can put a withdrawn reader back on a list.
     """
     address = normalize(email)
+    name = checked_name(name)
     sub, created = upsert_subscriber(session, address, name, categories=categories)
     if name and not sub.name:
-        sub.name = name.strip()
+        sub.name = name
     mlist = ensure_list(session, list_slug)
     member = membership(session, sub, mlist)
     if member is None:

@@ -221,3 +221,47 @@ def test_a_permanent_refusal_is_not_tried_again(workdir: Path) -> None:
         outcome = send(settings, transport=SMTPTransport(settings, clock=clock, sleep=clock.sleep))
     assert outcome.report is not None and (outcome.report.submitted, outcome.report.failed) == (1, 1)
     assert rec.rcpt_attempts.count("reader1@example.com") == 1 and clock.slept == []
+
+
+# -- the late final reply (RFC 5321 §4.5.3.2.6) -------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_final_250_later_than_the_command_timeout_is_waited_for_and_one_copy_arrives(workdir: Path) -> None:
+    rec = Recorder(hold_at={2}, hold_seconds=2.5)
+    with SMTPServer(rec) as server:
+        settings = smtp_settings(workdir, server.port)
+        set_keys(workdir, "delivery.smtp", timeout_seconds=1.0)  # the reply after the dot has its own wait
+        settings = load_settings(workdir / "digest.toml")
+        assert settings.delivery.smtp.data_timeout_seconds == 600.0, "RFC 5321's 10 minutes by default"
+        emails = seed_readers(settings, 3)
+        transport = quick(settings)
+        outcome = send(settings, transport=transport)
+    assert outcome.report is not None and outcome.report.submitted == 3 and outcome.report.ok
+    assert Counter(rec.recipients()) == Counter(emails), "every reader exactly once: no second copy"
+    assert transport.connections == 1
+    assert ledger(settings) == {"submitted": 3}
+
+
+@pytest.mark.slow
+def test_no_final_reply_within_the_data_timeout_is_unknown_for_that_message_alone(workdir: Path) -> None:
+    import time
+
+    rec = Recorder(hold_at={2}, hold_seconds=3.0)
+    with SMTPServer(rec) as server:
+        smtp_settings(workdir, server.port)
+        set_keys(workdir, "delivery.smtp", timeout_seconds=5.0, data_timeout_seconds=1.0)
+        settings = load_settings(workdir / "digest.toml")
+        emails = seed_readers(settings, 4)
+        outcome = send(settings, transport=quick(settings))
+        assert outcome.report is not None
+        assert (outcome.report.submitted, outcome.report.unknown, outcome.report.failed) == (3, 1, 0)
+        assert ledger(settings) == {"submitted": 3, "claimed": 1}
+        with session_factory(settings.database_url)() as s:
+            left = s.scalars(select(Delivery).where(Delivery.status == "claimed")).one()
+        assert left.email == emails[1] and "final dot" in (left.error or "")
+        # a second run sends nobody again: the unknown one waits for `digest deliveries resolve`
+        again = send(settings, transport=quick(settings))
+        assert again.report is not None and again.report.submitted == 0 and again.report.unknown == 1
+        time.sleep(2.5)  # the held 250 goes out to a closed connection; the server kept the message
+    assert Counter(rec.recipients()) == Counter(emails), "the server took it once; nobody got two"
+    assert ledger(settings) == {"submitted": 3, "claimed": 1}

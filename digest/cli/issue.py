@@ -212,9 +212,23 @@ def send(config: ConfigOpt = None,
     if dry_run:
         _dry_run(settings)
         return
-    with progress_bar("sending") as bar:
-        task = bar.add_task("send", total=None)
-        outcome = issues.send(settings, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    from digest import stopping
+    from digest.deliver.protocol import SendInterrupted
+
+    try:
+        # SIGTERM/SIGHUP (systemd, docker, `kill`, a closed terminal): stop as Ctrl-C would, with the
+        # requests in flight answered and recorded; exit 128 + the signal (143, 129)
+        with stopping.on_signals(), progress_bar("sending") as bar:
+            task = bar.add_task("send", total=None)
+            outcome = issues.send(settings, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                     total=total))
+    except SendInterrupted as e:
+        r = e.report
+        if r is not None:
+            console.print(f"issue {r.issue_number}: submitted {r.submitted}, failed {r.failed}, "
+                          f"unknown {r.unknown} before stopping")
+        err.print(f"[yellow]stopped:[/] {e}", highlight=False)
+        raise typer.Exit(stopping.exit_code()) from None
     _print_send(outcome)
     if outcome.report and not outcome.report.ok:
         raise typer.Exit(1)

@@ -32,10 +32,12 @@ from digest.deliver.ledger import (
     snapshot,
 )
 from digest.deliver.personalizer import Personalizer
-from digest.deliver.protocol import Message, Outcome, SendReport, Transport
+from digest.deliver.protocol import Message, Outcome, SendInterrupted, SendReport, Transport
 from digest.errors import DeliveryError
 from digest.locks import SEND_HEARTBEAT, beat_send_lock, drop_send_lock, take_send_lock
 from digest.render import Rendered
+from digest.stopping import requested as stop_requested
+from digest.stopping import signal_name
 from digest.store import IssueRow, utcnow
 
 
@@ -91,12 +93,17 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     if prepare is None or submit is None:
         prepare, submit = None, transport.send
 
+    unbuilt: list[Outcome] = []  # readers whose own data made their message impossible: failed alone
+
     def build(readers: list[Reader]) -> Any:
         msgs = []
         for r in readers:
-            values, headers = personal.for_reader(r.id, list_id, r.name)
-            msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
-                                values, headers, list_id))
+            try:
+                values, headers = personal.for_reader(r.id, list_id, r.name)
+                msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
+                                    values, headers, list_id))
+            except Exception as e:
+                unbuilt.append(Outcome(r.delivery_id, False, error=f"could not build this reader's message: {e}"))
         return prepare(msgs) if prepare is not None else msgs
 
     stop: DeliveryError | None = None
@@ -131,6 +138,10 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         try:
             while True:
                 while stop is None and len(pending) < workers:
+                    if stop_requested():  # SIGTERM/SIGHUP: nothing new goes out; what is out is recorded
+                        stop = SendInterrupted(f"stopped by {signal_name()}: every request in flight was "
+                                               "answered and recorded; `digest send` resumes")
+                        break
                     claimed = claim(session, issue_id, list_id, transport.batch_size)
                     if claimed is None:
                         break
@@ -141,12 +152,22 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     try:
                         work = build(claimed.readers)
                     except BaseException as e:
+                        unbuilt.clear()
                         release(session, ids)  # claimed, refused before anything went out
                         session.commit()
                         if not isinstance(e, DeliveryError):
                             raise
                         stop = e
                         break
+                    if unbuilt:
+                        report.failed += mark(session, claimed.batch, unbuilt, len(unbuilt))[1]
+                        done += len(unbuilt)
+                        failed_ids = {o.delivery_id for o in unbuilt}
+                        ids = [i for i in ids if i not in failed_ids]
+                        unbuilt.clear()
+                        session.commit()
+                        if not ids:
+                            continue
                     pending[pool.submit(submit, work)] = (claimed.batch, ids)
                 if not pending:
                     break
@@ -161,6 +182,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     settle(fut)
             raise
     if stop is not None:
+        if isinstance(stop, SendInterrupted):
+            report.unknown = counts(session, issue_id).get(CLAIMED, 0)
+            stop.report = report
         raise stop
     final = counts(session, issue_id)
     report.skipped = final.get(SKIPPED, 0)

@@ -29,7 +29,12 @@ class OutboxTransport:
     def send(self, messages: list[Message]) -> list[Outcome]:
         outcomes = []
         for message in messages:
-            mime = build(self.settings, message, subject_prefix=self.subject_prefix)
+            try:
+                mime = build(self.settings, message, subject_prefix=self.subject_prefix)
+            except Exception as e:  # this reader's data alone (a name with a line break, say): the rest go on
+                outcomes.append(Outcome(message.delivery_id, False,
+                                        error=f"could not build this reader's message: {e}"))
+                continue
             path = self.path_for(message)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(bytes(mime))

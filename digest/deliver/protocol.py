@@ -56,6 +56,15 @@ class SendStopped(DeliveryError):
         self.outcomes = list(outcomes)
 
 
+class SendInterrupted(DeliveryError):
+    """SIGTERM or SIGHUP (`digest.stopping`) stopped the send after its requests in flight were recorded.
+    `report` is the send so far; `digest send` resumes."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.report: SendReport | None = None
+
+
 class Transport(Protocol):
     """Sends batches. Returns one Outcome per message; raises DeliveryError to stop the whole send.
 

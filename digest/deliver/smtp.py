@@ -6,16 +6,25 @@ tries (digest.retry). A message the server did not answer with 250 was not accep
 §4.1.1.4), so sending it again is right; a 4xx answer is transient (§4.2.1) and is tried again too.
 A refused recipient is that reader's failure, not the send's; a refused login or sender stops the
 send with the server's words.
+
+The reply to the final dot after DATA is different: once the dot is out the server may have taken the
+message, and RFC 5321 §4.5.3.2.6 asks the client to wait 10 minutes for that reply (a busy server scans
+the message first). So that one reply waits `data_timeout_seconds`, and no reply in time makes that one
+message of unknown fate: never sent again without a decision
+(`digest deliveries resolve`). One reader per batch, so each outcome is recorded as it happens and a
+process stopped or killed mid-send leaves at most one message of unknown fate.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import ssl
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
+from typing import Any
 
 from digest import retry
 from digest.config import Settings
@@ -43,6 +52,54 @@ class Pacer:
         self._next = now + self.interval
 
 
+class FinalReplyLost(Exception):
+    """The final dot went out and no reply came back in time: the server may have accepted the message."""
+
+
+def _patient_data(conn: _SMTP | _SMTPSSL, msg: Any) -> tuple[int, bytes]:
+    """DATA as smtplib does it (RFC 5321 §4.1.1.4), but the reply to the final dot is waited for
+    `data_timeout` seconds (§4.5.3.2.6), and losing it raises FinalReplyLost, not a retryable error."""
+    conn.putcmd("data")
+    code, repl = conn.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, repl)
+    raw = bytes(msg.encode("ascii") if isinstance(msg, str) else msg)
+    raw = re.sub(rb"(?m)^\.", b"..", raw)  # dot-stuffing, §4.5.2
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    conn.send(raw + b".\r\n")  # a failure here: the dot never arrived, nothing was accepted
+    sock = conn.sock
+    assert sock is not None  # send() above raised SMTPServerDisconnected if it were
+    before = sock.gettimeout()
+    sock.settimeout(conn.data_timeout)
+    try:
+        return conn.getreply()
+    except (smtplib.SMTPServerDisconnected, OSError) as e:
+        # Out of time: the server is still at it and may yet say 250, so the fate is unknown. A server
+        # that closed the connection instead has not taken the message (the 250 is where it accepts
+        # responsibility, §6.1): that one is retried as any lost connection.
+        if isinstance(e, TimeoutError) or isinstance(e.__context__, TimeoutError):
+            raise FinalReplyLost(f"no reply within {conn.data_timeout:g} s after the message's final dot") from None
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(before)
+
+
+class _SMTP(smtplib.SMTP):
+    data_timeout = 600.0
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        return _patient_data(self, msg)
+
+
+class _SMTPSSL(smtplib.SMTP_SSL):
+    data_timeout = 600.0
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        return _patient_data(self, msg)
+
+
 def _text(raw: bytes | str) -> str:
     return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw).strip()
 
@@ -60,7 +117,7 @@ def _transient(error: BaseException) -> bool:
 
 class SMTPTransport:
     name = "smtp"
-    batch_size = 20  # small: a process killed mid-batch leaves at most this many readers of unknown fate
+    batch_size = 1  # each message claimed and recorded on its own: a killed send leaves at most one unknown
     concurrency = 1  # one connection, reused
 
     def __init__(self, settings: Settings, *, ssl_context: ssl.SSLContext | None = None, retries: int = 3,
@@ -77,19 +134,20 @@ class SMTPTransport:
         self.retries = retries
         self.retrying = retry.policy(attempts=retries + 1, first=backoff, retry_on=_transient, sleep=sleep)
         self.pacer = Pacer(sm.max_per_second, clock=clock, sleep=sleep)
-        self._conn: smtplib.SMTP | None = None
+        self._conn: _SMTP | _SMTPSSL | None = None
         self.connections = 0  # opened so far (reconnects show here)
 
     # -- the connection ------------------------------------------------------------------------------
 
-    def _open(self) -> smtplib.SMTP:
+    def _open(self) -> _SMTP | _SMTPSSL:
         sm = self.smtp
         try:
             if sm.security == "tls":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(sm.host, sm.port, timeout=sm.timeout_seconds,
-                                                      context=self.ssl_context)
+                conn: _SMTP | _SMTPSSL = _SMTPSSL(sm.host, sm.port, timeout=sm.timeout_seconds,
+                                                  context=self.ssl_context)
             else:
-                conn = smtplib.SMTP(sm.host, sm.port, timeout=sm.timeout_seconds)
+                conn = _SMTP(sm.host, sm.port, timeout=sm.timeout_seconds)
+            conn.data_timeout = sm.data_timeout_seconds
             conn.ehlo()
             if sm.security == "starttls":
                 conn.starttls(context=self.ssl_context)
@@ -134,10 +192,17 @@ class SMTPTransport:
         return outcomes
 
     def send_one(self, message: Message) -> Outcome:
-        mime = build(self.settings, message)
+        try:
+            mime = build(self.settings, message)
+        except Exception as e:  # this reader's data alone (a name with a line break, say): the rest go on
+            return Outcome(message.delivery_id, False, error=f"could not build this reader's message: {e}")
         sender = self.settings.publication.from_email
         try:
             self.retrying(self._send_mime, mime, sender, message.to_email)
+        except FinalReplyLost as e:
+            return Outcome(message.delivery_id, False, unknown=True,
+                           error=f"{self.where}: {e}; it may have been accepted: decide with "
+                                 "`digest deliveries resolve`")
         except smtplib.SMTPRecipientsRefused as e:
             code, reply = next(iter(e.recipients.values()))
             return Outcome(message.delivery_id, False, error=f"refused by {self.where}: {code} {_text(reply)}")
@@ -162,6 +227,9 @@ class SMTPTransport:
             conn.send_message(mime, from_addr=sender, to_addrs=[to_email])
         except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError):
             raise  # answers on a working connection
+        except FinalReplyLost:
+            self._drop()  # the conversation's state is unknown: the next message gets a new connection
+            raise
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError):
             self._drop()
             raise

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from types import FrameType
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
@@ -28,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy import select, update
 
+from digest import stopping
 from digest.config import Settings, load_settings
 from digest.locks import SchedulerLock, safe_url
 from digest.moments import (
@@ -184,6 +186,11 @@ def stored_jobs(settings: Settings) -> dict[str, datetime | None]:
     return {r.id: None if r.next_run_time is None else datetime.fromtimestamp(r.next_run_time, UTC) for r in rows}
 
 
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    stopping.request(signum)
+    raise KeyboardInterrupt
+
+
 def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: threading.Event | None = None,
           heartbeat_seconds: float | None = None) -> int:
     """Run the schedule until Ctrl-C / SIGTERM (or `stop` is set). Returns the exit code.
@@ -198,8 +205,10 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
     log.info("%s", lock.acquire())
     _lock = lock
     stop = stop or threading.Event()
+    stopping.reset()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # systemd's stop: as Ctrl-C
+        for signum in stopping.SIGNALS:  # systemd's stop, `kill`, a closed terminal: as Ctrl-C
+            signal.signal(signum, _stop_on_signal)
     try:
         scheduler.start(paused=True)
         for line in ensure_jobs(scheduler, settings, str(settings.path)):
@@ -221,13 +230,17 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
                 log.warning("heartbeat failed: %s", e)
         return 0
     except KeyboardInterrupt:
-        say("stopping: waiting for a running job to finish")
+        # a send in progress claims nothing more; its requests in flight are answered and recorded
+        # (digest.stopping), then the job ends and `digest send` resumes the rest
+        stopping.request(signal.SIGINT)
+        say("stopping: waiting for a running job to finish its requests in flight")
         return 0
     finally:
         try:
             if scheduler.running:
                 scheduler.shutdown(wait=True)  # a running job is waited for
         finally:
+            stopping.reset()  # the job has ended: the flag must not stop a later send in this process
             lock.release()
             _lock = None
             say("scheduler stopped")

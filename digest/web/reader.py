@@ -24,6 +24,7 @@ from digest.web.pages import render
 from subscribers import lifecycle, optin
 from subscribers.links import ReaderLinks
 from subscribers.models import MailingList, MembershipStatus, Subscriber
+from subscribers.names import NAME_MAX, InvalidName, checked_name
 from subscribers.queries import list_choices, list_slugs, mailing_list_by_id, subscriber_by_id
 
 router = APIRouter()
@@ -52,9 +53,15 @@ def subscribe(request: Request, settings: Annotated[Settings, Depends(get_settin
               db: Annotated[Session, Depends(get_db)], email: Annotated[str, Form()] = "",
               name: Annotated[str, Form()] = "", categories: Annotated[list[str] | None, Form()] = None,
               website: Annotated[str, Form()] = "") -> Response:
-    email, name = email.strip()[:320], name.strip()[:255]
+    email = email.strip()[:320]
     known = directory_categories(request)
     chosen = [c for c in categories or [] if c in known]
+    try:
+        name = checked_name(name)  # line breaks and control characters become spaces; too long: refused
+    except InvalidName as e:  # refused whole: nothing is stored
+        return render(request, "subscribe.html", {
+            "categories": known, "email": email, "name": name[:NAME_MAX], "chosen": chosen,
+            "error": f"Please shorten your name: {e}."}, status_code=422)
     if website:
         # the honeypot: a bot filled the field people cannot see; answer as if it worked, do nothing
         return render(request, "subscribe_sent.html", {"email": email})

@@ -1,12 +1,14 @@
 """A real SMTP server for the tests (aiosmtpd), on a free port, that records every accepted message.
 
 Knobs for the failures a mail server really has: recipients it refuses (550) or defers (450 once), a
-connection it drops in the middle of a message (before accepting it), STARTTLS with a certificate made
-here, and AUTH with a password.
+connection it drops in the middle of a message (before accepting it), a final 250 held back after the
+message was taken (a slow scanner: the late reply of RFC 5321 §4.5.3.2.6), per-message delay (a slow
+server, for stopping a send midway), STARTTLS with a certificate made here, and AUTH with a password.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import ssl
@@ -40,6 +42,9 @@ class Recorder:
     refuse: set[str] = field(default_factory=set)  # 550 at RCPT
     defer_once: set[str] = field(default_factory=set)  # 450 at RCPT, the first time only
     drop_at: set[int] = field(default_factory=set)  # drop the connection during the n-th DATA (1-based)
+    hold_at: set[int] = field(default_factory=set)  # take the n-th message, then hold its 250 back...
+    hold_seconds: float = 0.0  # ...this long
+    delay_seconds: float = 0.0  # every message: taken, then its 250 after this long
     received: list[Received] = field(default_factory=list)
     connections: int = 0
     rcpt_attempts: list[str] = field(default_factory=list)
@@ -76,6 +81,9 @@ class Recorder:
                 return "421 gone"
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
                                           getattr(session, "number", 0)))
+            wait = self.delay_seconds + (self.hold_seconds if self._data_seen in self.hold_at else 0.0)
+        if wait:
+            await asyncio.sleep(wait)  # the message is taken; only the answer is late
         return "250 2.0.0 Ok: queued"
 
     def recipients(self) -> list[str]:
