@@ -10,6 +10,7 @@ import typer
 
 from digest.cli.common import ConfigOpt, console, err, settings_for
 from digest.models import Listing
+from subscribers.csv_safe import safe_row
 
 
 def _issues_text(numbers: tuple[int, ...], limit: int = 12) -> str:
@@ -56,6 +57,7 @@ def report(config: ConfigOpt = None,
             writer.writerow(["supplier", "tier", "categories", "featured", "issues_considered", "last_issue",
                              "issues", "in_directory"])
             for r in rows:
-                writer.writerow([r.name, r.tier, r.categories, r.featured, len(considered), r.last or "",
-                                 " ".join(map(str, r.issues)), "yes" if r.in_directory else "no"])
+                # supplier names come from the directory file: neutralised against formulas (csv_safe)
+                writer.writerow(safe_row([r.name, r.tier, r.categories, r.featured, len(considered), r.last or "",
+                                          " ".join(map(str, r.issues)), "yes" if r.in_directory else "no"]))
         console.print(f"wrote {csv_out}")
