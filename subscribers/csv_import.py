@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from digest.errors import DigestError, NotFound
+from digest.errors import DigestError
 from subscribers import lifecycle, staging
 from subscribers.bulk import json_converter
 from subscribers.csv_read import Chunk, open_file, read_chunks, read_header
@@ -115,8 +115,8 @@ def _import(session: Session, path: Path, raw: io.BufferedReader, text: io.TextI
         lists = set(session.scalars(select(MailingList.slug))) | {lifecycle.DEFAULT_LIST}
         if layout.lists is None and list_slug not in lists:
             if list_slug != lifecycle.DEFAULT_LIST and not create_lists:
-                raise NotFound(f"no list named {list_slug!r}: create it with "
-                               f"`digest subscribers lists create {list_slug}` (or use --create-lists)")
+                raise lifecycle.unknown_list(session, list_slug, "create it with "
+                                             f"`digest subscribers lists create {list_slug}` (or use --create-lists)")
             lists.add(list_slug)
         check_suppressed = session.scalar(select(Suppression.email_hash).limit(1)) is not None
         parser = RowParser(layout, lists, create_lists, categories, list_slug,

@@ -10,6 +10,7 @@ import typer
 
 from digest.cli.common import ConfigOpt, console, err, settings_for
 from digest.models import Listing
+from digest.wording import plural
 from subscribers.csv_safe import safe_row
 
 
@@ -42,7 +43,7 @@ def report(config: ConfigOpt = None,
     with session_scope(settings.database_url) as session:
         rows, considered = feature_report(session, directory, last=last)
     span = f"issues {considered[0]}–{considered[-1]}" if considered else "no issue sent yet"
-    table = Table(title=f"Featured suppliers: {len(considered)} issue(s) ({span}), "
+    table = Table(title=f"Featured suppliers: {plural(len(considered), 'issue')} ({span}), "
                         f"{settings.sources.featured_listings} per issue")
     for column in ("supplier", "tier", "featured", "share", "last issue", "issues"):
         table.add_column(column, justify="right" if column in ("featured", "share", "last issue") else "left")
