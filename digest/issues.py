@@ -30,6 +30,7 @@ from digest.moments import next_send_at
 from digest.render import Check, check_links, issue_links, personalize, public_values
 from digest.sources.collect import collect, health_summary, mark_sent
 from digest.store import IssueRow, ListingFeature, session_factory, utcnow
+from digest.wording import plural
 from subscribers import lifecycle
 from subscribers.models import Membership, MembershipStatus, Subscriber
 
@@ -140,10 +141,28 @@ def build_draft(settings: Settings, session: Session, *, now: datetime | None = 
     return Draft(row, issue, collected, found)
 
 
-def approve(session: Session, number: int | None = None, *, by: str = "cli", now: datetime | None = None
-            ) -> IssueRow:
-    """Freeze the draft (or a held issue) as it is: it goes out at its send moment, or by `send`."""
+class TooFewArticles(DigestError):
+    """An approval of an issue with fewer new articles than `min_articles`, not confirmed as meant."""
+
+
+def new_article_count(row: IssueRow) -> int:
+    """The issue's new articles, headlines included: what `[schedule] min_articles` is compared with."""
+    return len(issue_of(row).all_articles) if row.content else 0
+
+
+def approve(session: Session, number: int | None = None, *, by: str = "cli", now: datetime | None = None,
+            min_articles: int = 0, allow_empty: bool = False) -> IssueRow:
+    """Freeze the draft (or a held issue) as it is: it goes out at its send moment, or by `send`.
+
+    An issue with fewer than `min_articles` new articles is approved only with `allow_empty`: an
+    approval wins over `when_empty`, so one click must not send an empty issue to everyone. Left
+    unapproved, it follows `when_empty` at the send time."""
     row = get_issue(session, number)
+    n = new_article_count(row)
+    if n < min_articles and not allow_empty:
+        raise TooFewArticles(f"issue {row.number} has {plural(n, 'new article')}, fewer than min_articles = "
+                             f"{min_articles}: approve it with --allow-empty to send it anyway (unapproved, it "
+                             "follows when_empty at the send time)")
     was_held = row.status == IssueStatus.HELD
     move(row, IssueStatus.APPROVED, now=now or utcnow(), by=by, note=f" by {by}" if was_held else None)
     return row

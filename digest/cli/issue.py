@@ -147,6 +147,9 @@ def _print_checks(checks: list[dict]) -> None:
 
 @app.command()
 def approve(number: Annotated[int | None, typer.Argument(help="Issue number (default: the draft).")] = None,
+            allow_empty: Annotated[bool, typer.Option(
+                "--allow-empty", help="Approve even with fewer new articles than [schedule] min_articles.")]
+            = False,
             config: ConfigOpt = None) -> None:
     """Approve the draft (or a held issue): it is frozen and goes out at its send moment (or by `digest send`)."""
     from digest import issues
@@ -154,7 +157,8 @@ def approve(number: Annotated[int | None, typer.Argument(help="Issue number (def
 
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
-        row = issues.approve(session, number, by=_who())
+        row = issues.approve(session, number, by=_who(), min_articles=settings.schedule.min_articles,
+                             allow_empty=allow_empty)
         summary = issues.summarize(settings, row)
     console.print(f"issue {summary.number} approved: {summary.subject!r}")
     if summary.send_at is not None:
