@@ -15,7 +15,7 @@ from digest.cli.main import main
 from digest.config import Settings
 from digest.store import session_factory
 from subscribers.models import MailingList
-from tests.conftest import edit_config
+from tests.conftest import edit_config, run_cli
 from tests.test_schedule_jobs import READERS, subscribe
 
 Run = Callable[..., str]
@@ -104,3 +104,16 @@ def test_read_only_commands_change_nothing_in_the_database(settings: Settings, d
     assert ("not kept" in out) != with_draft
     digest("schedule", "--show")
     assert _dump(settings) == before
+
+
+@pytest.mark.slow  # the real command in a subprocess, its output a pipe as under cron
+def test_output_to_a_pipe_is_not_hard_wrapped_and_counts_read_as_words(settings: Settings, workdir: Path) -> None:
+    subscribe(settings, "ann@example.com")
+    done = run_cli("send", "--dry-run", cwd=workdir, env={"COLUMNS": "", "TERM": "dumb"})
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert len(first) > 80 and first.endswith("KB"), done.stdout  # one line, however long
+    assert "would send to 1 active reader of list 'weekly'" in done.stdout and "(s)" not in done.stdout
+    done = run_cli("preview", "--offline", cwd=workdir)
+    assert any(line.endswith("(Gmail clips at 102 KB)") and " articles + " in line
+               for line in done.stdout.splitlines()), done.stdout
