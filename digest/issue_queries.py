@@ -6,6 +6,7 @@ these instead of writing SQL of their own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,13 +39,28 @@ def archive(session: Session) -> list[ArchivedIssue]:
         .where(IssueRow.status.in_(PUBLIC_STATUSES)).order_by(IssueRow.number.desc()))]
 
 
-def archived_html(session: Session, number: int) -> str:
-    """The HTML of a sent (or sending) issue, as the archive shows it; NotFound for any other."""
+def archived_html(session: Session, number: int, public_url: str | None = None) -> str:
+    """The HTML of a sent (or sending) issue, as the archive shows it; NotFound for any other.
+
+    With `public_url`, the site's own links (view online, subscribe, unsubscribe, click tracking) point
+    at it, not at the address the issue was rendered with: after a move to a new public_url the archive
+    must not send its visitors to the old server."""
     html = session.scalar(select(IssueRow.html).where(IssueRow.number == number,
                                                       IssueRow.status.in_(PUBLIC_STATUSES)))
     if html is None:
         raise NotFound(f"there is no sent issue {number}")
-    return html
+    return rebase(html, number, public_url) if public_url else html
+
+
+def rebase(html: str, number: int, public_url: str) -> str:
+    """`html` with the site address it was rendered with (found from its own "view in your browser" link,
+    `<base>/issues/<number>`, which every issue carries) replaced by `public_url`."""
+    found = re.search(rf'href="(https?://[^"\s]+?)/issues/{number}"', html)
+    old = found.group(1) if found else None
+    new = public_url.rstrip("/")
+    if not old or old == new:
+        return html
+    return html.replace(f'"{old}/', f'"{new}/').replace(f'"{old}"', f'"{new}"')
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from digest.moments import next_send_at
 from digest.render import Check, check_links, issue_links, personalize, public_values
 from digest.sources.collect import collect, health_summary, mark_sent
 from digest.store import IssueRow, ListingFeature, session_factory, utcnow
+from digest.wording import plural
 from subscribers import lifecycle
 from subscribers.models import Membership, MembershipStatus, Subscriber
 
@@ -110,6 +111,7 @@ def build_draft(settings: Settings, session: Session, *, now: datetime | None = 
     the one it already has if still ahead, else the schedule's next).
     """
     now = now or datetime.now(UTC)
+    lifecycle.configured_list(session, settings.delivery.list)  # a mistyped list fails here, before any work
     newest = newest_issue(session)
     row = newest if newest is not None and newest.status in REBUILDABLE else None
     previous = Issue.from_json(row.content) if row is not None and row.content else None
@@ -131,16 +133,36 @@ def build_draft(settings: Settings, session: Session, *, now: datetime | None = 
         send_at = row.send_at if row.send_at is not None and row.send_at > now else next_send_at(settings, now)
     row.send_at = send_at
     found = store_rendered(settings, row, issue, offline=offline)
-    found.append(Check("feeds", *health_summary(collected.feed_health, settings.sources.stale_runs)))
+    feeds = Check("feeds", *health_summary(collected.feed_health, settings.sources.stale_runs))
+    # every feed failing is the first thing an editor must see (the checks and the notice lead with it)
+    found.insert(0 if feeds.level == "fail" else len(found), feeds)
     row.checks = [c.to_json() for c in found]  # feed health is told to the editors with the other checks
     session.flush()
     return Draft(row, issue, collected, found)
 
 
-def approve(session: Session, number: int | None = None, *, by: str = "cli", now: datetime | None = None
-            ) -> IssueRow:
-    """Freeze the draft (or a held issue) as it is: it goes out at its send moment, or by `send`."""
+class TooFewArticles(DigestError):
+    """An approval of an issue with fewer new articles than `min_articles`, not confirmed as meant."""
+
+
+def new_article_count(row: IssueRow) -> int:
+    """The issue's new articles, headlines included: what `[schedule] min_articles` is compared with."""
+    return len(issue_of(row).all_articles) if row.content else 0
+
+
+def approve(session: Session, number: int | None = None, *, by: str = "cli", now: datetime | None = None,
+            min_articles: int = 0, allow_empty: bool = False) -> IssueRow:
+    """Freeze the draft (or a held issue) as it is: it goes out at its send moment, or by `send`.
+
+    An issue with fewer than `min_articles` new articles is approved only with `allow_empty`: an
+    approval wins over `when_empty`, so one click must not send an empty issue to everyone. Left
+    unapproved, it follows `when_empty` at the send time."""
     row = get_issue(session, number)
+    n = new_article_count(row)
+    if n < min_articles and not allow_empty:
+        raise TooFewArticles(f"issue {row.number} has {plural(n, 'new article')}, fewer than min_articles = "
+                             f"{min_articles}: approve it with --allow-empty to send it anyway (unapproved, it "
+                             "follows when_empty at the send time)")
     was_held = row.status == IssueStatus.HELD
     move(row, IssueStatus.APPROVED, now=now or utcnow(), by=by, note=f" by {by}" if was_held else None)
     return row
@@ -230,7 +252,7 @@ def issue_of(row: IssueRow) -> Issue:
 
 
 def recipients(session: Session, list_slug: str) -> list[Subscriber]:
-    mlist = lifecycle.ensure_list(session, list_slug)
+    mlist = lifecycle.configured_list(session, list_slug)
     return list(session.scalars(select(Subscriber).join(Membership).where(
         Membership.list_id == mlist.id, Membership.status == MembershipStatus.ACTIVE).order_by(Subscriber.id)))
 
@@ -278,7 +300,7 @@ def send(settings: Settings, *, transport: Transport | None = None, progress: Ca
             start_sending(session, row)
             if row.status == IssueStatus.DRAFT:  # sent without an editor's approval: `digest send` approves it
                 move(row, IssueStatus.APPROVED, by="digest send")
-        mlist = lifecycle.ensure_list(session, row.list_slug)
+        mlist = lifecycle.configured_list(session, row.list_slug)
         session.commit()
         issue_id, list_id, issue = row.id, mlist.id, issue_of(row)
         clicked = appeal_clickers(session, settings, row.number)  # one query per send, not per reader
@@ -298,7 +320,7 @@ def send_test(settings: Settings, to: str, *, transport: Transport | None = None
         row = current_issue(session) or build_draft(settings, session).row
         session.commit()
         issue = issue_of(row)
-        mlist = lifecycle.ensure_list(session, row.list_slug)
+        mlist = lifecycle.configured_list(session, row.list_slug)
         sub = lifecycle.find(session, address.email)
         session.commit()
         sid, name, list_id = (sub.id, sub.name, mlist.id) if sub else (0, "", mlist.id)

@@ -23,6 +23,7 @@ from mjml import mjml2html
 from digest.config import Settings
 from digest.models import Issue
 from digest.resources import TEMPLATES
+from digest.wording import plural
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SUBJECT_MAX = 78
@@ -161,7 +162,7 @@ def checks(issue: Issue, rendered: Rendered) -> list[Check]:
     missing = [tag for tag in _IMG_TAG.findall(rendered.html)
                if not (m := _ALT_ATTR.search(tag)) or not m.group(1).strip()]
     out.append(Check("alt-text", "warn" if missing else "ok",
-                     f"{len(missing)} image(s) without alt text" if missing else "every image has alt text"))
+                     f"{plural(len(missing), 'image')} without alt text" if missing else "every image has alt text"))
     n = len(issue.subject)
     out.append(Check("subject", "warn" if n > SUBJECT_MAX else "ok",
                      f"subject is {n} characters" + (f" (over {SUBJECT_MAX})" if n > SUBJECT_MAX else "")))
@@ -190,8 +191,9 @@ def check_links(urls: Iterable[str], *, timeout: float = 5.0, workers: int = 8) 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         broken = [b for b in pool.map(probe, targets) if b]
     if broken:
-        return Check("links", "warn", f"{len(broken)} of {len(targets)} link(s) do not answer: " + "; ".join(broken))
-    return Check("links", "ok", f"all {len(targets)} link(s) answer")
+        return Check("links", "warn",
+                     f"{len(broken)} of {plural(len(targets), 'link')} do not answer: " + "; ".join(broken))
+    return Check("links", "ok", f"all {plural(len(targets), 'link')} answer")
 
 
 def issue_links(issue: Issue) -> list[str]:

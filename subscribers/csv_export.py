@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from digest.errors import DigestError
 from subscribers import lifecycle
 from subscribers.csv_read import COLUMNS
+from subscribers.csv_safe import safe_row
 from subscribers.models import MailingList, Membership, MembershipStatus, Subscriber
 
 
@@ -42,7 +43,7 @@ def export_csv(session: Session, out: TextIO, *, list_slug: str | None = None, s
         keys.update(attrs or {})
     attribute_keys = sorted(keys, key=str.casefold)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*COLUMNS, *attribute_keys])
+    writer.writerow(safe_row([*COLUMNS, *attribute_keys]))  # cells a spreadsheet would run are quoted (csv_safe)
 
     if conditions:
         chosen = select(Subscriber.id).join(Membership, Membership.subscriber_id == Subscriber.id).where(*conditions)
@@ -69,9 +70,9 @@ def export_csv(session: Session, out: TextIO, *, list_slug: str | None = None, s
             return
         _, email, name, cats, created, attrs = current
         attrs = attrs or {}
-        writer.writerow([email, name, ";".join(memberships), " / ".join(cats or []),
-                         created.isoformat() if created else "",
-                         *(_cell(attrs[k]) if k in attrs else "" for k in attribute_keys)])
+        writer.writerow(safe_row([email, name, ";".join(memberships), " / ".join(cats or []),
+                                  created.isoformat() if created else "",
+                                  *(_cell(attrs[k]) if k in attrs else "" for k in attribute_keys)]))
         written += 1
         if progress and written % 5000 == 0:
             progress(written, total)

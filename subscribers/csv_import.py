@@ -33,11 +33,12 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from digest.errors import DigestError, NotFound
+from digest.errors import DigestError
 from subscribers import lifecycle, staging
 from subscribers.bulk import json_converter
 from subscribers.csv_read import Chunk, open_file, read_chunks, read_header
 from subscribers.csv_rows import RowParser
+from subscribers.csv_safe import safe_row
 from subscribers.import_report import ImportReport
 from subscribers.models import MailingList, Suppression
 
@@ -114,8 +115,8 @@ def _import(session: Session, path: Path, raw: io.BufferedReader, text: io.TextI
         lists = set(session.scalars(select(MailingList.slug))) | {lifecycle.DEFAULT_LIST}
         if layout.lists is None and list_slug not in lists:
             if list_slug != lifecycle.DEFAULT_LIST and not create_lists:
-                raise NotFound(f"no list named {list_slug!r}: create it with "
-                               f"`digest subscribers lists create {list_slug}` (or use --create-lists)")
+                raise lifecycle.unknown_list(session, list_slug, "create it with "
+                                             f"`digest subscribers lists create {list_slug}` (or use --create-lists)")
             lists.add(list_slug)
         check_suppressed = session.scalar(select(Suppression.email_hash).limit(1)) is not None
         parser = RowParser(layout, lists, create_lists, categories, list_slug,
@@ -123,7 +124,7 @@ def _import(session: Session, path: Path, raw: io.BufferedReader, text: io.TextI
         stage = staging.Stage(session)
         # 1. the whole file into the staging table; parsing (CSV, addresses) runs one chunk ahead in a
         #    thread, so on two cores the next chunk is parsed while this one is stored
-        chunks = _ahead(read_chunks(text, raw, delimiter, parser.parse, CHUNK_SIZE))
+        chunks = _ahead(read_chunks(text, raw, delimiter, parser.parse, CHUNK_SIZE, path))
         for chunk in chunks:
             report.rows += chunk.rows
             report.blank += chunk.blank
@@ -166,9 +167,9 @@ def _write_rejects(path: Path, header: list[str], rows: Iterator[tuple[int, int,
         return None
     with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["_row", "_line", "_reason", *header])
+        writer.writerow(safe_row(["_row", "_line", "_reason", *header]))  # neutralised, as export (csv_safe)
         for row, line, reason, fields in itertools.chain([first], rows):
-            writer.writerow([row, line, reason, *fields])
+            writer.writerow(safe_row([row, line, reason, *(fields or ())]))
     return path
 
 

@@ -120,11 +120,35 @@ def create_list(session: Session, slug: str, name: str = "") -> MailingList:
     return ensure_list(session, slug, name.strip() or None)
 
 
+def known_lists(session: Session) -> list[str]:
+    return list(session.scalars(select(MailingList.slug).order_by(MailingList.slug)))
+
+
+def unknown_list(session: Session, slug: str, fix: str = "") -> NotFound:
+    """The error for a list name that is not a list: it names the lists there are (a typo shows)."""
+    known = known_lists(session)
+    return NotFound(f"no list named {slug!r} (the lists are: {', '.join(known) if known else 'none yet'})"
+                    + (f"; {fix}" if fix else ""))
+
+
 def get_list(session: Session, slug: str) -> MailingList:
     found = session.scalar(select(MailingList).where(MailingList.slug == slug))
     if found is None:
-        raise NotFound(f"no list named {slug!r}")
+        raise unknown_list(session, slug, f"create it with `digest subscribers lists create {slug}`")
     return found
+
+
+def configured_list(session: Session, slug: str) -> MailingList:
+    """The digest's own list (`[delivery] list`): created on first use only while the database has no
+    list at all (a new install). Once lists exist, a name that is none of them is an error naming them,
+    so a typo (`weeky`) does not create an empty list and "send" the issue to nobody."""
+    found = session.scalar(select(MailingList).where(MailingList.slug == slug))
+    if found is not None:
+        return found
+    if known_lists(session):
+        raise unknown_list(session, slug, "correct `list` in the [delivery] section of digest.toml, or create "
+                                          f"the list with `digest subscribers lists create {slug}`")
+    return ensure_list(session, slug)
 
 
 def find(session: Session, email: str) -> Subscriber | None:

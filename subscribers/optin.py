@@ -37,7 +37,9 @@ SendConfirmation = Callable[[Membership], None]
 
 def _list_for(settings: Settings, session: Session, slug: str) -> MailingList:
     """The default list is created on first use; any other must have been created by an admin."""
-    if slug in (settings.delivery.list, lifecycle.DEFAULT_LIST):
+    if slug == settings.delivery.list:
+        return lifecycle.configured_list(session, slug)
+    if slug == lifecycle.DEFAULT_LIST:
         return lifecycle.ensure_list(session, slug)
     return lifecycle.get_list(session, slug)
 

@@ -202,7 +202,7 @@ def test_resolve_command_explains_itself(workdir: Path) -> None:
     with session_factory(settings.database_url)() as s, pytest.raises(DeliveryError, match="submitted or retry"):
         resolve(s, s.scalar(select(IssueRow)), "maybe")
     done = run_cli("deliveries", "resolve", "1", "--as", "submitted", cwd=workdir)
-    assert done.returncode == 0 and "5 reader(s) recorded as submitted" in done.stdout and "is sent" in done.stdout
+    assert done.returncode == 0 and "5 readers recorded as submitted" in done.stdout and "is sent" in done.stdout
 
 
 def test_a_batch_stopped_halfway_records_what_went_and_requeues_the_rest(

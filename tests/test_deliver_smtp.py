@@ -96,7 +96,7 @@ def test_failed_readers_can_be_queued_again_once_the_cause_is_fixed(workdir: Pat
             assert s.scalar(select(IssueRow)).status == "sent"
         rec.refuse.clear()  # the mailbox exists again
         result = run_cli("deliveries", "retry-failed", "1", cwd=workdir)
-        assert result.returncode == 0 and "1 failed reader(s) queued again" in result.stdout, result.stderr
+        assert result.returncode == 0 and "1 failed reader queued again" in result.stdout, result.stderr
         outcome = send(settings, transport=quick(settings))
     assert outcome.report is not None and outcome.report.submitted == 1 and outcome.report.already == 3
     assert Counter(rec.recipients()) == Counter(emails)

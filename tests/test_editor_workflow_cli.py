@@ -161,7 +161,7 @@ def test_check_links_names_what_does_not_answer(site: str) -> None:
     check = check_links([f"{site}/ok", f"{site}/nohead", f"{site}/missing/x", f"{site}/slow",
                          "mailto:a@example.com"], timeout=0.5)
     assert check.level == "warn"
-    assert "3 of 4 link(s)" not in check.message and "2 of 4 link(s) do not answer" in check.message
+    assert "3 of 4 links" not in check.message and "2 of 4 links do not answer" in check.message
     assert f"{site}/missing/x (404)" in check.message and f"{site}/slow (ReadTimeout)" in check.message
     assert check_links([f"{site}/ok", f"{site}/nohead"]).level == "ok"
 
@@ -181,7 +181,7 @@ def test_draft_checks_links_unless_offline(workdir: Path, site: str, digest: Cal
     edit_config(workdir, 'url = "https://news.example.com/subscribe"', f'url = "{site}/ok/subscribe"')
     checked = digest("draft")
     assert "3 articles" in checked
-    assert f"warn links: 1 of 5 link(s) do not answer: {site}/missing/2 (404)" in checked
+    assert f"warn links: 1 of 5 links do not answer: {site}/missing/2 (404)" in checked
     assert "links not checked" not in checked
     offline = digest("draft", "--offline")
     assert "links not checked (--offline)" in offline and "do not answer" not in offline

@@ -189,9 +189,9 @@ def test_feed_health_names_failing_and_quiet_feeds_after_n_runs(cfg, db, feeds, 
     assert [(h["health"], h["stale"]) for h in last] == [("quiet", True), ("failing", True)]
     assert last[1]["failures"] == n + 1 and "not an RSS or Atom feed" in last[1]["error"]
     level, message = health_summary(last, n)
-    assert level == "warn" and message.startswith("2 of 2 feed(s) need attention")
-    assert f"b.xml failed {n + 1} run(s) in a row (not an RSS or Atom feed" in message
-    assert f"a.xml gave nothing new for {n} run(s)" in message
+    assert level == "warn" and message.startswith("2 of 2 feeds need attention")
+    assert f"b.xml failed {n + 1} runs in a row (not an RSS or Atom feed" in message
+    assert f"a.xml gave nothing new for {n} runs" in message
     assert any("b.xml" in p.source and "not an RSS or Atom feed" in p.message for p in runs[-1].problems)
     # the feed recovers: its failures are forgotten
     b.write_text(rss({"title": "Back", "link": "https://pub.example.com/back", "pubDate": date(T0)}))

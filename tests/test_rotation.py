@@ -110,7 +110,7 @@ def test_52_weekly_issues_through_the_store_and_the_report(settings, session, wo
     out = workdir / "features.csv"
     result = run_cli("listings", "report", "--csv", str(out), cwd=workdir, env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
-    assert "52 issue(s) (issues 1–52)" in result.stdout and "Tidewell Systems" in result.stdout
+    assert "52 issues (issues 1–52)" in result.stdout and "Tidewell Systems" in result.stdout
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert len(rows) == 12
     assert {r["featured"] for r in rows} == {"13"} and {r["issues_considered"] for r in rows} == {"52"}

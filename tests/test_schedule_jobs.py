@@ -155,7 +155,7 @@ def test_too_few_new_articles_applies_when_empty(week: Settings, workdir: Path, 
     result = run_send(settings, send_at=SEND_AT, now=SEND_AT)
     assert result.action == status
     row = issue_row(settings)
-    assert row.status == status and "14 new article(s), fewer than min_articles = 15" in row.note
+    assert row.status == status and "14 new articles, fewer than min_articles = 15" in row.note
     assert not reader_copies(workdir)
     assert run_send(settings, send_at=SEND_AT, now=SEND_AT + timedelta(minutes=1)).action == "nothing"
     # next week's draft reuses the number: readers never see a gap

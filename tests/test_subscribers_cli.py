@@ -57,7 +57,7 @@ def test_an_admins_day_with_the_subscribers_commands(workdir: Path) -> None:
     assert rows["dee@example.com"]["lists"] == "offers:active;weekly:active"
     assert rows["dee@example.com"]["region"] == "VIC"
     out = _ok("export", "--status", "active", "-o", "active.csv", cwd=workdir)
-    assert "2 subscriber(s) written" in out  # bob and dee (carl left weekly, ann is pending)
+    assert "2 subscribers written" in out  # bob and dee (carl left weekly, ann is pending)
     assert (workdir / "active.csv").read_text().count("@") == 2
 
     out = _ok("remove", "dee@example.com", "--erase", cwd=workdir)
@@ -75,9 +75,9 @@ def test_confirm_pending_sends_to_imported_readers_once(workdir: Path) -> None:
     out = _ok("import", "new.csv", cwd=workdir)
     assert "7 added" in out and "confirm-pending" in out
     assert "would send 7" in _ok("confirm-pending", "--dry-run", cwd=workdir)
-    assert "7 confirmation email(s) sent, 0 failed" in _ok("confirm-pending", cwd=workdir)
+    assert "7 confirmation emails sent, 0 failed" in _ok("confirm-pending", cwd=workdir)
     assert len(list((workdir / "outbox").glob("*.eml"))) == 7
-    assert "0 confirmation email(s) sent" in _ok("confirm-pending", cwd=workdir)
+    assert "0 confirmation emails sent" in _ok("confirm-pending", cwd=workdir)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -17,6 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from digest.config import Settings, load_settings
 
 console = Console()
+# printed to a file, a pipe or cron's mail, a line is not hard-wrapped at an assumed 80 columns (a wrap in
+# the middle of "(Gmail clips at 102 KB)" is a broken line to a log reader or a grep); a terminal wraps
+console.soft_wrap = not console.is_terminal
 err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 
 ConfigOpt = Annotated[Path | None, typer.Option(

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from digest.cli.common import ConfigOpt, console, err, settings_for
+from digest.wording import plural
 
 app = typer.Typer(help="The delivery ledger of an issue: counts, and batches of unknown fate.",
                          no_args_is_help=True)
@@ -73,9 +74,9 @@ def resolve(issue: Annotated[int, typer.Argument(help="Issue number.")],
         if not n:
             console.print(f"issue {row.number}: no reader of unknown fate{' in that batch' if batch else ''}")
         elif as_.strip().lower() == "submitted":
-            console.print(f"issue {row.number}: {n} reader(s) recorded as submitted; never sent it again")
+            console.print(f"issue {row.number}: {plural(n, 'reader')} recorded as submitted; never sent it again")
         else:
-            console.print(f"issue {row.number}: {n} reader(s) queued again; run `digest send` to send to them")
+            console.print(f"issue {row.number}: {plural(n, 'reader')} queued again; run `digest send` to send to them")
         console.print(f"issue {row.number} is {row.status}")
 
 @app.command("retry-failed")
@@ -89,5 +90,5 @@ def retry_failed(issue: Annotated[int, typer.Argument(help="Issue number.")], co
     with session_scope(settings.database_url) as session:
         row = get_issue(session, issue)
         n = requeue_failed(session, row)
-        console.print(f"issue {row.number}: {n} failed reader(s) queued again"
+        console.print(f"issue {row.number}: {plural(n, 'failed reader')} queued again"
                       + ("; run `digest send` to send to them" if n else ""))

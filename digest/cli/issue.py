@@ -13,6 +13,7 @@ from rich.table import Table
 
 from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
 from digest.config import Settings
+from digest.wording import plural
 
 app = typer.Typer()
 
@@ -146,6 +147,9 @@ def _print_checks(checks: list[dict]) -> None:
 
 @app.command()
 def approve(number: Annotated[int | None, typer.Argument(help="Issue number (default: the draft).")] = None,
+            allow_empty: Annotated[bool, typer.Option(
+                "--allow-empty", help="Approve even with fewer new articles than [schedule] min_articles.")]
+            = False,
             config: ConfigOpt = None) -> None:
     """Approve the draft (or a held issue): it is frozen and goes out at its send moment (or by `digest send`)."""
     from digest import issues
@@ -153,7 +157,8 @@ def approve(number: Annotated[int | None, typer.Argument(help="Issue number (def
 
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
-        row = issues.approve(session, number, by=_who())
+        row = issues.approve(session, number, by=_who(), min_articles=settings.schedule.min_articles,
+                             allow_empty=allow_empty)
         summary = issues.summarize(settings, row)
     console.print(f"issue {summary.number} approved: {summary.subject!r}")
     if summary.send_at is not None:
@@ -178,19 +183,26 @@ def preview(config: ConfigOpt = None,
             open_: Annotated[bool, typer.Option("--open", help="Open the HTML in a browser.")] = False,
             offline: Annotated[bool, typer.Option("--offline", help="If a draft is built, skip the link check.")]
             = False) -> None:
-    """Write the current draft (building one if there is none) to files and show its status and checks."""
+    """Write the current draft (or, if there is none, what one would hold) to files and show its status and
+    checks. It changes nothing in the database: a draft built here is not kept (`digest draft` keeps one)."""
     from digest import issues
-    from digest.store import session_scope
+    from digest.store import session_factory
 
     settings = settings_for(config, create_secret=True)
-    with session_scope(settings.database_url) as session:
-        row = issues.current_issue(session) or issues.build_draft(settings, session, offline=offline, by=_who()).row
+    with session_factory(settings.database_url)() as session:
+        row = issues.current_issue(session)
+        built = row is None
+        if row is None:
+            row = issues.build_draft(settings, session, offline=offline, by=_who()).row
         out.write_text(row.html, encoding="utf-8")
         text.write_text(row.text, encoding="utf-8")
         summary = issues.summarize(settings, row)
+        session.rollback()  # a preview records nothing
     for line in summary.lines(settings.publication.tz):
         console.print(line, highlight=False)
     console.print(f"HTML -> {out}; text -> {text}")
+    if built:
+        console.print("there is no draft yet: this is what one would hold (not kept; `digest draft` builds it)")
     _print_checks(summary.checks)
     if open_:
         webbrowser.open(out.resolve().as_uri())
@@ -244,7 +256,7 @@ def _dry_run(settings: Settings) -> None:
         issue = issue_of(row)
         console.print(f"issue {row.number} ({row.status}): {row.subject!r}; {len(issue.articles)} articles, "
                       f"{len(issue.listings)} listings, HTML {row.html_bytes / 1024:.1f} KB")
-        console.print(f"would send to {len(readers)} active reader(s) of list {row.list_slug!r} "
+        console.print(f"would send to {plural(len(readers), 'active reader')} of list {row.list_slug!r} "
                       f"by {settings.delivery.transport}:")
         for sub in readers[:20]:
             console.print(f"  {sub.email}")
@@ -262,7 +274,7 @@ def _print_send(outcome) -> None:  # type: ignore[no-untyped-def]
     console.print(f"issue {r.issue_number}: {r.subject!r}")
     console.print(f"  submitted {r.submitted}, failed {r.failed}, skipped {r.skipped}, "
                   f"already sent earlier {r.already}, unknown {r.unknown}; HTML {row.html_bytes / 1024:.1f} KB; "
-                  f"{outcome.editions} edition(s) rendered; status {row.status}")
+                  f"{plural(outcome.editions, 'edition')} rendered; status {row.status}")
     for e in r.errors:
         err.print(f"[red]error:[/] {e}")
 
@@ -339,5 +351,5 @@ def status(config: ConfigOpt = None) -> None:
         console.print(table)
     unknown = sum(r["unknown"] for r in rows)
     if unknown:
-        err.print(f"[red]{unknown} reader(s) in batches of unknown fate[/]: resolve with "
+        err.print(f"[red]{plural(unknown, 'reader')} in batches of unknown fate[/]: resolve with "
                   "`digest deliveries resolve ISSUE --as submitted|retry`")

@@ -10,6 +10,8 @@ import typer
 
 from digest.cli.common import ConfigOpt, console, err, settings_for
 from digest.models import Listing
+from digest.wording import plural
+from subscribers.csv_safe import safe_row
 
 
 def _issues_text(numbers: tuple[int, ...], limit: int = 12) -> str:
@@ -41,7 +43,7 @@ def report(config: ConfigOpt = None,
     with session_scope(settings.database_url) as session:
         rows, considered = feature_report(session, directory, last=last)
     span = f"issues {considered[0]}–{considered[-1]}" if considered else "no issue sent yet"
-    table = Table(title=f"Featured suppliers: {len(considered)} issue(s) ({span}), "
+    table = Table(title=f"Featured suppliers: {plural(len(considered), 'issue')} ({span}), "
                         f"{settings.sources.featured_listings} per issue")
     for column in ("supplier", "tier", "featured", "share", "last issue", "issues"):
         table.add_column(column, justify="right" if column in ("featured", "share", "last issue") else "left")
@@ -56,6 +58,7 @@ def report(config: ConfigOpt = None,
             writer.writerow(["supplier", "tier", "categories", "featured", "issues_considered", "last_issue",
                              "issues", "in_directory"])
             for r in rows:
-                writer.writerow([r.name, r.tier, r.categories, r.featured, len(considered), r.last or "",
-                                 " ".join(map(str, r.issues)), "yes" if r.in_directory else "no"])
+                # supplier names come from the directory file: neutralised against formulas (csv_safe)
+                writer.writerow(safe_row([r.name, r.tier, r.categories, r.featured, len(considered), r.last or "",
+                                          " ".join(map(str, r.issues)), "yes" if r.in_directory else "no"]))
         console.print(f"wrote {csv_out}")

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
 from digest.errors import DigestError
+from digest.wording import plural
 from subscribers.csv_import import BATCH_SIZE
 
 ListOpt = Annotated[str | None, typer.Option("--list", "-l", help="The list (default: the digest's list).",
@@ -90,9 +91,11 @@ def remove(email: Annotated[str, typer.Argument(help="The reader's address.")],
                                             "not a subscriber") + "; suppressed so it cannot be added again",
                           markup=False)
             return
+        if list_:
+            lifecycle.get_list(session, list_)  # a mistyped --list is an error naming the lists
         sub, n = lifecycle.unsubscribe_address(session, email, list_, source="admin (cli)")
         where = f"list {list_!r}" if list_ else "every list"
-        console.print(f"{sub.email}: unsubscribed from {where} ({n} membership(s) changed)", markup=False)
+        console.print(f"{sub.email}: unsubscribed from {where} ({plural(n, 'membership')} changed)", markup=False)
 
 @app.command("list")
 def list_cmd(status: StatusOpt = None, list_: Annotated[str | None, typer.Option(
@@ -107,6 +110,10 @@ def list_cmd(status: StatusOpt = None, list_: Annotated[str | None, typer.Option
 
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
+        if list_:
+            from subscribers.lifecycle import get_list
+
+            get_list(session, list_)  # a mistyped --list is an error naming the lists, not an empty table
         page = do_search(session, Query(q=search or "", status=status or "", list_slug=list_ or "", size=limit))
         if page.error:
             raise DigestError(page.error)
@@ -167,11 +174,11 @@ def import_cmd(file: Annotated[Path, typer.Argument(help="The CSV file (header w
     from digest.sources.categories import known_categories
     from digest.store import session_factory
     from subscribers.csv_import import import_csv
-    from subscribers.lifecycle import ensure_list
+    from subscribers.lifecycle import configured_list
 
     settings = settings_for(config, create_secret=True)
     with session_factory(settings.database_url)() as session, progress_bar("importing") as bar:
-        ensure_list(session, settings.delivery.list)  # the digest's own list always exists (committed by the import)
+        configured_list(session, settings.delivery.list)  # the digest's own list exists (committed by the import)
         task = bar.add_task("import", total=None)
         report = import_csv(session, file, list_slug=list_ or settings.delivery.list,
                             preconfirmed=preconfirmed, source=source, dry_run=dry_run,
@@ -180,13 +187,13 @@ def import_cmd(file: Annotated[Path, typer.Argument(help="The CSV file (header w
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(report.summary())
     if report.blank:
-        console.print(f"  {report.blank} empty row(s) skipped")
+        console.print(f"  {plural(report.blank, 'empty row')} skipped")
     if report.kept_withdrawn:
-        console.print(f"  {report.kept_withdrawn} row(s) named an unsubscribed, bounced or complained membership: "
-                      "kept as it was (an import never re-activates one)")
+        console.print(f"  {plural(report.kept_withdrawn, 'row')} named an unsubscribed, bounced or complained "
+                      "membership: kept as it was (an import never re-activates one)")
     if report.pending_only:
-        console.print(f"  {report.pending_only} membership(s) marked active in the file were imported as pending "
-                      "(use --preconfirmed --source to record consent)")
+        console.print(f"  {plural(report.pending_only, 'membership')} marked active in the file were imported as "
+                      "pending (use --preconfirmed --source to record consent)")
     for w in report.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}")
     if report.rejects_path:
@@ -217,7 +224,7 @@ def export(list_: Annotated[str | None, typer.Option("--list", "-l", help="Only 
                 n = export_csv(session, f, list_slug=list_, status=status, progress=update)
             tmp.replace(output)
     if output is not None:
-        console.print(f"{n} subscriber(s) written to {output}", markup=False)
+        console.print(f"{plural(n, 'subscriber')} written to {output}", markup=False)
 
 @lists_app.callback(invoke_without_command=True)
 def lists(ctx: typer.Context, config: ConfigOpt = None) -> None:
@@ -231,7 +238,7 @@ def lists(ctx: typer.Context, config: ConfigOpt = None) -> None:
 
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
-        lifecycle.ensure_list(session, settings.delivery.list)
+        lifecycle.configured_list(session, settings.delivery.list)
         rows = list_counts(session)
     table = Table(title="Lists")
     for col in ("list", "name"):
@@ -269,15 +276,19 @@ def confirm_pending(list_: Annotated[str | None, typer.Option("--list", "-l", he
 
     settings = settings_for(config, create_secret=True)
     with session_factory(settings.database_url)() as session:
+        if list_:
+            from subscribers.lifecycle import get_list
+
+            get_list(session, list_)  # a mistyped --list is an error naming the lists
         if dry_run:
             n = optin.Pending(settings, session, list_slug=list_, again=again).count(limit)
-            console.print(f"would send {n} confirmation email(s) by {settings.delivery.transport}")
+            console.print(f"would send {plural(n, 'confirmation email')} by {settings.delivery.transport}")
             return
         with progress_bar("confirmations") as bar:
             task = bar.add_task("send", total=None)
             report = confirmations.send_pending(settings, session, list_slug=list_, again=again, limit=limit,
                                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
-    console.print(f"{report.sent} confirmation email(s) sent, {report.failed} failed")
+    console.print(f"{plural(report.sent, 'confirmation email')} sent, {report.failed} failed")
     for e in report.errors:
         err.print(f"[red]error:[/] {escape(e)}")
     if report.failed:

@@ -20,6 +20,7 @@ from digest.issue_status import IssueStatus, add_note, move
 from digest.moments import describe, local_and_utc, next_moments
 from digest.notices import Notice, notify_editors
 from digest.store import session_scope, utcnow
+from digest.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _fate_if_not_approved(settings: Settings, summary: issues.Summary) -> str:
     sc = settings.schedule
     if summary.new_articles < sc.min_articles and sc.when_empty != "send":
         fate = {"skip": "skipped (nothing sent)", "hold": "held (nothing sent)"}[sc.when_empty]
-        return (f"It has {summary.new_articles} new article(s), fewer than min_articles = {sc.min_articles}: "
+        return (f"It has {plural(summary.new_articles, 'new article')}, fewer than min_articles = {sc.min_articles}: "
                 f"unless you approve it, it will be {fate} at the send time (when_empty = {sc.when_empty}).")
     fate = "held, not sent" if sc.if_not_approved == "hold" else "sent as it is"
     return f"If it is not approved by the send time, it will be {fate} (if_not_approved = {sc.if_not_approved})."
@@ -90,9 +91,13 @@ def run_draft(settings: Settings, *, send_at: datetime, now: datetime | None = N
     local, _ = local_and_utc(settings, send_at)
     message = [_fate_if_not_approved(settings, summary)]
     if summary.problems:
-        message.append(f"{len(summary.problems)} check(s) need a look before it goes out.")
-    notice = Notice("draft", f"Issue {summary.number} is ready for review (send {local})", tuple(message),
-                    summary, _actions(summary.number))
+        message.append(f"{plural(len(summary.problems), 'check')} need a look before it goes out.")
+    headline = f"Issue {summary.number} is ready for review (send {local})"
+    feeds_failed = next((c for c in summary.checks if c["name"] == "feeds" and c["level"] == "fail"), None)
+    if feeds_failed is not None:  # the notice leads with it: without feeds the issue has nothing new
+        message.insert(0, f"Feeds: {feeds_failed['message']}.")
+        headline = f"Every feed failed: issue {summary.number} needs a look (send {local})"
+    notice = Notice("draft", headline, tuple(message), summary, _actions(summary.number))
     problems = notify_editors(settings, notice, transport=transport)
     return JobResult("drafted", summary.number, f"draft of issue {summary.number} built for the send at "
                      f"{describe(settings, send_at)}" + ("" if problems else "; editors notified"), problems)
@@ -148,7 +153,7 @@ def run_send(settings: Settings, *, send_at: datetime, now: datetime | None = No
             if n < sc.min_articles and sc.when_empty != "send":
                 session.commit()
                 action = "skipped" if sc.when_empty == "skip" else "held"
-                return _conclude(settings, number, action, f"{n} new article(s), fewer than min_articles = "
+                return _conclude(settings, number, action, f"{plural(n, 'new article')}, fewer than min_articles = "
                                  f"{sc.min_articles} (when_empty = {sc.when_empty})", now, transport)
             if sc.if_not_approved == "hold":
                 session.commit()

@@ -20,6 +20,7 @@ from digest.sources.fetch import Validators, read_feeds
 from digest.sources.identity import canonical_link, title_key
 from digest.sources.parse import FeedResult
 from digest.store import FeedState, IssueRow, SeenArticle
+from digest.wording import plural
 
 
 def _match(session: Session, article: Article) -> SeenArticle | None:
@@ -147,20 +148,25 @@ def health_of(state: FeedState, stale_runs: int) -> dict:
 
 
 def health_summary(feed_health: list[dict], stale_runs: int) -> tuple[str, str]:
-    """(level, message) for the editors' checks: warn when a feed has failed or given nothing new for
-    `stale_runs` runs, naming each such feed and why."""
+    """(level, message) for the editors' checks: fail when every feed failed this run; warn when a feed
+    has failed or given nothing new for `stale_runs` runs, naming each such feed and why."""
     stale = [h for h in feed_health if h.get("stale")]
     failing_now = [h for h in feed_health if h["health"] == "failing" and not h.get("stale")]
-    parts = [f"{h['feed']} failed {h['failures']} run(s) in a row ({h['error']})" if h["failures"]
-             else f"{h['feed']} gave nothing new for {h['quiet_runs']} run(s)" for h in stale]
+    parts = [f"{h['feed']} failed {plural(h['failures'], 'run')} in a row ({h['error']})" if h["failures"]
+             else f"{h['feed']} gave nothing new for {plural(h['quiet_runs'], 'run')}" for h in stale]
     parts += [f"{h['feed']} failed this run ({h['error']})" for h in failing_now]
     if not feed_health:
         return "ok", "no feeds configured"
+    if all(h["health"] == "failing" for h in feed_health):
+        # nothing came in at all: the draft holds only what earlier runs left, so an editor must look
+        what = "the only feed" if len(feed_health) == 1 else f"every feed ({len(feed_health)})"
+        return "fail", f"{what} failed this run, no new articles came in: " + "; ".join(
+            f"{h['feed']}: {h['error']}" for h in feed_health)
     if stale:
-        return "warn", f"{len(stale)} of {len(feed_health)} feed(s) need attention: " + "; ".join(parts)
+        return "warn", f"{len(stale)} of {plural(len(feed_health), 'feed')} need attention: " + "; ".join(parts)
     if failing_now:
-        return "ok", f"{len(feed_health)} feed(s); " + "; ".join(parts)
-    return "ok", f"all {len(feed_health)} feed(s) healthy"
+        return "ok", f"{plural(len(feed_health), 'feed')}; " + "; ".join(parts)
+    return "ok", f"all {plural(len(feed_health), 'feed')} healthy" if len(feed_health) > 1 else "the feed is healthy"
 
 
 def collect(session: Session, settings: Settings, now: datetime | None = None) -> Collected:

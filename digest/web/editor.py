@@ -105,6 +105,8 @@ def draft(request: Request, settings: Annotated[Settings, Depends(get_settings)]
         "row": row, "issue": issue, "editable": row.status in EDITABLE, "version": _version(row),
         "articles": article_rows(settings, db, row), "listings": request.app.state.catalog.listings(),
         "chosen": chosen, "forced": forced, "featured_count": settings.sources.featured_listings,
+        "new_articles": issues.new_article_count(row), "min_articles": settings.schedule.min_articles,
+        "when_empty": settings.schedule.when_empty,
     })
 
 
@@ -170,14 +172,23 @@ def send_test(request: Request, settings: Annotated[Settings, Depends(get_settin
 
 
 @router.post("/draft/approve")
-def approve(request: Request, db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)],
-            number: Annotated[int, Form()], version: Annotated[str, Form()] = "") -> Response:
-    """Approve exactly what the editor looked at: a draft rebuilt since then must be reviewed again."""
+def approve(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+            db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)],
+            number: Annotated[int, Form()], version: Annotated[str, Form()] = "",
+            allow_empty: Annotated[bool, Form()] = False) -> Response:
+    """Approve exactly what the editor looked at: a draft rebuilt since then must be reviewed again. An
+    issue with fewer than `min_articles` new articles needs the page's second, explicit confirmation."""
     row = issues.get_issue(db, number)
     if row.status in APPROVABLE and version != _version(row):
         flash(request, f"Issue {number} changed since you loaded it: review it again before approving.", "error")
         return _back()
-    issues.approve(db, number, by=user.email)
+    try:
+        issues.approve(db, number, by=user.email, min_articles=settings.schedule.min_articles,
+                       allow_empty=allow_empty)
+    except issues.TooFewArticles:
+        flash(request, f"Issue {number} has fewer new articles than min_articles = "
+                       f"{settings.schedule.min_articles}: confirm below that it should go out anyway.", "error")
+        return _back()
     db.commit()
     flash(request, f"Issue {number} approved: it will go out at the scheduled time.")
     return _back()

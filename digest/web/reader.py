@@ -179,6 +179,8 @@ def archive(request: Request, db: Annotated[Session, Depends(get_db)]) -> Respon
 
 
 @router.get("/issues/{number}")
-def archived_issue(number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
-    """The issue as readers saw it, with the reader-specific parts replaced by generic ones."""
-    return HTMLResponse(issue_queries.archived_html(db, number))
+def archived_issue(number: int, db: Annotated[Session, Depends(get_db)],
+                   settings: Annotated[Settings, Depends(get_settings)]) -> Response:
+    """The issue as readers saw it, with the reader-specific parts replaced by generic ones and the site's
+    links at the current public_url."""
+    return HTMLResponse(issue_queries.archived_html(db, number, settings.publication.public_url))
