@@ -181,7 +181,7 @@ def token_values(name: str, unsubscribe_url: str, preferences_url: str) -> dict[
     """The substitutions for one reader: the same dict feeds every transport."""
     greeting = f"Hi {name}," if name.strip() else "Hello,"
     return {
-        TOKENS["greeting"]: greeting,
+        TOKENS["greeting"]: wrap(greeting, TEXT_WIDTH),  # the text part's line; a long name wraps too
         TOKENS["greeting_html"]: escape(greeting),
         TOKENS["unsubscribe_url"]: unsubscribe_url,
         TOKENS["preferences_url"]: preferences_url,
