@@ -265,3 +265,14 @@ def test_paid_listings_carry_the_sponsored_label_and_editorial_ones_do_not(setti
     relabelled = render_issue(load_settings(workdir / "digest.toml"), _issue())
     assert "Paid partner" in relabelled.html and "[Paid partner]" in relabelled.text
     assert "Sponsored" not in relabelled.html
+
+
+def test_the_confirmation_text_is_within_78_too(settings: Settings) -> None:
+    from digest.confirmations import confirmation_edition
+    from subscribers.models import MailingList
+
+    long_list = MailingList(slug="print", name="Leisure Industry Weekly print edition and quarterly supplement")
+    rendered = confirmation_edition(settings, long_list)
+    check_text(rendered.text)
+    assert 'press "Yes, subscribe me" to confirm:' in " ".join(rendered.text.split())
+    assert "Leisure Industry Weekly print edition and quarterly supplement email" in " ".join(rendered.text.split())
