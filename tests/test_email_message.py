@@ -276,3 +276,14 @@ def test_the_confirmation_text_is_within_78_too(settings: Settings) -> None:
     check_text(rendered.text)
     assert 'press "Yes, subscribe me" to confirm:' in " ".join(rendered.text.split())
     assert "Leisure Industry Weekly print edition and quarterly supplement email" in " ".join(rendered.text.split())
+
+
+@pytest.mark.slow  # the real command in a subprocess
+def test_the_cli_prints_times_in_the_publications_zone_and_names_it(workdir: Path) -> None:
+    settings = _sydney(workdir)
+    migrate(settings.database_url)
+    _readers(settings)
+    shown = run_cli("subscribers", "show", "ann@example.com", cwd=workdir, env={"COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"since \d{4}-\d\d-\d\d \d\d:\d\d AE[DS]T;", shown.stdout), shown.stdout
+    assert "History (Australia/Sydney):" in shown.stdout and " UTC" not in shown.stdout
