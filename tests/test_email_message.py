@@ -69,7 +69,7 @@ def check_raw_message(raw: bytes) -> EmailMessage:
 
 
 def check_list_headers(headers: dict[str, str]) -> None:
-    assert re.fullmatch(r'"[^"]+" <weekly\.news\.example\.com>', headers["List-Id"]), headers["List-Id"]
+    assert headers["List-Id"] == "Leisure Industry Weekly - weekly <weekly.news.example.com>"
     assert headers["Precedence"] == "bulk"
     issue, list_, publication, sender = headers["Feedback-ID"].split(":")
     assert issue.isdigit() and list_ == "weekly" and publication == "leisure-industry-weekly"
@@ -287,3 +287,15 @@ def test_the_cli_prints_times_in_the_publications_zone_and_names_it(workdir: Pat
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"since \d{4}-\d\d-\d\d \d\d:\d\d AE[DS]T;", shown.stdout), shown.stdout
     assert "History (Australia/Sydney):" in shown.stdout and " UTC" not in shown.stdout
+
+
+def test_each_list_has_its_own_list_id_and_feedback_id(workdir: Path) -> None:
+    from digest.deliver.personalizer import list_headers
+
+    set_keys(workdir, "publication", name="Café Bäder: Wöchentlich", from_email="news@bäder.example")
+    settings = load_settings(workdir / "digest.toml")
+    weekly, print_ = list_headers(settings, "weekly", 3), list_headers(settings, "Print Edition", 3)
+    assert weekly["List-Id"] == "Cafe Bader Wochentlich - weekly <weekly.xn--bder-loa.example>"
+    assert print_["List-Id"] == "Cafe Bader Wochentlich - print-edition <print-edition.xn--bder-loa.example>"
+    assert weekly["Feedback-ID"] == "3:weekly:cafe-bader-wochentlich:xn--bder-loa-example"
+    assert all(v.isascii() for h in (weekly, print_) for v in h.values())

@@ -7,6 +7,7 @@ list's own headers: List-Id (RFC 2919), Precedence: bulk and Gmail's Feedback-ID
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from digest.config import Settings
 from digest.render import token_values
@@ -15,7 +16,15 @@ from subscribers.links import ReaderLinks
 
 def _label(value: str) -> str:
     """A dot-atom-text piece (RFC 5322 §3.2.3) for List-Id and Feedback-ID: no colons, no spaces."""
-    return re.sub(r"[^A-Za-z0-9-]+", "-", value).strip("-").lower() or "digest"
+    folded = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^A-Za-z0-9-]+", "-", folded).strip("-").lower() or "digest"
+
+
+def _phrase(value: str) -> str:
+    """The List-Id's description as a plain phrase of ASCII atext words (RFC 5322 §3.2.3): no quoting and
+    no encoded words needed, so it reads the same in every transport (SendGrid takes headers as given)."""
+    folded = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    return " ".join(re.sub(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+", " ", folded).split()) or "digest"
 
 
 def list_headers(settings: Settings, list_slug: str, issue_number: int) -> dict[str, str]:
@@ -29,10 +38,14 @@ def list_headers(settings: Settings, list_slug: str, issue_number: int) -> dict[
     """
     pub = settings.publication
     domain = pub.from_email.rsplit("@", 1)[-1].lower()
+    if not domain.isascii():  # an internationalized domain in its ASCII (IDNA) form: header text is ASCII
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            domain = _label(domain)
     slug = _label(list_slug or settings.delivery.list)
-    phrase = re.sub(r'["\\\r\n]', "", f"{pub.name} ({list_slug or settings.delivery.list})")
     return {
-        "List-Id": f'"{phrase}" <{slug}.{domain}>',
+        "List-Id": f"{_phrase(pub.name)} - {slug} <{slug}.{domain}>",
         "Precedence": "bulk",
         "Feedback-ID": f"{issue_number}:{slug}:{_label(pub.name)}:{_label(domain)}",
     }
