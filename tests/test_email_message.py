@@ -230,12 +230,14 @@ def test_dark_mode_image_heights_and_the_editors_case(settings: Settings) -> Non
     assert '<meta name="supported-color-schemes" content="light dark"' in html
     assert "@media (prefers-color-scheme: dark)" in html
     dark = html.split("@media (prefers-color-scheme: dark)", 1)[1].split("</style>", 1)[0]
-    assert re.search(r'\.page a:not\(\[style\*="background"\]\)[^{]*\{ color: #8ab4f8 !important; \}', dark), \
-        "links are lightened on dark surfaces (buttons, which carry their own background, keep theirs)"
-    surfaces = set(re.findall(r"background-color:(#[0-9a-f]{6})", html)) - {"#0b2545"}  # the navy masthead stays
-    assert surfaces >= {"#ffffff", "#f1f3f5"}
-    for colour in surfaces:
-        assert f'[style*="background-color:{colour}"]' in dark, f"{colour} stays light in dark mode"
+    assert re.search(r"\.page div > a[^{]*\{ color: #8ab4f8 !important; \}", dark), "links readable on dark"
+    assert "[" not in dark, "class and element selectors only: Gmail and Outlook.com drop attribute selectors"
+    for surface, colour in (("card", "#ffffff"), ("soft", "#f8f9fa"), ("favour", "#fff6e0")):
+        assert f'class="{surface}" style="background:{colour};' in html
+        rule = rf"\.{surface}, \.{surface} > table \{{ background-color: #[0-9a-f]{{6}} !important; \}}"
+        assert re.search(rule, dark), f"{surface} stays light in dark mode"
+    buttons = re.findall(r"<td[^>]*><a [^>]*background:#[0-9a-f]{6}[^>]*>", html)
+    assert buttons, "button links sit directly in a td, out of the `div > a` link rule, and keep their colours"
     imgs = re.findall(r"<img\b[^>]*>", html)
     assert imgs and all(re.search(r'\bheight="\d+"', tag) for tag in imgs), imgs
     assert 'height="auto"' not in html
