@@ -155,6 +155,10 @@ class Sources(_Table):
     stale_runs: Count = Field(
         default=3, description="A feed that brings nothing new this many runs in a row is reported as stale.")
     summary_chars: Count = Field(default=240, description="An article's summary is cut to about this many characters.")
+    sponsored_label: str = Field(
+        default="Sponsored",
+        description="The label on listings of the paid (`featured`) tier, so paid placement is told apart from "
+                    "editorial content.")
 
 
 class AppealVariant(_Table):
@@ -269,6 +273,10 @@ class Delivery(_Table):
     transport: Literal["outbox", "smtp", "sendgrid"] = Field(default="outbox", description="How the email goes out.")
     outbox_dir: str = Field(default="outbox", description='One .eml file per reader here (transport = "outbox").')
     list: str = Field(default="weekly", description="The list whose active members receive the digest.")
+    allow_http_public_url: bool = Field(
+        default=False,
+        description="Let smtp or sendgrid send with an http:// publication.public_url: for a test setup only, since "
+                    "Gmail and Yahoo ignore one-click unsubscribe links that are not https (RFC 8058).")
     smtp: SMTPSettings = Field(default_factory=SMTPSettings, description='The SMTP transport (transport = "smtp").')
     sendgrid: SendGridSettings = Field(
         default_factory=SendGridSettings,
@@ -372,6 +380,18 @@ class Settings(DigestFile):
             return value
         p = Path(value).expanduser()
         return str(p if p.is_absolute() else (self.base_dir / p).resolve())
+
+
+def public_url_problem(settings: Settings) -> str:
+    """Why sending for real with this public_url must stop ("" when it may go): the links in the email
+    (one-click unsubscribe, RFC 8058 §3.1; preferences; the archive) must be https for a real transport."""
+    if settings.delivery.transport == "outbox" or settings.publication.public_url.startswith("https://"):
+        return ""
+    if settings.delivery.allow_http_public_url:
+        return ""
+    return (f"{settings.path}: publication.public_url {settings.publication.public_url!r} is not https: Gmail and "
+            f"Yahoo ignore one-click unsubscribe without it (RFC 8058); use an https address, or set "
+            f"delivery.allow_http_public_url = true for a test setup")
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -325,7 +325,8 @@ def send_test(settings: Settings, to: str, *, transport: Transport | None = None
         session.commit()
         sid, name, list_id = (sub.id, sub.name, mlist.id) if sub else (0, "", mlist.id)
     editions = Editions(settings, issue)
-    values, headers = Personalizer(settings).for_reader(sid, list_id, name)
+    values, headers = Personalizer(settings).for_reader(sid, list_id, name, list_slug=row.list_slug,
+                                                        issue_number=row.number)
     message = Message(0, sid, row.id, row.number, address.email, name, editions.get(editions.key(sub)),
                       values, headers)
     message = Message(**{**message.__dict__, "edition": _test_edition(message.edition)})

@@ -164,6 +164,14 @@ def describe(settings: Settings, moment: datetime) -> str:
     return f"{local} = {utc}"
 
 
+def stamp(settings: Settings, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """A stored (UTC) moment as people read it: in the publication's zone, the zone named ("AEDT")."""
+    if moment is None:
+        return ""
+    local = moment.astimezone(settings.publication.tz)
+    return f"{local.strftime(fmt)} {local.tzname()}"
+
+
 def local_and_utc(settings: Settings, moment: datetime) -> tuple[str, str]:
     local = moment.astimezone(settings.publication.tz)
     return f"{local:%a %d %b %Y %H:%M} {local.tzname()}", f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"

@@ -11,16 +11,17 @@ import textwrap
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from functools import lru_cache
 from html import escape
 from pathlib import Path
 
 import httpx
 import jinja2
+import jinja2.runtime
 from mjml import mjml2html
 
-from digest.config import Settings
+from digest.config import Settings, public_url_problem
 from digest.models import Issue
 from digest.resources import TEMPLATES
 from digest.wording import plural
@@ -66,16 +67,39 @@ class Rendered:
         return len(self.html.encode("utf-8"))
 
 
-def longdate(value: datetime) -> str:
+def longdate(value: datetime, tz: tzinfo | None = None) -> str:
+    """"2 December 2026", on the calendar of `tz` (the publication's zone): a story published 09:00 on
+    2 December in Sydney is 22:00 on 1 December in UTC, and the reader in Sydney expects the 2nd."""
+    if tz is not None and value.tzinfo is not None:
+        value = value.astimezone(tz)
     return f"{value.day} {value:%B %Y}"
+
+
+@jinja2.pass_context
+def _longdate(context: jinja2.runtime.Context, value: datetime) -> str:
+    """The template filter: in the zone the render was given (`tz` in the context), else as stored."""
+    tz = context.get("tz")
+    return longdate(value, tz if isinstance(tz, tzinfo) else None)
 
 
 def paragraphs(value: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", value or "") if p.strip()]
 
 
-def wrap(value: str, width: int = 72) -> str:
-    return "\n".join(textwrap.wrap(value or "", width=width)) if value else ""
+#: The text part's widest line: RFC 5322 §2.1.1 asks for 78; 76 keeps it inside RFC 2045's encoded-line
+#: limit too, so a plain ASCII text part goes as 7bit, not quoted-printable.
+TEXT_WIDTH = 76
+
+
+def wrap(value: str, width: int = 72, indent: str = "", first: str | None = None) -> str:
+    """Wrapped at `width` (at most TEXT_WIDTH), never breaking inside a word: "in-depth" stays whole (a
+    hyphen is not a break point) and a long URL stays on its own line, unbroken, so it still works."""
+    if not value:
+        return ""
+    width = min(width, TEXT_WIDTH)
+    initial = indent if first is None else first
+    return "\n".join(textwrap.wrap(value, width=width, initial_indent=initial, subsequent_indent=indent,
+                                    break_on_hyphens=False, break_long_words=False))
 
 
 @lru_cache(maxsize=4)
@@ -87,7 +111,7 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
-    env.filters.update(longdate=longdate, paragraphs=paragraphs, wrap=wrap)
+    env.filters.update(longdate=_longdate, paragraphs=paragraphs, wrap=wrap)
     return env
 
 
@@ -119,13 +143,28 @@ def render_issue(settings: Settings, issue: Issue, *, edition: str = "default",
         "publication": settings.publication, "issue": issue, "top": top,
         "rest": issue.articles[1:], "headlines": issue.headlines, "listings": issue.listings,
         "appeal": issue.appeal, "reader": TOKENS, "title": issue.subject, "preheader": issue.preheader,
-        "issue_date": longdate(issue.date.astimezone(settings.publication.tz)),
-        "view_url": view_url(settings, issue.number),
+        "issue_date": longdate(issue.date, settings.publication.tz), "tz": settings.publication.tz,
+        "view_url": view_url(settings, issue.number), "sponsored_label": settings.sources.sponsored_label,
     }
     html = compile_mjml("email/digest.mjml.j2", context, templates)
     text = render_text("email/digest.txt.j2", context, templates)
     rendered = Rendered(issue.subject, issue.preheader, html, text, edition=edition)
-    return Rendered(rendered.subject, rendered.preheader, html, text, checks(issue, rendered), edition)
+    return Rendered(rendered.subject, rendered.preheader, html, text,
+                    [*checks(issue, rendered), public_url_check(settings)], edition)
+
+
+def public_url_check(settings: Settings) -> Check:
+    """The draft shows before the send what would stop it: a real transport needs an https public_url."""
+    problem = public_url_problem(settings)
+    url, transport = settings.publication.public_url, settings.delivery.transport
+    if problem:
+        return Check("public-url", "fail", problem.split(": ", 1)[1])
+    if url.startswith("https://"):
+        return Check("public-url", "ok", f"reader links use {url} (https)")
+    if transport == "outbox":
+        return Check("public-url", "ok", f"reader links use {url}: fine for the outbox; smtp or sendgrid need https")
+    return Check("public-url", "warn", f"reader links use {url}, not https: allowed by delivery.allow_http_public_url "
+                                       "(a test setup); one-click unsubscribe will not work in Gmail or Yahoo")
 
 
 def personalize(template: str, values: Mapping[str, str]) -> str:
@@ -143,7 +182,7 @@ def token_values(name: str, unsubscribe_url: str, preferences_url: str) -> dict[
     """The substitutions for one reader: the same dict feeds every transport."""
     greeting = f"Hi {name}," if name.strip() else "Hello,"
     return {
-        TOKENS["greeting"]: greeting,
+        TOKENS["greeting"]: wrap(greeting, TEXT_WIDTH),  # the text part's line; a long name wraps too
         TOKENS["greeting_html"]: escape(greeting),
         TOKENS["unsubscribe_url"]: unsubscribe_url,
         TOKENS["preferences_url"]: preferences_url,

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def configure(workdir: Path, *, batch: int, concurrency: int) -> Settings:
-    set_keys(workdir, "delivery", transport="sendgrid")
+    set_keys(workdir, "delivery", transport="sendgrid", allow_http_public_url=True)  # a local test setup
     set_keys(workdir, "delivery.sendgrid", batch_size=batch, concurrency=concurrency, backoff_seconds=0.01)
     settings = load_settings(workdir / "digest.toml")
     migrate(settings.database_url)

@@ -51,7 +51,7 @@ def server():  # type: ignore[no-untyped-def]
 
 
 def sendgrid_config(workdir: Path, extra: str = "") -> None:
-    edit_config(workdir, 'transport = "outbox"', 'transport = "sendgrid"')
+    edit_config(workdir, 'transport = "outbox"', 'transport = "sendgrid"\nallow_http_public_url = true')
     edit_config(workdir, "concurrency = 4", "concurrency = 4\nbackoff_seconds = 0.01\nmax_retries = 3\n" + extra)
 
 

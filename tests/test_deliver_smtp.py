@@ -23,7 +23,7 @@ from tests.fakes.smtp_server import Recorder, SMTPServer, self_signed
 
 def smtp_settings(workdir: Path, port: int, *, security: str = "none", username: str = "",
                   rate: float = 0) -> Settings:
-    set_keys(workdir, "delivery", transport="smtp")
+    set_keys(workdir, "delivery", transport="smtp", allow_http_public_url=True)  # a local test setup
     set_keys(workdir, "delivery.smtp", host="127.0.0.1", port=port, security=security, username=username,
              max_per_second=float(rate), timeout_seconds=10.0)
     settings = load_settings(workdir / "digest.toml")

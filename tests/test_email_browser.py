@@ -52,3 +52,45 @@ def test_the_overflow_check_catches_a_layout_that_is_too_wide(browser) -> None: 
     result = page.evaluate(OVERFLOW_JS)
     page.close()
     assert result["scroll"] > 375 and result["wide"], result
+
+
+CONTRAST_JS = """() => {
+  const rgb = s => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = c => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = el => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const low = [];
+  for (const el of document.querySelectorAll('.page div, .page a, .page span, .page h1, .page h2, .page h3')) {
+    const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    const r = el.getBoundingClientRect();
+    if (!own || r.width === 0 || r.height === 0) continue;
+    const a = lum(rgb(getComputedStyle(el).color)), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) low.push(el.textContent.trim().slice(0, 30) + ' ' + ratio.toFixed(2));
+  }
+  return {low, body: getComputedStyle(document.body).backgroundColor};
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_text_of_the_email_is_readable_in_light_and_dark_mode(browser, settings: Settings,  # type: ignore[no-untyped-def]
+                                                                    scheme: str) -> None:
+    with session_factory(settings.database_url)() as s:
+        draft = build_draft(settings, s)
+        s.commit()
+    page = browser.new_page(viewport={"width": 640, "height": 900}, color_scheme=scheme)
+    page.route("**/*", lambda route: route.abort() if route.request.url.startswith("http") else route.continue_())
+    page.set_content(draft.row.html, wait_until="load")
+    result = page.evaluate(CONTRAST_JS)
+    page.screenshot(path=str(screenshots() / f"email-{scheme}.png"), full_page=True)
+    page.close()
+    assert result["low"] == [], f"{scheme}: text under WCAG's 4.5:1 against its background: {result['low']}"
+    assert (result["body"] == "rgb(13, 17, 23)") == (scheme == "dark"), result["body"]

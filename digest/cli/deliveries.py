@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from digest.cli.common import ConfigOpt, console, err, settings_for
+from digest.moments import stamp
 from digest.wording import plural
 
 app = typer.Typer(help="The delivery ledger of an issue: counts, and batches of unknown fate.",
@@ -45,10 +46,11 @@ def show(issue: Annotated[int | None, typer.Argument(help="Issue number (default
             console.print("  no batch of unknown fate")
             return
         table = Table(title=f"Batches of unknown fate in issue {row.number}")
-        for col in ("batch", "readers", "claimed at (UTC)", "first readers", "note"):
+        for col in ("batch", "readers", "claimed at", "first readers", "note"):
             table.add_column(col)
         for b in batches:
-            table.add_row(b.batch[:12], str(b.readers), f"{b.claimed_at:%Y-%m-%d %H:%M:%S}", ", ".join(b.sample),
+            claimed = stamp(settings, b.claimed_at, "%Y-%m-%d %H:%M:%S")
+            table.add_row(b.batch[:12], str(b.readers), claimed, ", ".join(b.sample),
                           b.error or "the sender stopped before recording the answer")
         console.print(table)
         err.print("Check the provider's activity log for these readers, then "

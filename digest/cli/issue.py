@@ -13,6 +13,7 @@ from rich.table import Table
 
 from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
 from digest.config import Settings
+from digest.moments import stamp
 from digest.wording import plural
 
 app = typer.Typer()
@@ -50,9 +51,10 @@ def collect(config: ConfigOpt = None) -> None:
     table.add_column("title")
     table.add_column("key", style="dim")
     for i, a in enumerate(issue.articles):
-        table.add_row("top story" if i == 0 else "article", f"{a.published:%Y-%m-%d}", a.title, a.key[:12])
+        table.add_row("top story" if i == 0 else "article", stamp(settings, a.published, "%Y-%m-%d"), a.title,
+                      a.key[:12])
     for a in issue.headlines:
-        table.add_row("more news", f"{a.published:%Y-%m-%d}", a.title, a.key[:12])
+        table.add_row("more news", stamp(settings, a.published, "%Y-%m-%d"), a.title, a.key[:12])
     for x in issue.listings:
         table.add_row("listing", x.tier or "", f"{x.name} ({' / '.join(x.categories)})", "")
     console.print(table)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from digest.cli.common import ConfigOpt, console, settings_for
+from digest.moments import stamp
 
 app = typer.Typer(help="Editors and admins of the web pages (readers never log in).", no_args_is_help=True)
 
@@ -49,7 +50,7 @@ def users_list(config: ConfigOpt = None) -> None:
         for col in ("email", "role", "created"):
             table.add_column(col)
         for user in list_users(session):
-            table.add_row(user.email, user.role, f"{user.created_at:%Y-%m-%d %H:%M} UTC")
+            table.add_row(user.email, user.role, stamp(settings, user.created_at))
         console.print(table)
 
 

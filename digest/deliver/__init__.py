@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from digest.config import Settings
+from digest.config import Settings, public_url_problem
 from digest.errors import ConfigError
 
 if TYPE_CHECKING:  # the CLI imports this package at start-up: keep it light
@@ -13,7 +13,17 @@ if TYPE_CHECKING:  # the CLI imports this package at start-up: keep it light
 
 
 def make_transport(settings: Settings) -> Transport:
-    """The transport named by `[delivery] transport`."""
+    """The transport named by `[delivery] transport`; a real one only with an https public_url (or the
+    explicit test-setup key), checked after the transport's own settings."""
+    transport = _transport(settings)
+    problem = public_url_problem(settings)
+    if problem:
+        transport.close()
+        raise ConfigError(problem)
+    return transport
+
+
+def _transport(settings: Settings) -> Transport:
     name = settings.delivery.transport
     if name == "outbox":
         from digest.deliver.outbox import OutboxTransport

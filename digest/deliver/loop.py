@@ -89,6 +89,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     if progress:
         progress(done, total)
     issue_id, number, workers = issue.id, issue.number, max(1, transport.concurrency)
+    slug = issue.list_slug
     prepare, submit = getattr(transport, "prepare", None), getattr(transport, "submit", None)
     if prepare is None or submit is None:
         prepare, submit = None, transport.send
@@ -99,7 +100,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         msgs = []
         for r in readers:
             try:
-                values, headers = personal.for_reader(r.id, list_id, r.name)
+                values, headers = personal.for_reader(r.id, list_id, r.name, list_slug=slug, issue_number=number)
                 msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
                                     values, headers, list_id))
             except Exception as e:

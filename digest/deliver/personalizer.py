@@ -1,19 +1,61 @@
 """A reader's own part of a copy: signed unsubscribe / preferences links and the List-Unsubscribe headers.
 
-Built here for every transport alike (RFC 8058 one-click unsubscribe: `List-Unsubscribe-Post`).
+Built here for every transport alike (RFC 8058 one-click unsubscribe: `List-Unsubscribe-Post`), with the
+list's own headers: List-Id (RFC 2919), Precedence: bulk and Gmail's Feedback-ID.
 """
 
 from __future__ import annotations
+
+import re
+import unicodedata
 
 from digest.config import Settings
 from digest.render import token_values
 from subscribers.links import ReaderLinks
 
 
+def _label(value: str) -> str:
+    """A dot-atom-text piece (RFC 5322 §3.2.3) for List-Id and Feedback-ID: no colons, no spaces."""
+    folded = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^A-Za-z0-9-]+", "-", folded).strip("-").lower() or "digest"
+
+
+def _phrase(value: str) -> str:
+    """The List-Id's description as a plain phrase of ASCII atext words (RFC 5322 §3.2.3): no quoting and
+    no encoded words needed, so it reads the same in every transport (SendGrid takes headers as given)."""
+    folded = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    return " ".join(re.sub(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+", " ", folded).split()) or "digest"
+
+
+def list_headers(settings: Settings, list_slug: str, issue_number: int) -> dict[str, str]:
+    """The headers every copy of one issue to one list carries.
+
+    - List-Id (RFC 2919): a phrase and `<list-label.domain>`, the label unique per list, so filters and
+      Gmail's bulk-sender rules see each list as its own.
+    - Precedence: bulk: auto-responders (RFC 3834 §2) stay quiet for bulk mail.
+    - Feedback-ID: Gmail's feedback loop, "issue:list:publication:sender" (fields without colons), so
+      complaint rates show per issue and list in Google Postmaster Tools.
+    """
+    pub = settings.publication
+    domain = pub.from_email.rsplit("@", 1)[-1].lower()
+    if not domain.isascii():  # an internationalized domain in its ASCII (IDNA) form: header text is ASCII
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            domain = _label(domain)
+    slug = _label(list_slug or settings.delivery.list)
+    return {
+        "List-Id": f"{_phrase(pub.name)} - {slug} <{slug}.{domain}>",
+        "Precedence": "bulk",
+        "Feedback-ID": f"{issue_number}:{slug}:{_label(pub.name)}:{_label(domain)}",
+    }
+
+
 class Personalizer:
     """Token values and headers for a reader, for every transport alike (the links: subscribers.links)."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.links = ReaderLinks(settings)
         self.mailto = settings.publication.reply_to or settings.publication.from_email
 
@@ -23,11 +65,13 @@ class Personalizer:
     def preferences_url(self, subscriber_id: int, list_id: int) -> str:
         return self.links.preferences_url(subscriber_id, list_id)
 
-    def for_reader(self, subscriber_id: int, list_id: int, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    def for_reader(self, subscriber_id: int, list_id: int, name: str, *, list_slug: str = "",
+                   issue_number: int = 0) -> tuple[dict[str, str], dict[str, str]]:
         unsub = self.unsubscribe_url(subscriber_id, list_id)
         values = token_values(name, unsub, self.preferences_url(subscriber_id, list_id))
         headers = {
             "List-Unsubscribe": f"<{unsub}>, <mailto:{self.mailto}?subject=unsubscribe>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            **list_headers(self.settings, list_slug, issue_number),
         }
         return values, headers

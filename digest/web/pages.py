@@ -19,9 +19,11 @@ WEB_TEMPLATES = TEMPLATES / "web"
 def _when(value: datetime | None, tz: Any = None) -> str:
     if value is None:
         return ""
-    if tz is not None:
-        value = value.astimezone(tz)
-    return value.strftime("%Y-%m-%d %H:%M")
+    if tz is None:
+        return value.strftime("%Y-%m-%d %H:%M")
+    # in the publication's zone, named: "09:00" alone could be the server's, the reader's or UTC
+    local = value.astimezone(tz)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
 
 
 def _number(value: int | None) -> str:
