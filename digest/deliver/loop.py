@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
+from digest.deliver.batches import recover_unknown
 from digest.deliver.ledger import (
     CLAIMED,
     QUEUED,
@@ -28,6 +29,7 @@ from digest.deliver.ledger import (
     failure_reasons,
     finish_if_done,
     mark,
+    record_batches,
     release,
     snapshot,
 )
@@ -76,6 +78,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     report = SendReport(issue.number, issue.subject)
     snapshot(session, issue, list_id)
     session.commit()
+    if callable(getattr(transport, "cancel", None)):  # scheduled batches left of unknown fate by a dead run
+        requeued, left = recover_unknown(session, issue.id, transport)  # type: ignore[arg-type]
+        report.errors += left
     before = counts(session, issue.id)
     report.already = before.get(SUBMITTED, 0)
     report.unknown = before.get(CLAIMED, 0)
@@ -87,6 +92,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     if progress:
         progress(done, total)
     issue_id, number, workers = issue.id, issue.number, max(1, transport.concurrency)
+    send_moment = issue.send_at
     prepare, submit = getattr(transport, "prepare", None), getattr(transport, "submit", None)
     if prepare is None or submit is None:
         prepare, submit = None, transport.send
@@ -96,7 +102,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         for r in readers:
             values, headers = personal.for_reader(r.id, list_id, r.name)
             msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
-                                values, headers, list_id))
+                                values, headers, list_id, send_moment))
         return prepare(msgs) if prepare is not None else msgs
 
     stop: DeliveryError | None = None
@@ -147,6 +153,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                             raise
                         stop = e
                         break
+                    if getattr(work, "scheduled", None):  # provider batches recorded before the request
+                        record_batches(session, work.batches())
+                        session.commit()
                     pending[pool.submit(submit, work)] = (claimed.batch, ids)
                 if not pending:
                     break

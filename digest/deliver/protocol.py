@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import formataddr
 from typing import Protocol
 
@@ -31,6 +32,7 @@ class Message:
     values: dict[str, str]
     headers: dict[str, str]
     list_id: int = 0
+    send_at: datetime | None = None  # the send moment (a transport may schedule for it)
 
 
 @dataclass(frozen=True)
