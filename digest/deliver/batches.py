@@ -20,6 +20,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from digest.config import Settings
 from digest.deliver.ledger import (
     CLAIMED,
     DeliveryStatus,
@@ -44,6 +45,28 @@ class Cancels(Protocol):
     def cancel(self, batch: str) -> str | None:
         """None when the provider holds the cancel; else why not."""
         ...
+
+
+def canceller(settings: Settings) -> Cancels:
+    """The provider that can cancel a scheduled batch: SendGrid (the other transports send at once)."""
+    if settings.delivery.transport != "sendgrid":
+        raise DeliveryError(f"{settings.path}: delivery.transport is {settings.delivery.transport!r}: only SendGrid's "
+                            "scheduled batches can be recalled (the others hand the email over at once)")
+    from digest.deliver.sendgrid import SendGridTransport
+
+    return SendGridTransport(settings)
+
+
+def recall_preview(session: Session, issue_id: int, now: datetime | None = None
+                   ) -> tuple[list[ScheduledBatch], list[ScheduledBatch], int]:
+    """What a recall would do now: (batches it can cancel, batches too close to send_at, readers sent at
+    once), for the confirmation step."""
+    now = now or utcnow()
+    able: list[ScheduledBatch] = []
+    late: list[ScheduledBatch] = []
+    for b in scheduled_batches(session, issue_id):
+        (able if b.send_at is not None and b.send_at - now >= CANCEL_NOTICE + MARGIN else late).append(b)
+    return able, late, sent_without_batch(session, issue_id)
 
 
 def recover_unknown(session: Session, issue_id: int, cancels: Cancels) -> tuple[int, list[str]]:

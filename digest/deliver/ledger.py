@@ -12,7 +12,7 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -102,7 +102,7 @@ class _JSONCache(dict[str, Any]):
         return value
 
 
-def claim(session: Session, issue_id: int, list_id: int, size: int, *,
+def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled: tuple[str, int] | None = None,
           _json: _JSONCache = _JSONCache()) -> Claimed | None:  # noqa: B008  (one cache per process)
     """Claim the next batch in one write transaction; readers who left since the snapshot are skipped.
 
@@ -115,8 +115,11 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *,
     next_ids = (select(D.id).where(D.issue_id == issue_id, D.status == QUEUED).order_by(D.id).limit(size)
                 .scalar_subquery())
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
+    # a scheduled send's provider batch and send moment are committed with the claim, before any request
+    where = {"provider_batch": scheduled[0], "send_at": datetime.fromtimestamp(scheduled[1], UTC)} \
+        if scheduled else {}
     conn.execute(update(DELIVERIES).where(D.id.in_(next_ids)).values(status=CLAIMED, batch=batch,
-                                                                                updated_at=now))
+                                                                     updated_at=now, **where))
     rows = conn.execute(
         select(D.id, Subscriber.id, Subscriber.email, Subscriber.name,
                type_coerce(Subscriber.attributes, Text), type_coerce(Subscriber.categories, Text),
@@ -272,14 +275,6 @@ def requeue_failed(session: Session, issue: IssueRow) -> int:
 
 
 # -- scheduled provider batches (SendGrid send_at + batch_id): recorded, recovered, recalled -------------
-
-
-def record_batches(session: Session, batches: Sequence[tuple[Sequence[int], str, datetime]]) -> None:
-    """Each request's provider batch and send moment, written (the caller commits) before it goes out."""
-    t = DELIVERIES
-    for ids, batch, at in batches:
-        session.connection().execute(update(t).where(t.c.id.in_(list(ids)))
-                                     .values(provider_batch=batch, send_at=at))
 
 
 def unknown_provider_batches(session: Session, issue_id: int) -> list[str]:

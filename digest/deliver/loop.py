@@ -29,7 +29,6 @@ from digest.deliver.ledger import (
     failure_reasons,
     finish_if_done,
     mark,
-    record_batches,
     release,
     snapshot,
 )
@@ -97,12 +96,15 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     if prepare is None or submit is None:
         prepare, submit = None, transport.send
 
+    schedule = getattr(transport, "schedule", None)
+    plan: tuple[str, int] | None = None
+
     def build(readers: list[Reader]) -> Any:
         msgs = []
         for r in readers:
             values, headers = personal.for_reader(r.id, list_id, r.name)
             msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
-                                values, headers, list_id, send_moment))
+                                values, headers, list_id, plan))
         return prepare(msgs) if prepare is not None else msgs
 
     stop: DeliveryError | None = None
@@ -137,7 +139,12 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         try:
             while True:
                 while stop is None and len(pending) < workers:
-                    claimed = claim(session, issue_id, list_id, transport.batch_size)
+                    try:  # a scheduled provider batch, recorded with the claim: never a request without it
+                        plan = schedule(send_moment) if schedule is not None else None
+                    except DeliveryError as e:
+                        stop = e
+                        break
+                    claimed = claim(session, issue_id, list_id, transport.batch_size, scheduled=plan)
                     if claimed is None:
                         break
                     done += claimed.skipped
@@ -153,9 +160,6 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                             raise
                         stop = e
                         break
-                    if getattr(work, "scheduled", None):  # provider batches recorded before the request
-                        record_batches(session, work.batches())
-                        session.commit()
                     pending[pool.submit(submit, work)] = (claimed.batch, ids)
                 if not pending:
                     break

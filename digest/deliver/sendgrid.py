@@ -20,8 +20,8 @@ import time
 import unicodedata
 import urllib.error
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from python_http_client.exceptions import HTTPError
@@ -65,18 +65,11 @@ class Prepared:
 
     requests: list[tuple[str, list[Message]]]
     refused: list[Outcome]
-    #: per request (same order), its SendGrid batch id and send_at (UNIX seconds); empty: sent at once
-    scheduled: list[tuple[str, int]] = field(default_factory=list)
-
-    def batches(self) -> list[tuple[list[int], str, datetime]]:
-        """(delivery ids, batch id, send moment) of each scheduled request: recorded before it goes out."""
-        return [([m.delivery_id for m in msgs], batch, datetime.fromtimestamp(at, UTC))
-                for (_, msgs), (batch, at) in zip(self.requests, self.scheduled, strict=True)]
 
 
 class BatchCancelled(SendStopped):
-    """A request's answer was lost, and its batch was cancelled in time: none of it will go out, so its
-    readers go back to the queue and are sent again in a new batch."""
+    """A request's answer was lost, and its batch (every request of the claim) was cancelled in time: none of
+    it will go out, so its readers go back to the queue and are sent again in a new batch."""
 
 
 class PayloadError(SendStopped):
@@ -257,12 +250,18 @@ class SendGridTransport:
             body, included, refused = self.build(group)
             prepared.refused += refused
             if included:
-                if self.ahead:
-                    batch, at = self.new_batch(), self.send_moment(included[0].send_at)
+                if included[0].scheduled is not None:
+                    batch, at = included[0].scheduled
                     body = f'{body[:-1]},"batch_id":{json.dumps(batch)},"send_at":{at}}}'
-                    prepared.scheduled.append((batch, at))
                 prepared.requests.append((body, included))
         return prepared
+
+    def schedule(self, issue_moment: datetime | None) -> tuple[str, int] | None:
+        """A new batch id and the send_at for the next claim (recorded with it, before any request), or None
+        in the immediate mode (schedule_ahead_minutes = 0)."""
+        if not self.ahead:
+            return None
+        return self.new_batch(), self.send_moment(issue_moment)
 
     def send_moment(self, issue_moment: datetime | None) -> int:
         """send_at = max(the issue's send moment, now + schedule_ahead_minutes), in UNIX seconds. A send
@@ -275,12 +274,13 @@ class SendGridTransport:
 
     def submit(self, prepared: Prepared) -> list[Outcome]:
         outcomes = list(prepared.refused)
-        batches: list[str | None] = [b for b, _ in prepared.scheduled] or [None] * len(prepared.requests)
-        for (body, included), batch in zip(prepared.requests, batches, strict=True):
+        for body, included in prepared.requests:
             try:
-                message_id = self.post(body, included, batch)
+                message_id = self.post(body, included, included[0].scheduled and included[0].scheduled[0])
             except BatchCancelled:
-                continue  # not answered for: the loop queues them again, for a new batch
+                # the batch held every request of this claim: none goes out; not answered for, the loop
+                # queues them again for a new batch
+                return list(prepared.refused)
             except SendStopped as e:
                 raise SendStopped(str(e), outcomes + e.outcomes) from None
             outcomes += [Outcome(m.delivery_id, True, message_id=message_id) for m in included]
@@ -386,7 +386,7 @@ class SendGridTransport:
         sends = self._client.user.scheduled_sends
         try:
             self._call(f"the cancel of batch {batch}", lambda: sends.post(
-                request_body={"batch_id": batch, "status": "cancel"}, timeout=self.timeout))
+                request_body=json.dumps({"batch_id": batch, "status": "cancel"}), timeout=self.timeout))
             return None
         except SendStopped as e:
             why = str(e)
