@@ -304,3 +304,21 @@ def test_sigkill_at_random_points_then_send_ends_with_everyone_once_and_nothing_
     print(f"kills {kills}, unknown batches cancelled and resent: {unknown_seen}")
     assert Counter(server.recipients()) == Counter(emails), "every reader exactly once, no admin"
     assert ledger(settings) == {"submitted": 2000}
+
+
+def test_the_scheduler_starts_a_scheduled_send_early_enough_for_the_send_moment(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from digest.moments import next_send_at, send_job_trigger, send_lead
+
+    monkeypatch.setenv("SENDGRID_API_KEY", KEY)
+    outbox = load_settings(workdir / "digest.toml")
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    moment = next_send_at(outbox, now)
+    assert send_lead(outbox) == timedelta(0)
+    assert send_job_trigger(outbox).get_next_fire_time(None, now) == moment, "sent at once: at the moment"
+    sg = configure(workdir)  # SendGrid, schedule_ahead_minutes = 15 by default
+    assert send_lead(sg) == timedelta(minutes=45)
+    fire = send_job_trigger(sg).get_next_fire_time(None, now)
+    assert fire is not None and fire.astimezone(UTC) == moment - timedelta(minutes=45)
+    set_keys(workdir, "delivery.sendgrid", schedule_ahead_minutes=0)
+    assert send_lead(load_settings(workdir / "digest.toml")) == timedelta(0)
