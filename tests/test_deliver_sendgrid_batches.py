@@ -38,6 +38,7 @@ from tests.fakes.sendgrid_server import (
     rate_limited,
     status,
 )
+from tests.test_web_support import app_fixture, client_fixture, csrf_from, login  # noqa: F401 (fixtures)
 
 KEY = "SG.batches-test-key"
 
@@ -248,11 +249,13 @@ def test_digest_recall_command_then_the_fixed_issue_goes_to_the_recalled_readers
     emails = seed_readers(sg, 60)
     env = {"SENDGRID_API_KEY": KEY, "DIGEST_SENDGRID_API_URL": server.url, "COLUMNS": "250"}
     assert run_cli("send", cwd=workdir, env=env).returncode == 0
+    before = run_cli("status", cwd=workdir, env=env)
+    assert "#1: 60 reader(s) scheduled at SendGrid for" in before.stdout, before.stdout
     result = run_cli("recall", "1", "--by", "ed", cwd=workdir, env=env)
     assert result.returncode == 0, result.stderr
     assert "60 reader(s)" in result.stdout and "recalled" in result.stdout
     status_out = run_cli("status", cwd=workdir, env=env)
-    assert "recalled" in status_out.stdout
+    assert "#1: recalled by ed at" in status_out.stdout, status_out.stdout
     assert server.recipients() == []
     again = run_cli("recall", "1", cwd=workdir, env=env)
     assert again.returncode == 2 and "recalled" in again.stderr and len(again.stderr.strip().splitlines()) == 1
@@ -322,3 +325,31 @@ def test_the_scheduler_starts_a_scheduled_send_early_enough_for_the_send_moment(
     assert fire is not None and fire.astimezone(UTC) == moment - timedelta(minutes=45)
     set_keys(workdir, "delivery.sendgrid", schedule_ahead_minutes=0)
     assert send_lead(load_settings(workdir / "digest.toml")) == timedelta(0)
+
+
+@pytest.fixture
+def settings(sg: Settings) -> Settings:
+    """The web app's settings (tests.test_web_support's fixtures) are the SendGrid ones."""
+    return sg
+
+
+def test_the_admin_recalls_an_issue_after_a_confirmation_step(client, sg: Settings,  # type: ignore[no-untyped-def]
+                                                              server: SendGridServer) -> None:
+    seed_readers(sg, 100)
+    send(sg)
+    assert len(server.recipients()) == 100
+    login(client)
+    listing = client.get("/admin/issues")
+    assert 'href="/admin/issues/1/recall"' in listing.text
+    page = client.get("/admin/issues/1/recall")
+    assert page.status_code == 200 and "<strong>100</strong> reader(s) in 2 batch(es)" in page.text
+    token = csrf_from(page.text)
+    unconfirmed = client.post("/admin/issues/1/recall", data={"csrf_token": token}, follow_redirects=False)
+    assert unconfirmed.status_code == 303 and server.scheduled == {}, "nothing happens without the confirmation"
+    done = client.post("/admin/issues/1/recall", data={"csrf_token": token, "confirm": "yes"})
+    assert done.status_code == 200, done.text
+    assert "100 reader(s) in 2 batch(es) recalled" in done.text
+    assert "Recalled by admin admin@example.com (web)" in done.text
+    assert server.recipients() == [] and ledger(sg) == {"queued": 100}
+    again = client.get("/admin/issues/1/recall")
+    assert "Nothing can be recalled now." in again.text
