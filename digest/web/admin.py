@@ -27,6 +27,7 @@ from digest.config import Settings
 from digest.deliver.batches import canceller, recall, recall_preview
 from digest.errors import DigestError, NotFound
 from digest.issue_queries import deliveries_to
+from digest.issue_status import IssueStatus, sources
 from digest.issues import get_issue
 from digest.reports import issue_figures
 from digest.sources.categories import known_categories
@@ -42,6 +43,10 @@ from subscribers.search import Query, search
 
 router = APIRouter(prefix="/admin",
                    dependencies=[Depends(require_user), Depends(require_admin), Depends(check_csrf)])
+
+
+#: the issues a recall may apply to (the statuses the state machine moves to recalled from)
+RECALLABLE = tuple(sources(IssueStatus.RECALLED))
 
 
 def _int(value: str) -> int | None:
@@ -96,7 +101,7 @@ def lists(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response
 
 @router.get("/issues")
 def figures(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
-    return render(request, "admin/issues.html", {"figures": issue_figures(db)})
+    return render(request, "admin/issues.html", {"figures": issue_figures(db), "recallable": RECALLABLE})
 
 
 # -- recall: cancel an issue's scheduled SendGrid batches (digest.deliver.batches) --------------------
