@@ -115,11 +115,8 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     next_ids = (select(D.id).where(D.issue_id == issue_id, D.status == QUEUED).order_by(D.id).limit(size)
                 .scalar_subquery())
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
-    # a scheduled send's provider batch and send moment are committed with the claim, before any request
-    where = {"provider_batch": scheduled[0], "send_at": datetime.fromtimestamp(scheduled[1], UTC)} \
-        if scheduled else {}
     conn.execute(update(DELIVERIES).where(D.id.in_(next_ids)).values(status=CLAIMED, batch=batch,
-                                                                     updated_at=now, **where))
+                                                                                updated_at=now))
     rows = conn.execute(
         select(D.id, Subscriber.id, Subscriber.email, Subscriber.name,
                type_coerce(Subscriber.attributes, Text), type_coerce(Subscriber.categories, Text),
@@ -142,6 +139,10 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     if gone:
         conn.execute(update(DELIVERIES).where(D.id.in_(gone))
                      .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now))
+    if scheduled and readers:
+        # a scheduled send's provider batch and send moment are committed with the claim, before any request
+        conn.execute(update(DELIVERIES).where(D.batch == batch, D.status == CLAIMED).values(
+            provider_batch=scheduled[0], send_at=datetime.fromtimestamp(scheduled[1], UTC)))
     session.commit()
     return Claimed(batch, readers, len(gone))
 
