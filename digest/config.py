@@ -263,6 +263,13 @@ class SendGridSettings(_Table):
         description="A request whose connection dropped after it was sent in full (no answer) is sent again (true), "
                     "or its readers are left of unknown fate for `digest deliveries resolve` (false: exactly once "
                     "first, never a possible duplicate).")
+    # SendGrid's scheduled sends: send_at at most 72 h ahead, a batch cancellable until 10 minutes before
+    # it (https://www.twilio.com/docs/sendgrid/api-reference/cancel-scheduled-sends)
+    schedule_ahead_minutes: int = Field(
+        default=15, ge=0, le=72 * 60 - 1,
+        description="Each request is scheduled (send_at) at least this far ahead, in its own batch, so a request "
+                    "whose answer was lost can be cancelled and sent again, and an issue recalled; at least 11 to "
+                    "leave time for SendGrid's 10-minute cancel notice. 0: sent at once (no recovery, no recall).")
 
     @property
     def api_key(self) -> str:

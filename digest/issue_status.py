@@ -23,6 +23,7 @@ class IssueStatus(StrEnum):
     SENT = "sent"
     SKIPPED = "skipped"
     HELD = "held"
+    RECALLED = "recalled"
 
 
 S = IssueStatus
@@ -36,17 +37,21 @@ MOVES: Mapping[IssueStatus, frozenset[IssueStatus]] = {
     S.HELD: frozenset({S.APPROVED, S.DRAFT, S.SKIPPED}),
     # a skipped issue's number is reused: the next draft rebuilds it
     S.SKIPPED: frozenset({S.DRAFT}),
-    S.SENDING: frozenset({S.SENT}),
+    # recalled: scheduled batches cancelled before their send moment (`digest recall`)
+    S.SENDING: frozenset({S.SENT, S.RECALLED}),
     # failed readers queued again (`digest deliveries retry-failed`) open the issue again
-    S.SENT: frozenset({S.SENDING}),
+    S.SENT: frozenset({S.SENDING, S.RECALLED}),
+    # a recalled issue is fixed (a draft again: rebuilt, approved, sent) or skipped; its recalled readers
+    # stay queued and get it once
+    S.RECALLED: frozenset({S.DRAFT, S.SKIPPED}),
 }
 #: an issue that is the newest and in one of these is rebuilt by the next draft instead of a new number
-REBUILDABLE = frozenset({S.DRAFT, S.APPROVED, S.HELD, S.SKIPPED})
+REBUILDABLE = frozenset({S.DRAFT, S.APPROVED, S.HELD, S.SKIPPED, S.RECALLED})
 #: the issue in progress is the newest in one of these (searched in this order)
 IN_PROGRESS = (S.SENDING, S.APPROVED, S.DRAFT)
 #: each move in words, for the error that refuses it ("only an issue that is draft or held can be approved")
 _ACTIONS = {S.DRAFT: "made a draft again", S.APPROVED: "approved", S.SENDING: "sent out", S.SENT: "marked sent",
-            S.SKIPPED: "skipped", S.HELD: "held"}
+            S.SKIPPED: "skipped", S.HELD: "held", S.RECALLED: "recalled"}
 #: an approval is dropped when the issue moves to one of these
 _UNAPPROVED = frozenset({S.DRAFT, S.HELD, S.SKIPPED})
 
@@ -60,6 +65,8 @@ class StatusRow(Protocol):
     approved_at: datetime | None
     approved_by: str | None
     sent_at: datetime | None
+    recalled_at: datetime | None
+    recalled_by: str | None
 
 
 def sources(to: IssueStatus) -> tuple[IssueStatus, ...]:
@@ -83,7 +90,8 @@ def move(row: StatusRow, to: IssueStatus, *, now: datetime | None = None, by: st
 
     `note`, when given, is recorded in the issue's history after "old -> new" (e.g. " by cli: holiday").
     An approval (`approved_at`, `approved_by` = `by`) is set by a move to approved and dropped by a move
-    to draft, held or skipped; `sent_at` is set by the move to sent. Returns the status it moved from.
+    to draft, held or skipped; `sent_at` is set by the move to sent; `recalled_at` and `recalled_by` by the
+    move to recalled. Returns the status it moved from.
     """
     old = IssueStatus(row.status)
     allowed = [s for s in sources(to) if only is None or s in only]
@@ -100,4 +108,6 @@ def move(row: StatusRow, to: IssueStatus, *, now: datetime | None = None, by: st
         row.approved_at, row.approved_by = None, None
     elif to == S.SENT:
         row.sent_at = row.sent_at or now
+    elif to == S.RECALLED:
+        row.recalled_at, row.recalled_by = now, by
     return old

@@ -110,6 +110,45 @@ def draft_trigger(settings: Settings) -> ReviewTrigger:
     return ReviewTrigger(send, hours)
 
 
+class SendEarlyTrigger(ReviewTrigger):
+    """The send job's trigger when SendGrid schedules the batches (`send_at`): it fires `lead` before the send
+    moment, so the whole list is handed over ahead and every reader gets the issue at the moment itself,
+    not spread over the minutes the send takes."""
+
+    def __init__(self, send: SendTrigger, lead: timedelta) -> None:
+        super().__init__(send, 0)
+        self.lead = lead
+
+    @property
+    def offset(self) -> timedelta:
+        return self.lead
+
+    def __str__(self) -> str:
+        return f"send[{self.lead.total_seconds() / 60:.0f} min before {self.send}]"
+
+    def __repr__(self) -> str:
+        return f"<SendEarlyTrigger (lead={self.lead}, send={self.send!r})>"
+
+
+#: beyond schedule_ahead_minutes, the time a send may take and still land at the send moment
+SEND_LEAD_EXTRA = timedelta(minutes=30)
+
+
+def send_lead(settings: Settings) -> timedelta:
+    """How long before the send moment the send job starts: 0, or with SendGrid's scheduled batches
+    schedule_ahead_minutes + 30 min (each request's send_at is max(moment, now + ahead))."""
+    sg = settings.delivery.sendgrid
+    if settings.delivery.transport != "sendgrid" or not sg.schedule_ahead_minutes:
+        return timedelta(0)
+    return timedelta(minutes=sg.schedule_ahead_minutes) + SEND_LEAD_EXTRA
+
+
+def send_job_trigger(settings: Settings) -> BaseTrigger:
+    """When the send job runs: at the send moment, or `send_lead` before it."""
+    lead = send_lead(settings)
+    return SendEarlyTrigger(send_trigger(settings), lead) if lead else send_trigger(settings)
+
+
 def send_grace(settings: Settings) -> int:
     return settings.schedule.misfire_grace_seconds
 

@@ -9,13 +9,14 @@ who opens twice is one opener, and a reader both bounced and dropped is one boun
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from digest.models import Listing
-from digest.store import Delivery, DeliveryEvent, IssueRow, ListingFeature
+from digest.store import Delivery, DeliveryEvent, IssueRow, ListingFeature, utcnow
 
 #: stored event kind -> column. `dropped` is stored only for a bad address (see deliver/events.py);
 #: `blocked` (a soft bounce) and other drops are kept but counted nowhere.
@@ -43,13 +44,24 @@ def issue_figures(session: Session, limit: int = 52) -> list[dict[str, Any]]:
             .where(DeliveryEvent.issue_id.in_(ids), DeliveryEvent.kind.in_(list(EVENT_COLUMNS)))
             .group_by(DeliveryEvent.issue_id, column)):
         events.setdefault(issue_id, {})[col] = n
+    # SendGrid's scheduled batches: readers whose copy waits at SendGrid for its send_at, and the moment
+    # the issue reaches (reached) the readers
+    now = utcnow()
+    scheduled: dict[int, tuple[int, datetime | None]] = {}
+    for issue_id, waiting, last in session.execute(
+            select(Delivery.issue_id, func.sum(case((Delivery.send_at > now, 1), else_=0)), func.max(Delivery.send_at))
+            .where(Delivery.issue_id.in_(ids), Delivery.status == "submitted").group_by(Delivery.issue_id)):
+        scheduled[issue_id] = (int(waiting or 0), last)
     rows = []
     for i in issues:
         led, ev = ledger.get(i.id, {}), events.get(i.id, {})
+        waiting, last = scheduled.get(i.id, (0, None))
         rows.append({
             "issue": i.number, "status": i.status, "subject": i.subject, "readers": sum(led.values()),
             **{name: led.get(status, 0) for status, name in LEDGER.items()},
             **{c: ev.get(c, 0) for c in EVENT_FIGURES},
+            "scheduled": waiting, "delivered_at": last or i.sent_at,
+            "recalled_at": i.recalled_at, "recalled_by": i.recalled_by,
         })
     return rows
 

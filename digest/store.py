@@ -86,6 +86,8 @@ class IssueRow(Base):
     snapshot_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
+    recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    recalled_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class Delivery(Base):
@@ -112,6 +114,10 @@ class Delivery(Base):
     message_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the provider's scheduled batch (SendGrid batch_id) and its send moment, recorded before the request
+    # goes out: a request of unknown fate can then be cancelled, and a scheduled issue recalled
+    provider_batch: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class DeliveryEvent(Base):

@@ -52,7 +52,10 @@ def server():  # type: ignore[no-untyped-def]
 
 def sendgrid_config(workdir: Path, extra: str = "") -> None:
     edit_config(workdir, 'transport = "outbox"', 'transport = "sendgrid"\nallow_http_public_url = true')
-    edit_config(workdir, "concurrency = 4", "concurrency = 4\nbackoff_seconds = 0.01\nmax_retries = 3\n" + extra)
+    # these tests are of the immediate mode (schedule_ahead_minutes = 0); the scheduled batches have
+    # their own tests (test_deliver_sendgrid_batches.py)
+    edit_config(workdir, "concurrency = 4", "concurrency = 4\nbackoff_seconds = 0.01\nmax_retries = 3\n"
+                "schedule_ahead_minutes = 0\n" + extra)
 
 
 @pytest.fixture

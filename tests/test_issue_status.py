@@ -29,8 +29,9 @@ ALLOWED = {
     (S.APPROVED, S.DRAFT), (S.APPROVED, S.HELD), (S.APPROVED, S.SKIPPED), (S.APPROVED, S.SENDING),
     (S.HELD, S.APPROVED), (S.HELD, S.DRAFT), (S.HELD, S.SKIPPED),
     (S.SKIPPED, S.DRAFT),
-    (S.SENDING, S.SENT),
-    (S.SENT, S.SENDING),
+    (S.SENDING, S.SENT), (S.SENDING, S.RECALLED),
+    (S.SENT, S.SENDING), (S.SENT, S.RECALLED),
+    (S.RECALLED, S.DRAFT), (S.RECALLED, S.SKIPPED),
 }
 
 
@@ -42,6 +43,8 @@ class Row:
     approved_at: datetime | None = EARLIER
     approved_by: str | None = "someone"
     sent_at: datetime | None = None
+    recalled_at: datetime | None = None
+    recalled_by: str | None = None
 
 
 def test_the_moves_are_the_ones_written_out() -> None:
@@ -67,6 +70,7 @@ def test_every_move_is_allowed_or_refused(old: IssueStatus, new: IssueStatus) ->
     else:
         assert (row.approved_at, row.approved_by) == (EARLIER, "someone"), "sending keeps the approval"
     assert row.sent_at == (NOW if new == S.SENT else None)
+    assert (row.recalled_at, row.recalled_by) == ((NOW, "ed") if new == S.RECALLED else (None, None))
 
 
 def test_the_error_names_the_allowed_statuses_and_the_action() -> None:

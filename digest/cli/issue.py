@@ -351,6 +351,16 @@ def status(config: ConfigOpt = None) -> None:
         for r in rows:
             table.add_row(str(r["issue"]), r["status"], *(str(r[c]) for c in figures), r["subject"])
         console.print(table)
+    for r in rows:  # SendGrid's scheduled batches: when readers get it; a recall
+        if r["scheduled"] and r["delivered_at"] is not None:
+            console.print(f"#{r['issue']}: {r['scheduled']} reader(s) scheduled at SendGrid for "
+                          f"{r['delivered_at']:%Y-%m-%d %H:%M} UTC (`digest recall {r['issue']}` can still stop "
+                          "those 10+ minutes away)", highlight=False)
+        elif r["delivered_at"] is not None and r["submitted"]:
+            console.print(f"#{r['issue']}: delivered at {r['delivered_at']:%Y-%m-%d %H:%M} UTC", highlight=False)
+        if r["recalled_at"] is not None:
+            console.print(f"#{r['issue']}: recalled by {r['recalled_by']} at {r['recalled_at']:%Y-%m-%d %H:%M} UTC",
+                          highlight=False)
     unknown = sum(r["unknown"] for r in rows)
     if unknown:
         err.print(f"[red]{plural(unknown, 'reader')} in batches of unknown fate[/]: resolve with "

@@ -12,7 +12,7 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -47,6 +47,9 @@ _batch_ids = random.Random()  # seeded from os.urandom once per process; batch i
 def snapshot(session: Session, issue: IssueRow, list_id: int) -> int:
     """Freeze the recipients: every active member of the list now. Returns how many were added."""
     if issue.snapshot_at is not None:
+        if issue.status in (IssueStatus.DRAFT, IssueStatus.APPROVED):  # sent again after a recall: the
+            # same snapshot, the recalled readers still queued
+            move(issue, IssueStatus.SENDING)
         return 0
     now = utcnow()
     rows = select(
@@ -102,7 +105,7 @@ class _JSONCache(dict[str, Any]):
         return value
 
 
-def claim(session: Session, issue_id: int, list_id: int, size: int, *,
+def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled: tuple[str, int] | None = None,
           _json: _JSONCache = _JSONCache()) -> Claimed | None:  # noqa: B008  (one cache per process)
     """Claim the next batch in one write transaction; readers who left since the snapshot are skipped.
 
@@ -141,6 +144,10 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *,
     if gone:
         conn.execute(update(DELIVERIES).where(D.id.in_(gone))
                      .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now))
+    if scheduled and readers:
+        # a scheduled send's provider batch and send moment are committed with the claim, before any request
+        conn.execute(update(DELIVERIES).where(D.batch == batch, D.status == CLAIMED).values(
+            provider_batch=scheduled[0], send_at=datetime.fromtimestamp(scheduled[1], UTC)))
     session.commit()
     return Claimed(batch, readers, len(gone))
 
@@ -271,3 +278,60 @@ def requeue_failed(session: Session, issue: IssueRow) -> int:
         move(issue, IssueStatus.SENDING)
     session.commit()
     return n
+
+
+# -- scheduled provider batches (SendGrid send_at + batch_id): recorded, recovered, recalled -------------
+
+
+def unknown_provider_batches(session: Session, issue_id: int) -> list[str]:
+    """Provider batches with readers of unknown fate (claimed, no answer recorded)."""
+    return list(session.scalars(select(Delivery.provider_batch).where(
+        Delivery.issue_id == issue_id, Delivery.status == CLAIMED, Delivery.provider_batch.is_not(None))
+        .group_by(Delivery.provider_batch).order_by(func.min(Delivery.id))))
+
+
+def requeue_batch(session: Session, issue_id: int, provider_batch: str, from_status: DeliveryStatus,
+                  note: str) -> int:
+    """A provider batch SendGrid cancelled: its readers certainly get nothing from it, so back to queued."""
+    t = DELIVERIES
+    return session.connection().execute(
+        update(t).where(t.c.issue_id == issue_id, t.c.provider_batch == provider_batch, t.c.status == from_status)
+        .values(status=QUEUED, batch=None, provider_batch=None, send_at=None, error=note[:2000],
+                updated_at=utcnow())).rowcount or 0
+
+
+def note_batch(session: Session, issue_id: int, provider_batch: str, note: str) -> None:
+    t = DELIVERIES
+    session.connection().execute(update(t).where(t.c.issue_id == issue_id, t.c.provider_batch == provider_batch,
+                                                 t.c.status == CLAIMED).values(error=note[:2000]))
+
+
+@dataclass(frozen=True)
+class ScheduledBatch:
+    """A provider batch of an issue that SendGrid accepted (or may have): its readers and send moment."""
+
+    batch: str
+    status: str
+    readers: int
+    send_at: datetime | None
+
+
+def scheduled_batches(session: Session, issue_id: int) -> list[ScheduledBatch]:
+    rows = session.execute(
+        select(Delivery.provider_batch, Delivery.status, func.count(), func.min(Delivery.send_at))
+        .where(Delivery.issue_id == issue_id, Delivery.provider_batch.is_not(None),
+               Delivery.status.in_([SUBMITTED, CLAIMED]))
+        .group_by(Delivery.provider_batch, Delivery.status).order_by(func.min(Delivery.id))).all()
+    return [ScheduledBatch(b or "", s, n, at) for b, s, n, at in rows]
+
+
+def scheduled_count(session: Session, issue_id: int, now: datetime) -> int:
+    """Readers submitted for a send moment still ahead (SendGrid holds their copy until then)."""
+    return session.scalar(select(func.count()).where(
+        Delivery.issue_id == issue_id, Delivery.status == SUBMITTED, Delivery.send_at > now)) or 0
+
+
+def sent_without_batch(session: Session, issue_id: int) -> int:
+    """Readers submitted at once, without a scheduled batch: nothing can call their copy back."""
+    return session.scalar(select(func.count()).where(
+        Delivery.issue_id == issue_id, Delivery.status == SUBMITTED, Delivery.provider_batch.is_(None))) or 0

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
+from digest.deliver.batches import recover_unknown
 from digest.deliver.ledger import (
     CLAIMED,
     QUEUED,
@@ -78,6 +79,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     report = SendReport(issue.number, issue.subject)
     snapshot(session, issue, list_id)
     session.commit()
+    if callable(getattr(transport, "cancel", None)):  # scheduled batches left of unknown fate by a dead run
+        requeued, left = recover_unknown(session, issue.id, transport)  # type: ignore[arg-type]
+        report.errors += left
     before = counts(session, issue.id)
     report.already = before.get(SUBMITTED, 0)
     report.unknown = before.get(CLAIMED, 0)
@@ -90,11 +94,14 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         progress(done, total)
     issue_id, number, workers = issue.id, issue.number, max(1, transport.concurrency)
     slug = issue.list_slug
+    send_moment = issue.send_at
     prepare, submit = getattr(transport, "prepare", None), getattr(transport, "submit", None)
     if prepare is None or submit is None:
         prepare, submit = None, transport.send
 
     unbuilt: list[Outcome] = []  # readers whose own data made their message impossible: failed alone
+    schedule = getattr(transport, "schedule", None)
+    plan: tuple[str, int] | None = None
 
     def build(readers: list[Reader]) -> Any:
         msgs = []
@@ -102,7 +109,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             try:
                 values, headers = personal.for_reader(r.id, list_id, r.name, list_slug=slug, issue_number=number)
                 msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
-                                    values, headers, list_id))
+                                    values, headers, list_id, plan))
             except Exception as e:
                 unbuilt.append(Outcome(r.delivery_id, False, error=f"could not build this reader's message: {e}"))
         return prepare(msgs) if prepare is not None else msgs
@@ -143,7 +150,12 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                         stop = SendInterrupted(f"stopped by {signal_name()}: every request in flight was "
                                                "answered and recorded; `digest send` resumes")
                         break
-                    claimed = claim(session, issue_id, list_id, transport.batch_size)
+                    try:  # a scheduled provider batch, recorded with the claim: never a request without it
+                        plan = schedule(send_moment) if schedule is not None else None
+                    except DeliveryError as e:
+                        stop = e
+                        break
+                    claimed = claim(session, issue_id, list_id, transport.batch_size, scheduled=plan)
                     if claimed is None:
                         break
                     done += claimed.skipped

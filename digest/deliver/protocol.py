@@ -31,6 +31,8 @@ class Message:
     values: dict[str, str]
     headers: dict[str, str]
     list_id: int = 0
+    #: the provider batch id and send_at (UNIX seconds) of a scheduled send; None: sent at once
+    scheduled: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ class Transport(Protocol):
     """Sends batches. Returns one Outcome per message; raises DeliveryError to stop the whole send.
 
     A transport may also offer `prepare(messages) -> work` and `submit(work) -> list[Outcome]`: the loop
-    then prepares in its own thread (the CPU part) and submits in the worker threads (the waiting).
+    then prepares in its own thread (the CPU part) and submits in the worker threads (the waiting). And
+    `schedule(send_moment) -> (batch id, send_at) | None` with `cancel(batch) -> str | None` (scheduled
+    provider batches, recorded with each claim before its request: see `deliver/batches.py`).
     """
 
     name: str

@@ -21,6 +21,7 @@ import unicodedata
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from python_http_client.exceptions import HTTPError
@@ -49,6 +50,13 @@ CONTENT_TYPE = "application/json; charset=utf-8"
 JSON: dict[str, Any] = {"ensure_ascii": False, "separators": (",", ":")}
 MAX_THROTTLED = 100  # 429s in a row for one request before giving up
 MAX_RATE_WAIT = 300.0  # seconds: never trust a reset further away than this
+# Scheduled sends (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/mail-send, send_at;
+# https://www.twilio.com/docs/sendgrid/api-reference/cancel-scheduled-sends): send_at at most 72 hours
+# ahead; a batch can be cancelled only 10 minutes or more before its send_at; at most 10 batches
+# cancelled or paused at one time.
+MAX_SCHEDULE_AHEAD = 72 * 3600
+CANCEL_NOTICE = 10 * 60
+MAX_CANCELS = 10  # per send: SendGrid's own limit, and a bound when every answer is lost
 
 
 @dataclass
@@ -57,6 +65,11 @@ class Prepared:
 
     requests: list[tuple[str, list[Message]]]
     refused: list[Outcome]
+
+
+class BatchCancelled(SendStopped):
+    """A request's answer was lost, and its batch (every request of the claim) was cancelled in time: none of
+    it will go out, so its readers go back to the queue and are sent again in a new batch."""
 
 
 class PayloadError(SendStopped):
@@ -158,6 +171,8 @@ class SendGridTransport:
         self.backoff = sg.backoff_seconds
         self.retry_unanswered = sg.retry_unanswered
         self.api_url = sg.api_url
+        self.ahead = sg.schedule_ahead_minutes * 60
+        self.cancels = 0
         self.sleep, self.clock = sleep, clock
         self.retrying = retry.policy(
             attempts=self.max_retries + 1, first=self.backoff, retry_on=self._retryable, throttled=_throttled,
@@ -166,6 +181,7 @@ class SendGridTransport:
         client = SendGridAPIClient(api_key=sg.api_key, host=sg.api_url)
         client.client.request_headers["Content-Type"] = CONTENT_TYPE
         self._endpoint = client.client.mail.send
+        self._client = client.client
         self._paused_until = 0.0
         self._pause_lock = threading.Lock()
         self._shared: dict[tuple[int, int], dict[str, Any]] = {}
@@ -234,14 +250,37 @@ class SendGridTransport:
             body, included, refused = self.build(group)
             prepared.refused += refused
             if included:
+                if included[0].scheduled is not None:
+                    batch, at = included[0].scheduled
+                    body = f'{body[:-1]},"batch_id":{json.dumps(batch)},"send_at":{at}}}'
                 prepared.requests.append((body, included))
         return prepared
+
+    def schedule(self, issue_moment: datetime | None) -> tuple[str, int] | None:
+        """A new batch id and the send_at for the next claim (recorded with it, before any request), or None
+        in the immediate mode (schedule_ahead_minutes = 0)."""
+        if not self.ahead:
+            return None
+        return self.new_batch(), self.send_moment(issue_moment)
+
+    def send_moment(self, issue_moment: datetime | None) -> int:
+        """send_at = max(the issue's send moment, now + schedule_ahead_minutes), in UNIX seconds. A send
+        moment beyond SendGrid's 72 hours is not used: the send was started by hand, it goes out now."""
+        now = self.clock()
+        at = now + self.ahead
+        if issue_moment is not None and at < issue_moment.timestamp() <= now + MAX_SCHEDULE_AHEAD - 60:
+            at = issue_moment.timestamp()
+        return int(at + 0.999)
 
     def submit(self, prepared: Prepared) -> list[Outcome]:
         outcomes = list(prepared.refused)
         for body, included in prepared.requests:
             try:
-                message_id = self.post(body, included)
+                message_id = self.post(body, included, included[0].scheduled and included[0].scheduled[0])
+            except BatchCancelled:
+                # the batch held every request of this claim: none goes out; not answered for, the loop
+                # queues them again for a new batch
+                return list(prepared.refused)
             except SendStopped as e:
                 raise SendStopped(str(e), outcomes + e.outcomes) from None
             outcomes += [Outcome(m.delivery_id, True, message_id=message_id) for m in included]
@@ -252,7 +291,7 @@ class SendGridTransport:
 
     # -- talking to SendGrid -------------------------------------------------------------------------
 
-    def post(self, body: str, messages: list[Message]) -> str:
+    def post(self, body: str, messages: list[Message], batch: str | None = None) -> str:
         """POST mail/send until it is accepted; returns X-Message-Id. 429: every worker waits for the
         reset; 5xx and failed connections: digest.retry's bounded backoff; 4xx: stop the send."""
         maybe_sent = False  # a connection dropped after the whole request was out: SendGrid may have it
@@ -274,16 +313,17 @@ class SendGridTransport:
             done = retry.tally(self.retrying)
             if e.status_code == 429:
                 raise self._stop(f"SendGrid kept answering 429 Too Many Requests ({done.throttled} times)",
-                                 messages, maybe_sent) from None
+                                 messages, maybe_sent, batch) from None
             if e.status_code >= 500:
                 raise self._stop(f"SendGrid answered {e.status_code} {_reason(e)} {done.tries} times",
-                                 messages, maybe_sent) from None
+                                 messages, maybe_sent, batch) from None
             raise SendStopped(describe_refusal(e, messages)) from None
         except urllib.error.URLError as e:
-            raise self._stop(f"cannot reach SendGrid at {self.api_url}: {e.reason}", messages, maybe_sent) from None
+            raise self._stop(f"cannot reach SendGrid at {self.api_url}: {e.reason}", messages, maybe_sent,
+                             batch) from None
         except (OSError, http.client.HTTPException) as e:
             raise self._stop(f"the connection to SendGrid dropped {retry.tally(self.retrying).tries} times "
-                             f"({e.__class__.__name__}: {e})", messages, maybe_sent) from None
+                             f"({e.__class__.__name__}: {e})", messages, maybe_sent, batch) from None
         if not 200 <= response.status_code < 300:
             raise SendStopped(f"SendGrid answered {response.status_code} to mail/send: "
                               f"{response.body[:300]!r}") from None
@@ -296,9 +336,19 @@ class SendGridTransport:
             return error.status_code >= 500
         if isinstance(error, urllib.error.URLError):
             return True
-        return isinstance(error, OSError | http.client.HTTPException) and self.retry_unanswered
+        # scheduled: never the same request twice; its batch is cancelled and its readers sent in a new one
+        return isinstance(error, OSError | http.client.HTTPException) and self.retry_unanswered and not self.ahead
 
-    def _stop(self, why: str, messages: list[Message], maybe_sent: bool) -> SendStopped:
+    def _stop(self, why: str, messages: list[Message], maybe_sent: bool, batch: str | None = None) -> SendStopped:
+        if maybe_sent and batch is not None:
+            refused = self.cancel(batch)
+            if refused is None:
+                self.cancels += 1
+                if self.cancels > MAX_CANCELS:
+                    return SendStopped(f"{why}; its batch was cancelled, but {self.cancels} answers were lost in "
+                                       "this send: stopped; the readers are queued again for the next `digest send`")
+                return BatchCancelled(f"{why}; batch {batch} cancelled: its readers are sent again")
+            why = f"{why}; cancelling its batch {batch} failed ({refused})"
         if maybe_sent:
             note = ("a connection dropped after a request was out, so SendGrid may have accepted it: "
                     f"these {len(messages)} reader(s) are left of unknown fate for `digest deliveries resolve`")
@@ -307,6 +357,47 @@ class SendGridTransport:
                                 for m in messages])
         return SendStopped(f"{why}; nothing of this batch was sent: its {len(messages)} reader(s) are queued "
                            "again for the next `digest send`")
+
+    # -- scheduled batches ---------------------------------------------------------------------------
+
+    def _call(self, what: str, do: Callable[[], Any]) -> Any:
+        """One scheduling call with the request policy (5xx, 429, no connection: again). Returns the
+        decoded JSON answer; raises SendStopped naming the call when it fails for good."""
+        try:
+            response = self.retrying(do)
+        except HTTPError as e:
+            raise SendStopped(f"SendGrid answered {e.status_code} {_reason(e)} to {what}: "
+                              f"{(e.body or b'')[:300]!r}") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise SendStopped(f"no answer from SendGrid to {what} ({e.__class__.__name__}: {e})") from None
+        return json.loads(response.body or b"null")
+
+    def new_batch(self) -> str:
+        """A batch id from POST /v3/mail/batch: each request gets its own, so each can be cancelled alone."""
+        answer = self._call("POST /v3/mail/batch", lambda: self._client.mail.batch.post(timeout=self.timeout))
+        batch = answer.get("batch_id") if isinstance(answer, dict) else None
+        if not isinstance(batch, str) or not batch:
+            raise SendStopped(f"SendGrid answered POST /v3/mail/batch without a batch_id: {answer!r}")
+        return batch
+
+    def cancel(self, batch: str) -> str | None:
+        """Cancel a scheduled batch: None when SendGrid holds the cancel (nothing of the batch will go out),
+        else why not (too close to send_at, refused, the 10-batch limit, no answer)."""
+        sends = self._client.user.scheduled_sends
+        try:
+            self._call(f"the cancel of batch {batch}", lambda: sends.post(
+                request_body=json.dumps({"batch_id": batch, "status": "cancel"}), timeout=self.timeout))
+            return None
+        except SendStopped as e:
+            why = str(e)
+        # the cancel's own answer may have been lost, or a retry met the first one: ask what SendGrid holds
+        try:
+            held = self._call(f"GET scheduled_sends/{batch}", lambda: sends._(batch).get(timeout=self.timeout))
+        except SendStopped:
+            return why
+        if isinstance(held, list) and any(isinstance(h, dict) and h.get("status") == "cancel" for h in held):
+            return None
+        return why
 
     def _reset_delay(self, error: BaseException) -> float | None:
         """429: X-RateLimit-Reset is when the account may send again (epoch seconds), plus a little jitter

@@ -39,7 +39,8 @@ from digest.moments import (
     last_fire,
     local_and_utc,
     send_grace,
-    send_trigger,
+    send_job_trigger,
+    send_lead,
 )
 from digest.notices import Notice, notify_editors
 from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, report_missed, run_draft, run_send
@@ -87,8 +88,9 @@ def send_job(config: str) -> None:
     now = utcnow()
     if not _ours():
         return
-    fired = last_fire(send_trigger(settings), now, timedelta(seconds=send_grace(settings) + 60)) or now
-    log.info("send job: %s", run_send(settings, send_at=fired, now=now))
+    lead = send_lead(settings)  # the job may start before the moment it sends for (scheduled batches)
+    fired = last_fire(send_job_trigger(settings), now, timedelta(seconds=send_grace(settings) + 60))
+    log.info("send job: %s", run_send(settings, send_at=fired + lead if fired is not None else now, now=now))
 
 
 def _on_missed(settings: Settings, event: JobExecutionEvent) -> None:
@@ -160,7 +162,7 @@ def ensure_jobs(scheduler: BackgroundScheduler, settings: Settings, config: str)
     lines = []
     specs: list[tuple[str, str, Any, BaseTrigger, int]] = [
         (DRAFT_JOB, "draft", draft_job, draft_trigger(settings), draft_grace(settings)),
-        (SEND_JOB, "send", send_job, send_trigger(settings), send_grace(settings)),
+        (SEND_JOB, "send", send_job, send_job_trigger(settings), send_grace(settings)),
     ]
     for job_id, name, func, trigger, grace in specs:
         job = scheduler.get_job(job_id)

@@ -24,8 +24,11 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
+from digest.deliver.batches import canceller, recall, recall_preview
 from digest.errors import DigestError, NotFound
 from digest.issue_queries import deliveries_to
+from digest.issue_status import IssueStatus, sources
+from digest.issues import get_issue
 from digest.reports import issue_figures
 from digest.sources.categories import known_categories
 from digest.store import User
@@ -40,6 +43,10 @@ from subscribers.search import Query, search
 
 router = APIRouter(prefix="/admin",
                    dependencies=[Depends(require_user), Depends(require_admin), Depends(check_csrf)])
+
+
+#: the issues a recall may apply to (the statuses the state machine moves to recalled from)
+RECALLABLE = tuple(sources(IssueStatus.RECALLED))
 
 
 def _int(value: str) -> int | None:
@@ -94,7 +101,31 @@ def lists(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response
 
 @router.get("/issues")
 def figures(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
-    return render(request, "admin/issues.html", {"figures": issue_figures(db)})
+    return render(request, "admin/issues.html", {"figures": issue_figures(db), "recallable": RECALLABLE})
+
+
+# -- recall: cancel an issue's scheduled SendGrid batches (digest.deliver.batches) --------------------
+
+
+@router.get("/issues/{number}/recall")
+def recall_confirm(request: Request, number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
+    """The confirmation step: what a recall would cancel now, and what it can no longer stop."""
+    row = get_issue(db, number)
+    able, late, at_once = recall_preview(db, row.id)
+    return render(request, "admin/recall.html", {"issue": row, "able": able, "late": late, "at_once": at_once,
+                                                 "readers": sum(b.readers for b in able), "done": None})
+
+
+@router.post("/issues/{number}/recall")
+def recall_issue(request: Request, number: int, settings: Annotated[Settings, Depends(get_settings)],
+                 db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)],
+                 confirm: Annotated[str, Form()] = "") -> Response:
+    """Recall, once the admin confirmed on the page above; the result lists what could not be recalled."""
+    if confirm != "yes":
+        return RedirectResponse(f"/admin/issues/{number}/recall", status_code=303)
+    row = get_issue(db, number)
+    done = recall(db, row, canceller(settings), by=f"admin {user.email} (web)")
+    return render(request, "admin/recall.html", {"issue": row, "done": done})
 
 
 # -- CSV import and export (subscribers.csv_import, csv_export) -------------------------------------

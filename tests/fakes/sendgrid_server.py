@@ -7,6 +7,18 @@ records every recipient of every accepted request. Faults can be scripted per re
 with X-RateLimit-Reset, 5xx, 400...), a dropped connection, a delay. Written apart from the transport's
 own checks, so one catches the other's mistakes.
 
+Scheduled sends (https://www.twilio.com/docs/sendgrid/api-reference/cancel-scheduled-sends): `POST
+/v3/mail/batch` hands out a batch id; mail/send takes `batch_id` (only one this server handed out) and
+`send_at` (UNIX seconds, at most 72 hours ahead; also per personalization); `POST
+/v3/user/scheduled_sends` `{"batch_id", "status": "cancel"|"pause"}` is honoured only 10 minutes or more
+before the batch's earliest `send_at`, for a batch id it handed out, with at most 10 batches cancelled or
+paused at one time (counted while the batch still has mail waiting: once its send moment has passed the
+cancelled mail is discarded and the slot is free), and `DELETE /v3/user/scheduled_sends/{batch_id}`
+lifts one. `recipients()` are who gets the mail: a cancelled batch's readers are not among them. The
+server's clock is `time.time() + clock_offset` (tests move it forward).
+
+Faults scripted with `script()` meet mail/send requests only; `script_cancel()` scripts the cancel calls.
+
 Run alone (the benchmark does): `python -m tests.fakes.sendgrid_server --key SG.x` prints its URL;
 `GET /_stats` answers the counts.
 """
@@ -29,6 +41,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MAX_BYTES = 30 * 1024 * 1024
+MAX_SCHEDULE_AHEAD = 72 * 3600  # send_at: "up to 72 hours in advance"
+CANCEL_NOTICE = 10 * 60  # a cancel or pause must be made at least 10 minutes before send_at
+MAX_CANCELLED = 10  # "a maximum of 10 different batches paused or cancelled at one time"
 RESERVED = {"x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type", "content-transfer-encoding",
             "to", "from", "subject", "reply-to", "cc", "bcc"}
 TOP_KEYS = {"personalizations", "from", "reply_to", "reply_to_list", "subject", "content", "attachments",
@@ -85,6 +100,8 @@ class Received:
     subscriber_ids: list[str]
     at: float
     payload: dict[str, Any] | None = None  # kept unless keep_payloads=False (the benchmark)
+    batch_id: str | None = None
+    send_at: float | None = None
 
 
 def _is_str_map(value: Any) -> bool:
@@ -270,6 +287,10 @@ class SendGridServer:
         self.lock = threading.Lock()
         self.recipient_count = 0
         self.unique: set[str] = set()
+        self.clock_offset = 0.0
+        self.batches: set[str] = set()  # handed out by POST /v3/mail/batch
+        self.scheduled: dict[str, str] = {}  # batch id -> "cancel" | "pause"
+        self.cancel_faults: deque[Fault] = deque()
         self._server = _Quiet((host, port), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="sendgrid-contract", daemon=True)
@@ -298,9 +319,50 @@ class SendGridServer:
         with self.lock:
             self.faults.extend(faults)
 
-    def recipients(self) -> list[str]:
+    def script_cancel(self, *faults: Fault) -> None:
+        """The next POST /v3/user/scheduled_sends calls meet these faults, in order, one each."""
         with self.lock:
-            return [r for rec in self.received for r in rec.recipients]
+            self.cancel_faults.extend(faults)
+
+    def now(self) -> float:
+        return time.time() + self.clock_offset
+
+    def recipients(self) -> list[str]:
+        """Who gets the mail: every recipient of an accepted request whose batch was not cancelled."""
+        with self.lock:
+            return [r for rec in self.received if self.scheduled.get(rec.batch_id or "") != "cancel"
+                    for r in rec.recipients]
+
+    def new_batch(self) -> str:
+        with self.lock:
+            batch = secrets.token_hex(16)
+            self.batches.add(batch)
+            return batch
+
+    def waiting(self, batch: str) -> list[Received]:
+        """The batch's accepted requests not yet sent (their send_at is still ahead)."""
+        now = self.now()
+        return [r for r in self.received if r.batch_id == batch and r.send_at is not None and r.send_at > now]
+
+    def cancel(self, batch: Any, what: Any) -> tuple[int, list[tuple[str, str]]]:
+        """POST /v3/user/scheduled_sends: the answer's status and errors."""
+        if not isinstance(batch, str) or what not in ("cancel", "pause"):
+            return 400, [("", "batch_id (string) and status (cancel or pause) are required")]
+        with self.lock:
+            if batch not in self.batches:
+                return 400, [("batch_id", "invalid batch id")]
+            if batch in self.scheduled:
+                return 400, [("batch_id", "a cancel or pause already exists for this batch id")]
+            sends = [r.send_at for r in self.received if r.batch_id == batch and r.send_at is not None]
+            if sends and min(sends) - self.now() < CANCEL_NOTICE:
+                return 400, [("batch_id", "scheduled sends can only be cancelled or paused at least 10 minutes "
+                                          "before their send_at")]
+            active = [b for b in self.scheduled if self.waiting(b)]
+            if len(active) >= MAX_CANCELLED:
+                return 400, [("", f"the maximum of {MAX_CANCELLED} batches paused or cancelled at one time "
+                                  "is reached")]
+            self.scheduled[batch] = what
+            return 201, []
 
     def stats(self) -> dict[str, int]:
         with self.lock:
@@ -314,6 +376,24 @@ class SendGridServer:
             self.requests += 1
             return self.faults.popleft() if self.faults else None
 
+    def schedule_errors(self, payload: dict[str, Any]) -> list[tuple[str, str]]:
+        """batch_id must be one handed out here; send_at UNIX seconds, not more than 72 hours ahead."""
+        errors = []
+        batch = payload.get("batch_id")
+        if batch is not None and (not isinstance(batch, str) or batch not in self.batches):
+            errors.append(("batch_id", "invalid batch id"))
+        now = self.now()
+        places = [("send_at", payload)] + [(f"personalizations.{i}.send_at", p) for i, p in
+                                           enumerate(payload["personalizations"])]
+        for where, holder in places:
+            if "send_at" in holder:
+                at = holder["send_at"]
+                if not isinstance(at, int) or isinstance(at, bool):
+                    errors.append((where, "send_at must be a UNIX timestamp (integer)"))
+                elif at > now + MAX_SCHEDULE_AHEAD:
+                    errors.append((where, "send_at cannot be more than 72 hours in the future"))
+        return errors
+
     def accept(self, payload: dict[str, Any]) -> Received:
         emails, ids = [], []
         for p in payload["personalizations"]:
@@ -321,8 +401,10 @@ class SendGridServer:
                 emails += [a["email"] for a in p.get(kind, [])]
             ids.append(p.get("custom_args", {}).get("digest_subscriber", ""))
         with self.lock:
+            sends = [p["send_at"] for p in payload["personalizations"] if "send_at" in p]
+            send_at = min(sends) if sends else payload.get("send_at")
             rec = Received(len(self.received) + 1, secrets.token_urlsafe(16), emails, ids, time.time(),
-                           payload if self.keep_payloads else None)
+                           payload if self.keep_payloads else None, payload.get("batch_id"), send_at)
             self.received.append(rec)
             self.recipient_count += len(emails)
             self.unique.update(e.lower() for e in emails)
@@ -334,15 +416,15 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
 
-        def _answer(self, code: int, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-                    errors: list[tuple[str, str]] | None = None) -> None:
+        def _answer(self, code: int, body: dict[str, Any] | list[Any] | None = None,
+                    headers: dict[str, str] | None = None, errors: list[tuple[str, str]] | None = None) -> None:
             if errors is not None:
                 body = {"errors": [{"message": m, "field": f or None, "help": None} for f, m in errors]}
             data = json.dumps(body).encode() if body is not None else b""
             if code >= 400:
                 with server.lock:
-                    server.refused.append((code, [(e.get("field"), e.get("message")) for e in
-                                                  (body or {}).get("errors", [])]))
+                    errs = body.get("errors", []) if isinstance(body, dict) else []
+                server.refused.append((code, [(e.get("field"), e.get("message")) for e in errs]))
             self.send_response(code)
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -358,8 +440,14 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
 
         def do_GET(self) -> None:
+            prefix = "/v3/user/scheduled_sends/"
             if self.path == "/_stats":
                 self._answer(200, server.stats())
+            elif self.path.startswith(prefix) and self._authorized():
+                batch = self.path[len(prefix):]
+                with server.lock:
+                    held = server.scheduled.get(batch)
+                self._answer(200, [{"batch_id": batch, "status": held}] if held else [])
             else:
                 self._answer(404, errors=[("", "not found")])
 
@@ -373,7 +461,51 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
                 with server.lock:
                     server.in_flight -= 1
 
+        def _authorized(self) -> bool:
+            if self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                self._answer(401, errors=[("", "The provided authorization grant is invalid, expired, or revoked")])
+                return False
+            return True
+
+        def do_DELETE(self) -> None:
+            prefix = "/v3/user/scheduled_sends/"
+            if not self.path.startswith(prefix):
+                return self._answer(404, errors=[("", "not found")])
+            if self._authorized():
+                with server.lock:
+                    found = server.scheduled.pop(self.path[len(prefix):], None)
+                if found:
+                    self._answer(204)
+                else:
+                    self._answer(404, errors=[("", "not found")])
+
+        def _scheduling(self, path: str, raw: bytes) -> None:
+            if not self._authorized():
+                return
+            if path == "/v3/mail/batch":
+                return self._answer(201, {"batch_id": server.new_batch()})
+            with server.lock:
+                fault = server.cancel_faults.popleft() if server.cancel_faults else None
+            if fault is not None and fault.kind == "drop":
+                return self._drop()
+            if fault is not None and fault.kind == "status":
+                return self._answer(fault.status, fault.body, fault.headers)
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                return self._answer(400, errors=[("", "Bad Request: the body is not JSON")])
+            code, errors = server.cancel(body.get("batch_id"), body.get("status"))
+            if code != 201:
+                return self._answer(code, errors=errors)
+            if fault is not None and fault.kind == "accept_then_drop":
+                return self._drop()
+            self._answer(201, {"batch_id": body["batch_id"], "status": body["status"]})
+
         def _post(self) -> None:
+            path = self.path.split("?")[0]
+            if path in ("/v3/mail/batch", "/v3/user/scheduled_sends"):
+                length = int(self.headers.get("Content-Length") or 0)
+                return self._scheduling(path, self.rfile.read(length) if length else b"")
             fault = server.next_fault()
             length = self.headers.get("Content-Length")
             if length is None:
@@ -410,6 +542,8 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 return self._answer(400, errors=[("", "Bad Request: the body is not JSON")])
             errors = validate(payload)
+            if not errors:
+                errors = server.schedule_errors(payload)
             if errors:
                 return self._answer(400, errors=errors)
             rec = server.accept(payload)

@@ -1,0 +1,34 @@
+"""`digest recall ISSUE`: stop an approved issue that is already scheduled at SendGrid (digest.deliver.batches)."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated
+
+import typer
+
+from digest.cli.common import ConfigOpt, console, err, settings_for
+
+app = typer.Typer()
+
+
+@app.command()
+def recall(issue: Annotated[int, typer.Argument(help="Issue number.")],
+           by: Annotated[str, typer.Option(help="Who recalls it (recorded; default: cli:<your user name>).")] = "",
+           config: ConfigOpt = None) -> None:
+    """Cancel every batch of the issue still 10+ minutes from its send moment: those readers get nothing and
+    are queued again; the issue is recalled. Lists what could not be recalled."""
+    from digest.deliver.batches import canceller
+    from digest.deliver.batches import recall as do_recall
+    from digest.issues import get_issue
+    from digest.store import session_scope
+
+    settings = settings_for(config)
+    cancels = canceller(settings)
+    with session_scope(settings.database_url) as session:
+        row = get_issue(session, issue)
+        report = do_recall(session, row, cancels, by=by or f"cli:{getpass.getuser()}")
+    first, *rest = report.lines()
+    console.print(first, highlight=False)
+    for line in rest:
+        err.print(f"[yellow]{line}[/]", highlight=False)
