@@ -101,10 +101,12 @@ _SEP, _JSON_MARK = "\x1f", "\x1e"
 
 
 def pack(fields: list[str]) -> str:
-    """A record as one text: unit separators between fields; JSON for the rare record that holds one
-    itself or is not UTF-8 (its undecodable bytes come back as they were, for the rejects report)."""
+    """A record as one text: unit separators between fields; JSON (ASCII, escaped) for the rare record
+    that holds one itself, holds a NUL (PostgreSQL text cannot) or is not UTF-8 (its undecodable bytes
+    come back as they were, for the rejects report)."""
     text = _SEP.join(fields)
-    if text.count(_SEP) != len(fields) - 1 or _JSON_MARK in text or not text.isascii() and _surrogates(text):
+    if text.count(_SEP) != len(fields) - 1 or _JSON_MARK in text or "\x00" in text \
+            or not text.isascii() and _surrogates(text):
         return _JSON_MARK + json.dumps(fields)
     return text
 

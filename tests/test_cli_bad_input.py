@@ -3,17 +3,16 @@ and the read-only commands change nothing in the database."""
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import MetaData, select
 
 from digest.cli.main import main
 from digest.config import Settings
-from digest.store import session_factory
+from digest.store import engine_for, session_factory
 from subscribers.models import MailingList
 from tests.conftest import edit_config, run_cli
 from tests.test_schedule_jobs import READERS, subscribe
@@ -84,10 +83,14 @@ def test_importing_into_a_mistyped_list_names_the_lists(settings: Settings, work
     assert out.startswith("error: no list named 'weeky' (the lists are: weekly)"), out
 
 
-def _dump(settings: Settings) -> list[str]:
-    path = settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        return list(conn.iterdump())
+def _dump(settings: Settings) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, in a stable order, on either backend."""
+    engine = engine_for(settings.database_url)
+    tables = MetaData()
+    tables.reflect(engine)
+    with engine.connect() as conn:
+        return {name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
+                for name, table in sorted(tables.tables.items())}
 
 
 @pytest.mark.parametrize("with_draft", [False, True])
