@@ -277,7 +277,7 @@ def test_sigkill_at_random_points_then_send_ends_with_everyone_once_and_nothing_
     monkeypatch.setenv("DIGEST_SENDGRID_API_URL", server.url)
     settings = configure(workdir, batch_size=100, concurrency=2)
     emails = seed_readers(settings, 2000)
-    server.delay = 0.03
+    server.delay = 0.2  # slow enough that a kill lands mid-send on a quiet machine too (20 requests, 2 at once)
     env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY,
            "DIGEST_SENDGRID_API_URL": server.url, "COLUMNS": "250"}
     kills = unknown_seen = 0
