@@ -22,4 +22,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/lint-imports
 .venv/bin/mypy
+# every database test on SQLite and on a throwaway PostgreSQL server (tests/pgserver.py); named
+# explicitly, so a server that cannot start fails the run instead of being skipped
+export DIGEST_TEST_BACKENDS="${DIGEST_TEST_BACKENDS:-sqlite,postgresql}"
 exec .venv/bin/python -m pytest -n 2 -m "" "$@"

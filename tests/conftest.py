@@ -32,8 +32,9 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # Every test that touches the database runs once per backend: $DIGEST_TEST_BACKENDS (comma-separated) picks
-# them, both by default. A test touches the database when it asks for `database_url` (directly or through
-# `workdir`/`settings`); the backend shows in its id, `test_x[sqlite]`, `test_x[postgresql]`.
+# them: SQLite alone for a bare `pytest` (the fast loop), both in scripts/test.sh (CI). A test touches the
+# database when it asks for `database_url` (directly or through `workdir`/`settings`); the backend shows in
+# its id, `test_x[sqlite]`, `test_x[postgresql]`.
 ENV_BACKENDS = "DIGEST_TEST_BACKENDS"
 BACKENDS = ("sqlite", "postgresql")
 
@@ -41,8 +42,8 @@ BACKENDS = ("sqlite", "postgresql")
 def _wanted_backends() -> tuple[list[str], bool]:
     """The backends asked for, and whether they were asked for explicitly (then a missing server fails)."""
     raw = os.environ.get(ENV_BACKENDS, "").strip()
-    if not raw:
-        return list(BACKENDS), False
+    if not raw:  # a bare `pytest` is the fast loop: SQLite; scripts/test.sh (CI) asks for both
+        return ["sqlite"], False
     wanted = [b.strip() for b in raw.split(",") if b.strip()]
     unknown = [b for b in wanted if b not in BACKENDS]
     if unknown or not wanted:
