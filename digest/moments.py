@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import islice
 
 from apscheduler.triggers.base import BaseTrigger
@@ -205,9 +205,14 @@ def describe(settings: Settings, moment: datetime) -> str:
 
 def stamp(settings: Settings, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
     """A stored (UTC) moment as people read it: in the publication's zone, the zone named ("AEDT")."""
+    return in_zone(moment, settings.publication.tz, fmt)
+
+
+def in_zone(moment: datetime | None, tz: tzinfo, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """`stamp` for a zone at hand (the web's template filter): "09:00" alone could be any zone's."""
     if moment is None:
         return ""
-    local = moment.astimezone(settings.publication.tz)
+    local = moment.astimezone(tz)
     return f"{local.strftime(fmt)} {local.tzname()}"
 
 

@@ -208,6 +208,21 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
                           text=True, timeout=timeout)
 
 
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """`digest ARGS` through the real entry point (`digest.cli.main.main`: exit codes, one-line errors), in
+    this process: many steps without an interpreter start each. Returns the exit code and the output."""
+    from digest.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["digest", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
 def screenshots() -> Path:
     """Where browser tests write screenshots: $DIGEST_SCREENSHOTS (CI lists it), else test-artifacts/."""
     folder = Path(os.environ.get("DIGEST_SCREENSHOTS") or ROOT / "test-artifacts" / "screenshots")

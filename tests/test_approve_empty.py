@@ -5,13 +5,12 @@ test_too_few_new_articles_applies_when_empty)."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from digest.cli.main import main
 from digest.config import Settings
+from tests.conftest import run_main
 from tests.test_web_editor import build, draft_row
 from tests.test_web_support import EDITOR, app_fixture, client_fixture, csrf_from, login  # noqa: F401 (fixtures)
 
@@ -21,14 +20,8 @@ def _no_feed(settings: Settings) -> None:
 
 
 def _digest(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["digest", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
+    code, out = run_main(monkeypatch, capsys, *args)
+    return code, " ".join(out.split())
 
 
 def test_the_cli_approves_an_empty_issue_only_with_allow_empty(settings: Settings, workdir: Path,

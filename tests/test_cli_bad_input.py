@@ -3,18 +3,16 @@ and the read-only commands change nothing in the database."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import MetaData, select
 
-from digest.cli.main import main
 from digest.config import Settings
 from digest.store import engine_for, session_factory
 from subscribers.models import MailingList
-from tests.conftest import edit_config, run_cli
+from tests.conftest import edit_config, run_cli, run_main
 from tests.test_schedule_jobs import READERS, subscribe
 
 Run = Callable[..., str]
@@ -26,15 +24,9 @@ def digest(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     monkeypatch.chdir(workdir)
 
     def run(*args: str, code: int = 0) -> str:
-        monkeypatch.setattr(sys, "argv", ["digest", *args])
-        try:
-            main()
-            returned = 0
-        except SystemExit as e:
-            returned = int(e.code or 0)
-        captured = capsys.readouterr()
-        assert returned == code, (args, captured.out, captured.err)
-        return captured.out + captured.err
+        returned, out = run_main(monkeypatch, capsys, *args)
+        assert returned == code, (args, out)
+        return out  # as printed: the pipe test looks at the line breaks
 
     return run
 

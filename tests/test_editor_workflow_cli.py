@@ -4,7 +4,6 @@ local HTTP server."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,11 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from digest.cli.main import main
 from digest.config import Settings
 from digest.render import check_links
 from digest.store import IssueRow, SeenArticle, session_factory
-from tests.conftest import edit_config, run_cli
+from tests.conftest import edit_config, run_cli, run_main
 from tests.test_schedule_jobs import READERS, reader_copies, subscribe
 
 
@@ -39,15 +37,9 @@ def digest(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     monkeypatch.chdir(workdir)
 
     def run(*args: str, code: int = 0) -> str:
-        monkeypatch.setattr(sys, "argv", ["digest", *args])
-        try:
-            main()
-            returned = 0
-        except SystemExit as e:
-            returned = int(e.code or 0)
-        captured = capsys.readouterr()
-        assert returned == code, (args, captured.out, captured.err)
-        return " ".join((captured.out + captured.err).split())
+        returned, out = run_main(monkeypatch, capsys, *args)
+        assert returned == code, (args, out)
+        return " ".join(out.split())
 
     return run
 

@@ -18,10 +18,9 @@ from digest.config import Settings, load_settings
 from digest.errors import ConfigError
 from digest.issues import build_draft, send
 from digest.models import Appeal, Article, Issue, Listing
-from digest.moments import stamp
+from digest.moments import in_zone, stamp
 from digest.render import render_issue
 from digest.store import IssueRow, migrate, session_factory
-from digest.web.pages import _when
 from subscribers import lifecycle
 from tests.conftest import run_cli
 from tests.fakes.readers import set_keys
@@ -170,7 +169,7 @@ def test_dates_on_pages_and_in_the_cli_name_the_zone(workdir: Path) -> None:
     settings = _sydney(workdir)
     moment = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
     assert stamp(settings, moment) == "2026-12-02 09:00 AEDT"
-    assert _when(moment, settings.publication.tz) == "2026-12-02 09:00 AEDT"
+    assert in_zone(moment, settings.publication.tz) == "2026-12-02 09:00 AEDT"
     assert stamp(settings, None) == ""
 
 

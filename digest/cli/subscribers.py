@@ -8,7 +8,6 @@ and prints the answer.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
-from digest.config import Settings
 from digest.errors import DigestError
 from digest.moments import stamp
 from digest.wording import plural
@@ -27,10 +25,6 @@ ListOpt = Annotated[str | None, typer.Option("--list", "-l", help="The list (def
                                              show_default=False)]
 StatusOpt = Annotated[str | None, typer.Option(
     "--status", "-s", help="pending, active, unsubscribed, bounced or complained.", show_default=False)]
-
-
-def _when(value: datetime | None, settings: Settings) -> str:
-    return stamp(settings, value)
 
 
 app = typer.Typer(help="Readers, lists and consent: add, remove, import, export.", no_args_is_help=True)
@@ -125,7 +119,7 @@ def list_cmd(status: StatusOpt = None, list_: Annotated[str | None, typer.Option
             table.add_column(col)
         for row in page.rows:
             table.add_row(escape(row.email), escape(row.name),
-                          ", ".join(f"{slug}:{s}" for slug, s in row.memberships), _when(row.created_at, settings))
+                          ", ".join(f"{slug}:{s}" for slug, s in row.memberships), stamp(settings, row.created_at))
         console.print(table)
         if page.count > len(page.rows) or page.capped:
             console.print(f"... {total} in all; {len(page.rows)} shown (use --limit, --search or export)")
@@ -141,7 +135,7 @@ def show(email: Annotated[str, typer.Argument(help="The reader's address.")], co
         p = profile(session, email)
         s = p.subscriber
         console.print(f"[bold]{escape(s.email)}[/]" + (f" ({escape(s.name)})" if s.name else ""), highlight=False)
-        console.print(f"  since {_when(s.created_at, settings)}; categories: {', '.join(s.categories) or '(none)'}",
+        console.print(f"  since {stamp(settings, s.created_at)}; categories: {', '.join(s.categories) or '(none)'}",
                       markup=False)
         for key, value in sorted((s.attributes or {}).items()):
             console.print(f"  {key}: {value}", highlight=False, markup=False)
@@ -149,13 +143,13 @@ def show(email: Annotated[str, typer.Argument(help="The reader's address.")], co
         for col in ("list", "status", "since", "confirmed", "confirmation sent"):
             table.add_column(col)
         for m in p.memberships:
-            table.add_row(m.slug, m.status, _when(m.updated_at, settings), _when(m.confirmed_at, settings),
-                          _when(m.confirm_sent_at, settings))
+            table.add_row(m.slug, m.status, stamp(settings, m.updated_at), stamp(settings, m.confirmed_at),
+                          stamp(settings, m.confirm_sent_at))
         console.print(table)
         console.print(f"History ({settings.publication.timezone}):")
         for h in p.history:  # one line each, so it reads (and greps) the same in a pipe
             status = f"{h.old or '-'} -> {h.new}" if h.new and h.new != h.old else (h.new or "")
-            parts = [_when(h.at, settings), h.list_slug or "-", h.kind, status,
+            parts = [stamp(settings, h.at), h.list_slug or "-", h.kind, status,
                      f"source: {h.source}" if h.source else "",
                      f"IP {h.ip}" if h.ip else "", f"({h.detail})" if h.detail else ""]
             console.print("  " + "  ".join(x for x in parts if x), highlight=False, soft_wrap=True, markup=False)

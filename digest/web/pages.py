@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import jinja2
@@ -10,20 +9,11 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from digest.moments import in_zone
 from digest.render import TEMPLATES
 from digest.web.csrf import csrf_token
 
 WEB_TEMPLATES = TEMPLATES / "web"
-
-
-def _when(value: datetime | None, tz: Any = None) -> str:
-    if value is None:
-        return ""
-    if tz is None:
-        return value.strftime("%Y-%m-%d %H:%M")
-    # in the publication's zone, named: "09:00" alone could be the server's, the reader's or UTC
-    local = value.astimezone(tz)
-    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
 
 
 def _number(value: int | None) -> str:
@@ -36,7 +26,7 @@ def _environment() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(("html",), default_for_string=True),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters.update(when=_when, number=_number)
+    env.filters.update(when=in_zone, number=_number)  # every page has `tz`: the publication's zone
     return env
 
 
