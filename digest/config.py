@@ -331,6 +331,9 @@ class Web(_Table):
     forwarded_allow_ips: str = Field(
         default="", description='Proxies trusted for X-Forwarded-For (uvicorn), e.g. "127.0.0.1" (empty: ignored).')
     page_size: int = Field(default=50, ge=10, le=500, description="Subscribers per admin page.")
+    media_dir: str = Field(
+        default="", description="A folder of pictures `digest serve` serves at /media/ (the demo's sample images and "
+                                "logos; in production they live on your own site). Empty: nothing served.")
 
 
 class Database(_Table):

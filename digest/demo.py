@@ -7,14 +7,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from digest.config import commented_toml
+from digest.config import Settings, commented_toml
 from digest.errors import DigestError
 
+if TYPE_CHECKING:
+    from digest.issues import Draft
+
 SAMPLE = Path(__file__).resolve().parent / "sample"
+#: the logo addresses in the bundled directory.csv, replaced by the demo's own media address
+SAMPLE_LOGOS = "https://directory.example.com/logos/"
 SAMPLE_READERS = [
     ("ava.nguyen@example.com", "Ava"),
     ("liam.oconnor@example.com", "Liam"),
@@ -73,6 +78,7 @@ SAMPLE_CONFIG: dict[str, dict[str, Any]] = {
         "editors": ["editor@news.example.com"],
     },
     "database": {"url": "sqlite:///digest.db"},
+    "web": {"media_dir": "sample/media"},
 }
 
 
@@ -82,12 +88,30 @@ class InitResult:
     written: list[Path]
 
 
-def write_sample_feed(target: Path, now: datetime | None = None) -> None:
-    """The sample feed with dates in the last two weeks, so the sample is always recent."""
+def media_url(public_url: str) -> str:
+    """Where `digest serve` serves the sample's pictures and logos (`[web] media_dir`)."""
+    return public_url.rstrip("/") + "/media"
+
+
+def write_sample_feed(target: Path, now: datetime | None = None, *, media: str = "", later: bool = False) -> None:
+    """The sample feed with dates in the last two weeks, so the sample is always recent.
+
+    `later` adds the stories "published since" the first issue: `digest demo` writes them after it has
+    sent issue 1, so the next issue's draft has new articles for an editor to review.
+    """
     now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
     dates = [format_datetime(now - timedelta(hours=6 + 19 * i)) for i in range(15)]
+    later_dates = [format_datetime(now - timedelta(minutes=20 + 35 * i)) for i in range(5)]
+    media = media or media_url(SAMPLE_CONFIG["publication"]["public_url"])
     template = jinja2.Template((SAMPLE / "feed.xml.j2").read_text(encoding="utf-8"), autoescape=False)
-    target.write_text(template.render(dates=dates), encoding="utf-8")
+    target.write_text(template.render(dates=dates, later_dates=later_dates, media=media, later=later),
+                      encoding="utf-8")
+
+
+def write_sample_directory(target: Path, media: str) -> None:
+    """The sample directory, its logos served by `digest serve` (see `media_url`)."""
+    text = (SAMPLE / "directory.csv").read_text(encoding="utf-8")
+    target.write_text(text.replace(SAMPLE_LOGOS, media.rstrip("/") + "/"), encoding="utf-8")
 
 
 def init(folder: Path, *, force: bool = False) -> InitResult:
@@ -106,6 +130,33 @@ def init(folder: Path, *, force: bool = False) -> InitResult:
         written.append(feed)
     directory = folder / "sample" / "directory.csv"
     if not directory.exists():
-        shutil.copyfile(SAMPLE / "directory.csv", directory)
+        write_sample_directory(directory, media_url(SAMPLE_CONFIG["publication"]["public_url"]))
         written.append(directory)
+    media = folder / "sample" / "media"
+    if not media.exists():
+        shutil.copytree(SAMPLE / "media", media)
+        written.append(media)
     return InitResult(config, written)
+
+
+def leave_next_draft(settings: Settings, folder: Path) -> Draft | None:
+    """After issue 1: the sample feed gains the stories "published since", and the next issue is drafted
+    from them, so an editor has something to review, pin, exclude and approve in `digest serve`.
+
+    Only for the bundled sample feed; nothing is drafted when it brings nothing new (a draft with no
+    article would only be skipped).
+    """
+    from digest.issues import build_draft  # the database and the pipeline only when a demo runs
+    from digest.store import session_scope
+
+    feed = folder / "sample" / "feed.xml"
+    if not feed.exists() or "sample/feed.xml" not in settings.sources.feeds:
+        return None
+    write_sample_feed(feed, media=media_url(settings.publication.public_url), later=True)
+    with session_scope(settings.database_url) as session:
+        draft = build_draft(settings, session)
+        if not draft.issue.articles:
+            session.rollback()
+            return None
+        session.commit()
+        return draft

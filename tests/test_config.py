@@ -219,7 +219,7 @@ def test_init_writes_every_key_with_its_help_and_loads_back_to_the_defaults(work
         assert getattr(loaded, section) == getattr(expected, section), section
     # the sample's values as written; every other key its default (a fresh schema object)
     assert loaded.sources.window_days == 14 and loaded.sources.timeout_seconds == Sources().timeout_seconds
-    assert loaded.web == Web() and loaded.subscribers == Subscribers()
+    assert loaded.web == Web(media_dir="sample/media") and loaded.subscribers == Subscribers()
 
     prose = " ".join(text.replace("#", " ").split())
     for dotted, key, field in _schema_keys(DigestFile):

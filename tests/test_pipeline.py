@@ -13,7 +13,7 @@ from digest.config import Settings
 from digest.issues import send
 from digest.store import Delivery, IssueRow, SeenArticle, session_factory
 from subscribers import lifecycle
-from tests.conftest import edit_config, run_cli
+from tests.conftest import edit_config, run_cli, run_main
 
 
 def _readers(settings: Settings, *emails: str, confirmed: bool = True) -> None:
@@ -44,9 +44,12 @@ def test_demo_sends_once_and_a_second_run_sends_nobody_anything(tmp_path: Path, 
     assert len(messages) == 5
     assert len({m["To"].addresses[0].addr_spec for m in messages}) == 5
 
+    # the next issue is left as a draft of the stories "published since", for an editor to review
+    assert "issue 2 is a draft with 5 new articles" in " ".join(first.stdout.split())
+
     second = run_cli("demo", cwd=tmp_path, env=no_key)
     assert second.returncode == 0, second.stderr
-    assert "nothing new" in second.stdout
+    assert "issue 2 is a draft, not approved: not sent" in second.stdout  # the demo never approves it itself
     assert len(_emls(tmp_path)) == 5
     key = (tmp_path / ".digest-secret").read_text().strip()
     assert len(key) == 64 and key not in (tmp_path / "digest.toml").read_text()
@@ -166,3 +169,36 @@ def test_init_and_preview_write_files(tmp_path: Path) -> None:
     assert html.lstrip().lower().startswith("<!doctype html")
     assert "Harbourside Aquatic and Wellness Centre" in html and "Harbourside Aquatic and Wellness Centre" in text
     assert "%%" not in html and "%%" not in text
+
+
+def test_demo_leaves_a_draft_to_review_and_serves_its_own_pictures(tmp_path: Path, database_url: str,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's first look: after `digest demo`, the editor's page has a draft of new stories, and every
+    picture and logo of both issues is served by `digest serve` itself (no broken image in the preview)."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from digest.config import load_settings
+    from digest.web.app import create_app
+
+    folder = tmp_path / "demo"
+    if not database_url.startswith("sqlite"):
+        monkeypatch.setenv("DIGEST_DATABASE_URL", database_url)
+    code, out = run_main(monkeypatch, capsys, "demo", str(folder))
+    assert code == 0, out
+    settings = load_settings(folder / "digest.toml")
+    with session_factory(settings.database_url)() as session:
+        rows = {r.number: r for r in session.scalars(select(IssueRow))}
+    assert rows[1].status == "sent" and rows[2].status == "draft"
+    sent_titles = {a["title"] for a in rows[1].content["articles"]}
+    draft_titles = [a["title"] for a in rows[2].content["articles"]]
+    assert len(draft_titles) == 5 and not sent_titles & set(draft_titles)
+    pictures = set(re.findall(r'src="(http://127\.0\.0\.1:8000/media/[^"]+)"', rows[1].html + rows[2].html))
+    assert len(pictures) >= 3, pictures  # the top stories' pictures and the featured suppliers' logos
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as client:
+        for url in pictures:
+            answer = client.get(url)
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith("image/"), url
+        assert client.get("/media/../digest.toml").status_code == 404

@@ -284,7 +284,7 @@ def _print_send(outcome) -> None:  # type: ignore[no-untyped-def]
 @app.command()
 def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] = Path(".")) -> None:
     """The whole job on the embedded default: sample sources, SQLite, sample readers, an outbox folder."""
-    from digest.demo import SAMPLE_READERS
+    from digest.demo import SAMPLE_READERS, leave_next_draft
     from digest.demo import init as do_init
     from digest.issues import issue_of, newest_issue, open_issue
     from digest.issues import send as do_send
@@ -302,7 +302,9 @@ def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] 
                                 source="digest demo: sample reader", confirmed=True)
     with progress_bar("sending") as bar:
         task = bar.add_task("send", total=None)
-        outcome = do_send(settings, progress=lambda d, t: bar.update(task, completed=d, total=t))
+        # a draft the demo left for review waits for an editor's approval: the demo never sends it itself
+        outcome = do_send(settings, progress=lambda d, t: bar.update(task, completed=d, total=t),
+                          require_approval=True)
     with session_scope(settings.database_url) as session:
         row = outcome.row or open_issue(session) or newest_issue(session)
         html_out, text_out = folder / "preview.html", folder / "preview.txt"
@@ -322,6 +324,14 @@ def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] 
                       f"HTML {row.html_bytes / 1024:.1f} KB (Gmail clips at 102 KB)")
     console.print(f"  outbox: {outbox}/  preview: {folder / 'preview.html'}, {folder / 'preview.txt'}")
     console.print(f"  database: {settings.database_url}")
+    draft = leave_next_draft(settings, folder) if outcome.report is not None else None
+    if draft is not None:
+        url = settings.publication.public_url.rstrip("/")
+        console.print(f"[bold]Next:[/] issue {draft.row.number} is a draft with "
+                      f"{plural(len(draft.issue.articles), 'new article')} for you to review. Make a login "
+                      "(`digest users add you@example.com --role editor`), run `digest serve` and open "
+                      f"{url}/admin/draft; or `digest preview`, then `digest approve` and `digest send`.",
+                      highlight=False)
 
 
 @app.command()

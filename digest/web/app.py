@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
@@ -73,6 +74,11 @@ def create_app(settings: Settings) -> FastAPI:
                        max_age=settings.web.session_hours * 3600, same_site="lax",
                        https_only=settings.publication.public_url.startswith("https://"))
     app.mount("/static", StaticFiles(directory=WEB_TEMPLATES / "static"), name="static")
+    if settings.web.media_dir:  # the demo's pictures and logos (production images live on the site itself)
+        media = Path(settings.resolve(settings.web.media_dir))
+        if not media.is_dir():
+            raise DigestError(f"[web] media_dir: {media} is not a folder")
+        app.mount("/media", StaticFiles(directory=media), name="media")
 
     from digest.web import admin, auth, editor, reader, webhooks
 
