@@ -64,3 +64,21 @@ def test_the_allow_list_is_read_from_the_docs() -> None:
     allowed = caniemail_check.allow_list()
     assert allowed == {"color-scheme meta tag", "color-scheme CSS property", "aria-label attribute", "border-spacing"}
     assert caniemail_check.extras({"a": ["x", "y"], "b": ["x"]}, {"a": ["x"], "b": ["x"]}) == {"a": ["y"]}
+
+
+@pytest.mark.nodb  # reads settings only: runs once
+def test_the_confirmation_and_the_editors_notice_use_nothing_more_either(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The other two emails share the base template and the button: the same check, same allow-list."""
+    from digest.confirmations import confirmation_edition
+    from digest.notices import Notice, render_notice
+    from subscribers.models import MailingList
+
+    confirm = confirmation_edition(settings, MailingList(slug="weekly", name="Weekly"))
+    notice = render_notice(settings, Notice(kind="draft", headline="Issue 3 is ready for review",
+                                            message=("8 articles, 6 headlines.",), actions=("Approve it.",)))
+    for name, html in (("confirm", confirm.html), ("notice", notice.html)):
+        page = tmp_path / f"{name}.html"
+        page.write_text(html, encoding="utf-8")
+        done = run("--html", str(page))
+        assert done.returncode == 0, (name, done.stdout + done.stderr)
+        assert "cursor" not in done.stdout and "border-radius" not in done.stdout

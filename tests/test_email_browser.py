@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from digest.config import Settings
@@ -126,3 +128,23 @@ def test_the_email_passes_axe_and_its_sections_are_headings_in_order(browser, se
         ["h2", "Supplier directory"], *[["h3", x.name] for x in issue.listings],
     ], headings
     assert issue.appeal.title == "Asking a small favour"
+
+
+@pytest.mark.nodb  # reads settings only: runs once
+def test_the_confirmation_and_the_editors_notice_pass_axe(browser, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from digest.confirmations import confirmation_edition
+    from digest.notices import Notice, render_notice
+    from subscribers.models import MailingList
+    from tests.axe import describe, violations
+
+    emails = {"confirm": confirmation_edition(settings, MailingList(slug="weekly", name="Weekly")).html,
+              "notice": render_notice(settings, Notice(kind="draft", headline="Issue 3 is ready for review",
+                                                       message=("8 articles.",), actions=("Approve it.",))).html}
+    for name, html in emails.items():
+        page = browser.new_page(viewport={"width": 640, "height": 900})
+        page.set_content(html, wait_until="load")
+        found = violations(page)
+        buttons = page.get_by_role("link", name=re.compile("Yes, subscribe me|Review the draft")).count()
+        page.close()
+        assert not found, f"{name}: {describe(found)}"
+        assert buttons == 1, name
