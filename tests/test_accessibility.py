@@ -90,6 +90,9 @@ def test_every_reader_page_passes_axe(page, live: Live) -> None:  # type: ignore
     audit(page, "leave")
     page.goto("/login")
     audit(page, "login")
+    page.goto("/issues/999")  # the message page every error shows
+    page.get_by_role("heading", name="Not found").wait_for()
+    audit(page, "not-found")
 
     page.goto("/issues")
     audit(page, "archive")
@@ -132,6 +135,9 @@ def test_every_editor_and_admin_page_passes_axe(page, live: Live, tmp_path) -> N
 def test_the_editor_skips_the_previews_to_the_adjust_form(page, live: Live) -> None:  # type: ignore[no-untyped-def]
     log_in(page, EDITOR)
     audit(page, "dashboard-editor")
+    page.goto("/admin/subscribers")  # an admin's page: the editor is told so
+    page.get_by_role("heading", name="Not allowed").wait_for()
+    audit(page, "not-allowed")
     page.goto("/admin/draft")
     page.get_by_role("button", name="Build the draft").click()
     skip = page.get_by_role("link", name=re.compile("Skip the previews"))
