@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# npm (with node): axe-core for the browser tests and caniemail for the email-support check
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
@@ -22,6 +24,8 @@ fi
 .venv/bin/ruff check .
 .venv/bin/lint-imports
 .venv/bin/mypy
+# axe-core and caniemail, pinned in scripts/npm/package-lock.json, installed with npm ci into .cache/npm
+.venv/bin/python scripts/npm_package.py >/dev/null
 # every database test on SQLite and on a throwaway PostgreSQL server (tests/pgserver.py); named
 # explicitly, so a server that cannot start fails the run instead of being skipped
 export DIGEST_TEST_BACKENDS="${DIGEST_TEST_BACKENDS:-sqlite,postgresql}"

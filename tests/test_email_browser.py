@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from digest.config import Settings
@@ -94,3 +96,55 @@ def test_every_text_of_the_email_is_readable_in_light_and_dark_mode(browser, set
     page.close()
     assert result["low"] == [], f"{scheme}: text under WCAG's 4.5:1 against its background: {result['low']}"
     assert (result["body"] == "rgb(13, 17, 23)") == (scheme == "dark"), result["body"]
+
+
+HEADINGS_JS = """() => [...document.querySelectorAll('h1, h2, h3, h4, h5, h6, [role=heading]')]
+  .map(h => [h.tagName.toLowerCase(), h.textContent.trim()])"""
+
+
+def test_the_email_passes_axe_and_its_sections_are_headings_in_order(browser, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17, point 17: axe-core (WCAG 2.1 A and AA) finds nothing serious or critical in the email, and
+    a screen reader jumping by heading reaches every section, the appeal included, in a sensible order."""
+    from tests.axe import describe, violations
+
+    with session_factory(settings.database_url)() as s:
+        draft = build_draft(settings, s)
+        s.commit()
+    issue = draft.issue
+    assert issue.articles[1:] and issue.headlines and issue.appeal and issue.listings  # every section shows
+    page = browser.new_page(viewport={"width": 640, "height": 900})
+    page.route("**/*", lambda route: route.abort() if route.request.url.startswith("http") else route.continue_())
+    page.set_content(draft.row.html, wait_until="load")
+    found = violations(page)
+    headings = page.evaluate(HEADINGS_JS)
+    page.close()
+    assert not found, describe(found)
+    assert headings == [
+        ["h1", settings.publication.name],
+        ["h2", issue.articles[0].title],
+        ["h2", "Latest news"], *[["h3", a.title] for a in issue.articles[1:]],
+        ["h2", "More news"],
+        ["h2", issue.appeal.title],
+        ["h2", "Supplier directory"], *[["h3", x.name] for x in issue.listings],
+    ], headings
+    assert issue.appeal.title == "Asking a small favour"
+
+
+@pytest.mark.nodb  # reads settings only: runs once
+def test_the_confirmation_and_the_editors_notice_pass_axe(browser, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from digest.confirmations import confirmation_edition
+    from digest.notices import Notice, render_notice
+    from subscribers.models import MailingList
+    from tests.axe import describe, violations
+
+    emails = {"confirm": confirmation_edition(settings, MailingList(slug="weekly", name="Weekly")).html,
+              "notice": render_notice(settings, Notice(kind="draft", headline="Issue 3 is ready for review",
+                                                       message=("8 articles.",), actions=("Approve it.",))).html}
+    for name, html in emails.items():
+        page = browser.new_page(viewport={"width": 640, "height": 900})
+        page.set_content(html, wait_until="load")
+        found = violations(page)
+        buttons = page.get_by_role("link", name=re.compile("Yes, subscribe me|Review the draft")).count()
+        page.close()
+        assert not found, f"{name}: {describe(found)}"
+        assert buttons == 1, name

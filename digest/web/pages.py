@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jinja2
@@ -54,3 +55,24 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, *
     }
     return templates.TemplateResponse(request, name, {**base, **(context or {})}, status_code=status_code,
                                       headers=headers)
+
+
+_BODY_OPEN = re.compile(r"<body\b[^>]*>", re.I)
+
+
+def email_page(request: Request, html: str) -> HTMLResponse:
+    """An email document (an archived issue) as a page of the site: the site's header above it and the
+    email's body in the main landmark (WCAG 2.1, 1.3.1 and 2.4.1: one way round every page), while the
+    email keeps its own styles. The parts come from templates/web/archive_issue.html."""
+    parts = templates.env.get_template("archive_issue.html").make_module(
+        {"publication": request.app.state.settings.publication})
+    head, header = str(parts.head()), str(parts.header())  # type: ignore[attr-defined]
+    body = _BODY_OPEN.search(html)
+    end = html.lower().rfind("</body>")
+    if body is None or end < body.end():  # not a whole document: the fragment goes into the site's frame
+        return HTMLResponse(f"<!doctype html><html lang=\"en\"><head>{head}</head><body>{header}"
+                            f"<main id=\"main\">{html}</main></body></html>")
+    start = body.end()
+    at = html.lower().find("</head>")
+    top = html[:at] + head + html[at:start] if 0 <= at < start else html[:start]
+    return HTMLResponse(f"{top}{header}<main id=\"main\">{html[start:end]}</main>{html[end:]}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from digest import confirmations, issue_queries
@@ -20,7 +20,7 @@ from digest.errors import NotFound
 from digest.sources.categories import known_categories
 from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
-from digest.web.pages import render
+from digest.web.pages import email_page, render
 from subscribers import lifecycle, optin
 from subscribers.links import ReaderLinks
 from subscribers.models import MailingList, MembershipStatus, Subscriber
@@ -179,8 +179,8 @@ def archive(request: Request, db: Annotated[Session, Depends(get_db)]) -> Respon
 
 
 @router.get("/issues/{number}")
-def archived_issue(number: int, db: Annotated[Session, Depends(get_db)],
+def archived_issue(request: Request, number: int, db: Annotated[Session, Depends(get_db)],
                    settings: Annotated[Settings, Depends(get_settings)]) -> Response:
     """The issue as readers saw it, with the reader-specific parts replaced by generic ones and the site's
-    links at the current public_url."""
-    return HTMLResponse(issue_queries.archived_html(db, number, settings.publication.public_url))
+    links at the current public_url, under the site's header."""
+    return email_page(request, issue_queries.archived_html(db, number, settings.publication.public_url))
