@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import insert, select, tuple_
@@ -57,6 +59,10 @@ MAX_EVENT_ID = 128
 MAX_TIMESTAMP = 253402300799
 #: strings stored as text: PostgreSQL text cannot hold NUL, so an event carrying one is refused on both
 TEXT_FIELDS = ("sg_event_id", "event", "email", "url", "sg_message_id")
+#: a batch is CPU work in the web server's process: every this many events it gives up the GIL
+#: (`time.sleep(0)`), so a reader's request in another thread of the same server is not held behind it
+#: for Python's whole switch interval at each of its steps (the "convoy effect")
+YIELD_EVERY = 50
 
 
 @dataclass
@@ -160,6 +166,7 @@ def consent_change(event: dict[str, Any]) -> str | None:
     return None
 
 
+@lru_cache(maxsize=65_536)  # a batch names the same few thousand readers many times over
 def _key(email: str) -> str:
     try:
         return lifecycle.normalize(email).key
@@ -227,7 +234,9 @@ def _apply_chunk(session: Session, chunk: list[Checked], seen: set[str], result:
     readers = _Readers(session, todo)
     rows, changes = [], []
     now = utcnow()
-    for e in todo:
+    for n, e in enumerate(todo):
+        if n % YIELD_EVERY == 0:
+            time.sleep(0)
         issue_id, sub_id, list_id = readers.of(e)
         if sub_id is None:
             result.unmatched += 1
@@ -272,6 +281,8 @@ def apply_batch(session: Session, events: list[Any], *, chunk_size: int = CHUNK)
     result = EventsResult(received=len(events))
     good: list[Checked] = []
     for i, raw in enumerate(events):
+        if i % YIELD_EVERY == 0:
+            time.sleep(0)
         try:
             good.append(check(i, raw))
         except BadEvent as e:
@@ -279,6 +290,7 @@ def apply_batch(session: Session, events: list[Any], *, chunk_size: int = CHUNK)
     seen: set[str] = set()
     for chunk in _chunks(good, chunk_size):
         _commit_chunk(session, chunk, seen, result)
+        time.sleep(0)
     result.invalid.sort(key=lambda line: int(line.split(":")[0].split()[1]))
     return result
 
