@@ -157,6 +157,10 @@ class Stage:
             columns, select(staged).order_by(staged.c.email_key, staged.c.file_row)))
         self.session.commit()
         staged.drop(self.session.connection())
+        if self.session.get_bind().dialect.name == "postgresql":
+            # autovacuum never analyzes temporary tables: without statistics the planner guesses the sorted
+            # copy's size and joins each batch badly (https://www.postgresql.org/docs/current/sql-analyze.html)
+            self.session.connection().exec_driver_sql(f"ANALYZE {ordered.name}")
         self.session.commit()
 
     def drop_duplicates(self) -> int:
