@@ -6,7 +6,7 @@ by Alembic (`migrations/`), never by `create_all`, so what tests run is what pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -225,6 +225,18 @@ def core_table(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
+
+
+def schema_filter(dialect: str) -> Callable[..., bool]:
+    """Alembic's `include_object` for one dialect: leaves out what the models create only on another
+    (`Index(...).ddl_if(dialect="postgresql")`: the trigram search indexes), which autogenerate would
+    otherwise report as missing on SQLite."""
+
+    def include(obj: Any, _name: str | None, _type: str, _reflected: bool, _compare_to: Any) -> bool:
+        only = getattr(getattr(obj, "_ddl_if", None), "dialect", None)
+        return only is None or only == dialect
+
+    return include
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 import subscribers.models  # noqa: F401  (registers the subscriber tables on Base)
-from digest.store import Base, UTCDateTime
+from digest.store import Base, UTCDateTime, schema_filter
 
 target_metadata = Base.metadata
 
@@ -23,6 +23,7 @@ def run(connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         render_item=render_item,
         compare_type=True,
+        include_object=schema_filter(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

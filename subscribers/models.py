@@ -45,8 +45,16 @@ _STATUS = Enum(MembershipStatus, native_enum=False, create_constraint=False, len
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
-    #: ids are never reused after an erasure, so an old signed link can never point at someone else
-    __table_args__ = {"sqlite_autoincrement": True}
+    #: ids are never reused after an erasure, so an old signed link can never point at someone else.
+    #: On PostgreSQL, trigram GIN indexes (pg_trgm) serve the admin's substring search (`LIKE '%x%'`,
+    #: `ILIKE`), which a B-tree cannot; SQLite has no such index and keeps its table scan.
+    __table_args__ = (
+        Index("ix_subscribers_email_key_trgm", "email_key", postgresql_using="gin",
+              postgresql_ops={"email_key": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
+        Index("ix_subscribers_name_trgm", "name", postgresql_using="gin",
+              postgresql_ops={"name": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320))

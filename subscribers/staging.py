@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from digest.errors import DigestError
 from digest.store import UTCDateTime, utcnow
 from subscribers import lifecycle
-from subscribers.bulk import among, insert_rows
+from subscribers.bulk import among, load_rows
 from subscribers.csv_read import RejectRow
 from subscribers.import_report import ImportReport
 from subscribers.models import WITHDRAWN, Membership, MembershipStatus, Subscriber, Suppression
@@ -141,13 +141,14 @@ class Stage:
         session.commit()
 
     def add(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Stage good rows (tuples in STAGED_COLUMNS order; JSON columns already converted)."""
-        insert_rows(self.session.connection(), staged, STAGED_COLUMNS, rows, converted=("attributes", "categories"))
+        """Stage good rows (tuples in STAGED_COLUMNS order; JSON columns already converted): COPY on
+        PostgreSQL, executemany on SQLite (`bulk.load_rows`)."""
+        load_rows(self.session.connection(), staged, STAGED_COLUMNS, rows, converted=("attributes", "categories"))
 
     def reject(self, rows: Iterable[RejectRow]) -> None:
         data = [(row, line, reason, None if fields is None else pack(fields)) for row, line, reason, fields in rows]
         if data:
-            insert_rows(self.session.connection(), rejected, ("file_row", "file_line", "reason", "fields"), data)
+            load_rows(self.session.connection(), rejected, ("file_row", "file_line", "reason", "fields"), data)
 
     def sort(self) -> None:
         """Copy the rows into address order (one sort by the database), then drop the unsorted copy."""
@@ -156,6 +157,10 @@ class Stage:
             columns, select(staged).order_by(staged.c.email_key, staged.c.file_row)))
         self.session.commit()
         staged.drop(self.session.connection())
+        if self.session.get_bind().dialect.name == "postgresql":
+            # autovacuum never analyzes temporary tables: without statistics the planner guesses the sorted
+            # copy's size and joins each batch badly (https://www.postgresql.org/docs/current/sql-analyze.html)
+            self.session.connection().exec_driver_sql(f"ANALYZE {ordered.name}")
         self.session.commit()
 
     def drop_duplicates(self) -> int:

@@ -1,27 +1,43 @@
 """Provider events back into the store: recorded once per provider event id, consent changes applied.
 
-SendGrid's Event Webhook posts batches of events; each carries the custom_args we sent (issue,
-subscriber and list ids). Those ids are trusted only when the ledger agrees: a delivery of that issue
-to that subscriber at that address. Otherwise the event is matched by its address. Replays (SendGrid
-retries a batch it did not see answered) change nothing twice: an event id already stored is skipped.
+SendGrid's Event Webhook posts batches of events (up to 5 MB, some 20,000 events); each carries the
+custom_args we sent (issue, subscriber and list ids). Those ids are trusted only when the ledger agrees: a
+delivery of that issue to that subscriber at that address. Otherwise the event is matched by its address.
+
+A batch is applied in chunks of `CHUNK` events, each chunk its own short transaction: its reads first
+(which take no write lock), then one bulk insert and the few consent changes, then commit. So no lock is
+held for more than a moment whatever the batch size, and a reader's one-click unsubscribe (RFC 8058) is
+never queued behind a whole batch. Every event is checked before it touches the database: one that does
+not follow SendGrid's event format (a timestamp that is not Unix seconds, an id that is not a 64-bit
+integer, an `sg_event_id` over 128 characters, a field of the wrong type) is skipped and logged with its
+index, and the rest are applied. Replays (SendGrid retries a batch it did not see answered with a 2xx)
+change nothing twice: an event id already stored is skipped, so a batch that stopped half way is simply
+finished by the retry.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select, tuple_
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from digest.deliver.sendgrid import ARG_ISSUE, ARG_LIST, ARG_SUBSCRIBER
 from digest.errors import NotFound
-from digest.store import Delivery, DeliveryEvent, IssueRow, utcnow
+from digest.store import Delivery, DeliveryEvent, IssueRow, core_table, utcnow
 from subscribers import lifecycle
 from subscribers.models import Subscriber
+
+log = logging.getLogger("digest.events")
 
 SOURCE = "sendgrid event webhook"
 #: what an event does to the reader's memberships (the lifecycle kind to apply), when it does anything
@@ -30,6 +46,23 @@ DROPPED_REASONS = {"bounced address": "dropped", "invalid": "dropped", "spam rep
 #: kept from the provider's event; the address, IP and user agent are not (we hold the subscriber id)
 KEPT_FIELDS = ("event", "type", "reason", "status", "response", "url", "sg_message_id", "category",
                "bounce_classification", "attempt")
+#: events per transaction: a chunk's writes (one bulk insert and a few membership changes) take a few
+#: milliseconds, so a lock is held briefly however large the batch; measured in benchmarks/webhook_batch.py
+CHUNK = 500
+#: ids are BIGINT on PostgreSQL and 64-bit INTEGER on SQLite; a larger one cannot be ours (and the driver
+#: would refuse it as a parameter, failing the whole statement)
+MAX_ID = 2**63 - 1
+#: the `provider_event_id` column; a longer id is not SendGrid's (theirs are 22-character base64 strings)
+MAX_EVENT_ID = 128
+#: SendGrid's `timestamp` is Unix seconds (Event Webhook reference); 253402300799 is 9999-12-31T23:59:59Z,
+#: the last moment a datetime can hold, so 1e12 (milliseconds sent by mistake) is refused, not crashed on
+MAX_TIMESTAMP = 253402300799
+#: strings stored as text: PostgreSQL text cannot hold NUL, so an event carrying one is refused on both
+TEXT_FIELDS = ("sg_event_id", "event", "email", "url", "sg_message_id")
+#: a batch is CPU work in the web server's process: every this many events it gives up the GIL
+#: (`time.sleep(0)`), so a reader's request in another thread of the same server is not held behind it
+#: for Python's whole switch interval at each of its steps (the "convoy effect")
+YIELD_EVERY = 50
 
 
 @dataclass
@@ -39,14 +72,75 @@ class EventsResult:
     duplicates: int = 0
     applied: int = 0  # memberships whose status changed
     unmatched: int = 0  # no reader found for the event
-    invalid: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)  # "event <index>: why", in batch order
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(str(value))
-    except (TypeError, ValueError):
+class BadEvent(ValueError):
+    """An event that does not follow SendGrid's format; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An event that passed `check`: its fields in the types we store."""
+
+    index: int
+    event_id: str
+    raw: dict[str, Any]
+    email: str
+    issue_id: int | None
+    subscriber_id: int | None
+    list_id: int | None
+    at: datetime | None
+    message: str  # sg_message_id up to its first dot: the X-Message-Id SendGrid answered the send with
+
+
+def _id(event: dict[str, Any], key: str) -> int | None:
+    """One of our custom_args: SendGrid hands them back as strings; absent or empty is None."""
+    value = event.get(key)
+    if value is None or value == "":
         return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise BadEvent(f"{key} is a {type(value).__name__}, not an id")
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_ID:
+        raise BadEvent(f"{key} {text[:40]!r} is not an id (1 to 2**63-1)")
+    return int(text)
+
+
+def _timestamp(event: dict[str, Any]) -> datetime | None:
+    value = event.get("timestamp")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadEvent(f"timestamp is a {type(value).__name__}, not Unix seconds")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise BadEvent(f"timestamp {str(value)[:40]!r} is not a number") from None
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_TIMESTAMP:
+        raise BadEvent(f"timestamp {str(value)[:40]} is not Unix seconds (0 to {MAX_TIMESTAMP})")
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def check(index: int, event: Any) -> Checked:
+    """The event's fields, checked; BadEvent says what is wrong with it."""
+    if not isinstance(event, dict):
+        raise BadEvent(f"a JSON {type(event).__name__}, not an object")
+    for key in TEXT_FIELDS:
+        value = event.get(key)
+        if value is not None and not isinstance(value, str):
+            raise BadEvent(f"{key} is a {type(value).__name__}, not a string")
+        if value and "\x00" in value:
+            raise BadEvent(f"{key} holds a NUL character")
+    event_id, name = event.get("sg_event_id"), event.get("event")
+    if not event_id or not name:
+        raise BadEvent("not an object with sg_event_id and event")
+    if len(event_id) > MAX_EVENT_ID:
+        raise BadEvent(f"sg_event_id is {len(event_id)} characters, over {MAX_EVENT_ID}")
+    return Checked(index=index, event_id=event_id, raw=event, email=(event.get("email") or "").strip(),
+                   issue_id=_id(event, ARG_ISSUE), subscriber_id=_id(event, ARG_SUBSCRIBER),
+                   list_id=_id(event, ARG_LIST), at=_timestamp(event),
+                   message=(event.get("sg_message_id") or "").split(".")[0])
 
 
 def kind_of(event: dict[str, Any]) -> str:
@@ -72,76 +166,165 @@ def consent_change(event: dict[str, Any]) -> str | None:
     return None
 
 
-def _reader(session: Session, event: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
-    """(issue id, subscriber id, list id) for an event, trusting our custom_args only if the ledger agrees."""
-    email = str(event.get("email", "")).strip().casefold()
-    issue_id, sub_id, list_id = _int(event.get(ARG_ISSUE)), _int(event.get(ARG_SUBSCRIBER)), _int(event.get(ARG_LIST))
-    if issue_id is not None and sub_id is not None:
-        row = session.execute(select(Delivery.email, Subscriber.email_key).join(
-            Subscriber, Subscriber.id == Delivery.subscriber_id, isouter=True)
-            .where(Delivery.issue_id == issue_id, Delivery.subscriber_id == sub_id)).first()
-        if row is not None and email in {(row[0] or "").casefold(), (row[1] or "").casefold()}:
-            return issue_id, sub_id, list_id
-    sub = lifecycle.find(session, email) if email else None
-    if sub is None:
-        return None, None, None
-    issue = None
-    message = str(event.get("sg_message_id", "")).split(".")[0]
-    if message:
-        issue = session.scalar(select(Delivery.issue_id).where(Delivery.subscriber_id == sub.id,
-                                                               Delivery.message_id == message).limit(1))
-    if issue is None and issue_id is not None and session.get(IssueRow, issue_id) is not None:
-        issue = issue_id
-    return issue, sub.id, None
+@lru_cache(maxsize=65_536)  # a batch names the same few thousand readers many times over
+def _key(email: str) -> str:
+    try:
+        return lifecycle.normalize(email).key
+    except lifecycle.InvalidEmail:
+        return email.strip().casefold()
 
 
-def _when(event: dict[str, Any]) -> datetime:
-    ts = _int(event.get("timestamp"))
-    return datetime.fromtimestamp(ts, UTC) if ts is not None else utcnow()
+class _Readers:
+    """Who each event of a chunk is about, looked up for the whole chunk in a few queries (reads only)."""
+
+    def __init__(self, session: Session, events: list[Checked]) -> None:
+        pairs = {(e.issue_id, e.subscriber_id) for e in events if e.issue_id and e.subscriber_id}
+        self.ledger: dict[tuple[int | None, int | None], set[str]] = {}
+        if pairs:
+            rows = session.execute(select(Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
+                                          Subscriber.email_key)
+                                   .join(Subscriber, Subscriber.id == Delivery.subscriber_id, isouter=True)
+                                   .where(tuple_(Delivery.issue_id, Delivery.subscriber_id).in_(sorted(pairs))))
+            for issue, sub, email, key in rows:
+                self.ledger[(issue, sub)] = {(email or "").casefold(), (key or "").casefold()}
+        keys = {_key(e.email) for e in events if e.email}
+        self.by_key: dict[str, int] = {key: sub for key, sub in session.execute(
+            select(Subscriber.email_key, Subscriber.id).where(Subscriber.email_key.in_(sorted(keys))))} \
+            if keys else {}
+        # one SendGrid message (X-Message-Id) covers up to 1000 readers: look up (reader, message) pairs
+        wanted_messages = {(self.by_key[k], e.message) for e in events if e.email and e.message
+                           for k in [_key(e.email)] if k in self.by_key}
+        self.by_message: dict[tuple[int | None, str | None], int] = {}
+        if wanted_messages:
+            for sub, message, issue in session.execute(
+                    select(Delivery.subscriber_id, Delivery.message_id, Delivery.issue_id)
+                    .where(tuple_(Delivery.subscriber_id, Delivery.message_id).in_(sorted(wanted_messages)))
+                    .order_by(Delivery.id)):
+                self.by_message.setdefault((sub, message), issue)
+        wanted = {e.issue_id for e in events if e.issue_id}
+        self.issues = set(session.scalars(select(IssueRow.id).where(IssueRow.id.in_(sorted(wanted))))) \
+            if wanted else set()
+
+    def of(self, e: Checked) -> tuple[int | None, int | None, int | None]:
+        """(issue id, subscriber id, list id), trusting our custom_args only if the ledger agrees."""
+        email = e.email.casefold()
+        if e.issue_id and e.subscriber_id and email in self.ledger.get((e.issue_id, e.subscriber_id), ()):
+            return e.issue_id, e.subscriber_id, e.list_id
+        sub = self.by_key.get(_key(e.email)) if e.email else None
+        if sub is None:
+            return None, None, None
+        issue = self.by_message.get((sub, e.message)) if e.message else None
+        if issue is None and e.issue_id in self.issues:
+            issue = e.issue_id
+        return issue, sub, None
 
 
-def record_events(session: Session, events: list[Any]) -> EventsResult:
-    """Store and apply a webhook batch in one transaction (the caller commits)."""
-    result = EventsResult(received=len(events))
-    ids = [str(e.get("sg_event_id")) for e in events if isinstance(e, dict) and e.get("sg_event_id")]
-    seen = set(session.scalars(select(DeliveryEvent.provider_event_id)
-                               .where(DeliveryEvent.provider_event_id.in_(ids)))) if ids else set()
-    for i, event in enumerate(events):
-        if not isinstance(event, dict) or not event.get("sg_event_id") or not event.get("event"):
-            result.invalid.append(f"event {i}: not an object with sg_event_id and event")
-            continue
-        event_id = str(event["sg_event_id"])[:128]
-        if event_id in seen:
+def _apply_chunk(session: Session, chunk: list[Checked], seen: set[str], result: EventsResult) -> None:
+    """One chunk in one transaction (the caller commits): reads, then the writes."""
+    fresh = [e for e in chunk if e.event_id not in seen]
+    stored = set(session.scalars(select(DeliveryEvent.provider_event_id).where(
+        DeliveryEvent.provider_event_id.in_(sorted({e.event_id for e in fresh}))))) if fresh else set()
+    todo: list[Checked] = []
+    for e in chunk:
+        if e.event_id in seen or e.event_id in stored:
             result.duplicates += 1
-            continue
-        seen.add(event_id)
-        issue_id, sub_id, list_id = _reader(session, event)
+        else:
+            seen.add(e.event_id)
+            todo.append(e)
+    readers = _Readers(session, todo)
+    rows, changes = [], []
+    now = utcnow()
+    for n, e in enumerate(todo):
+        if n % YIELD_EVERY == 0:
+            time.sleep(0)
+        issue_id, sub_id, list_id = readers.of(e)
         if sub_id is None:
             result.unmatched += 1
-        session.add(DeliveryEvent(
-            provider_event_id=event_id, issue_id=issue_id, subscriber_id=sub_id, kind=kind_of(event)[:32],
-            url=str(event["url"]) if event.get("url") else None, at=_when(event),
-            payload={k: event[k] for k in KEPT_FIELDS if k in event}))
-        result.recorded += 1
-        change = consent_change(event)
+        url = e.raw.get("url")
+        rows.append({"provider_event_id": e.event_id, "issue_id": issue_id, "subscriber_id": sub_id,
+                     "kind": kind_of(e.raw)[:32], "url": url or None, "at": e.at or now,
+                     "payload": {k: e.raw[k] for k in KEPT_FIELDS if k in e.raw}})
+        change = consent_change(e.raw)
         if change and sub_id is not None:
-            detail = "; ".join(str(event[k]) for k in ("reason", "status", "type") if event.get(k))
-            with contextlib.suppress(NotFound):  # erased meanwhile: nothing left to change
-                result.applied += lifecycle.apply_event(session, sub_id, change, source=SOURCE, list_id=list_id,
-                                                        detail=f"sendgrid {event['event']}: {detail}"[:2000])
+            changes.append((e, sub_id, list_id, change))
+    # the writes: from here SQLite holds its write lock, PostgreSQL the rows changed, until the commit
+    if rows:
+        session.execute(insert(core_table(DeliveryEvent)), rows)
+    result.recorded += len(rows)
+    for e, sub_id, list_id, change in changes:
+        detail = "; ".join(str(e.raw[k]) for k in ("reason", "status", "type") if e.raw.get(k))
+        with contextlib.suppress(NotFound):  # erased meanwhile: nothing left to change
+            result.applied += lifecycle.apply_event(
+                session, sub_id, change, source=SOURCE, list_id=list_id,
+                detail=f"sendgrid {e.raw['event']}: {detail}".replace("\x00", "")[:2000])
+
+
+def _chunks(items: list[Checked], size: int) -> Iterable[list[Checked]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _skip(result: EventsResult, index: int, why: str) -> None:
+    log.warning("sendgrid event %d skipped: %s", index, why)
+    result.invalid.append(f"event {index}: {why}")
+
+
+def apply_batch(session: Session, events: list[Any], *, chunk_size: int = CHUNK) -> EventsResult:
+    """Check every event, then store and apply the good ones, chunk by chunk, committing each chunk.
+
+    A chunk that collides with a concurrent delivery of the same batch (SendGrid may retry while the first
+    delivery is still being applied) is retried once: it then sees the other's rows and skips them. A
+    chunk the database refuses for its data is applied event by event, so only the offending event is
+    skipped. Anything else (the database gone) propagates: the webhook answers 5xx and SendGrid retries,
+    and the retry stores only what was not stored yet.
+    """
+    result = EventsResult(received=len(events))
+    good: list[Checked] = []
+    for i, raw in enumerate(events):
+        if i % YIELD_EVERY == 0:
+            time.sleep(0)
+        try:
+            good.append(check(i, raw))
+        except BadEvent as e:
+            _skip(result, i, str(e))
+    seen: set[str] = set()
+    for chunk in _chunks(good, chunk_size):
+        _commit_chunk(session, chunk, seen, result)
+        time.sleep(0)
+    result.invalid.sort(key=lambda line: int(line.split(":")[0].split()[1]))
     return result
 
 
-def apply_batch(session: Session, events: list[Any]) -> EventsResult:
-    """record_events and commit; a concurrent delivery of the same batch is retried once (it then sees
-    the other's rows and skips them)."""
+def _commit_chunk(session: Session, chunk: list[Checked], seen: set[str], result: EventsResult) -> None:
     for attempt in (1, 2):
+        before, seen_before = _snapshot(result), set(seen)
         try:
-            result = record_events(session, events)
+            _apply_chunk(session, chunk, seen, result)
             session.commit()
-            return result
+            return
         except IntegrityError:
             session.rollback()
+            _restore(result, before)
+            seen.clear()
+            seen.update(seen_before)
             if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+                break
+        except (DataError, ValueError, OverflowError):
+            session.rollback()
+            _restore(result, before)
+            seen.clear()
+            seen.update(seen_before)
+            break
+    if len(chunk) == 1:
+        _skip(result, chunk[0].index, "the database refused it")
+        return
+    for one in chunk:  # find the event the database refuses; the others go in, one transaction each
+        _commit_chunk(session, [one], seen, result)
+
+
+def _snapshot(result: EventsResult) -> tuple[int, int, int, int]:
+    return result.recorded, result.duplicates, result.applied, result.unmatched
+
+
+def _restore(result: EventsResult, before: tuple[int, int, int, int]) -> None:
+    result.recorded, result.duplicates, result.applied, result.unmatched = before
