@@ -115,6 +115,27 @@ def next_moment(session: Session, issue_id: int) -> datetime | None:
                                                                   Delivery.status == QUEUED))
 
 
+def queued_zones(session: Session) -> set[str]:
+    """The zones of readers still queued for their zone's moment, in any issue (the scheduler fires at them)."""
+    return {z for z in session.scalars(select(Delivery.zone).where(Delivery.status == QUEUED,
+                                                                   Delivery.due_at.is_not(None)).distinct()) if z}
+
+
+def waiting_zones(session: Session, issue_id: int, now: datetime) -> list[tuple[str, datetime, int]]:
+    """(zone, moment, readers) still queued for a zone moment ahead, earliest first."""
+    return [(z or "", at, int(n)) for z, at, n in session.execute(  # due_at > now: never NULL here
+        select(Delivery.zone, Delivery.due_at, func.count()).where(
+            Delivery.issue_id == issue_id, Delivery.status == QUEUED, Delivery.due_at > now)
+        .group_by(Delivery.zone, Delivery.due_at).order_by(Delivery.due_at, Delivery.zone)) if at is not None]
+
+
+def note_waiting(session: Session, issue_id: int, now: datetime, note: str) -> int:
+    """Say on each reader still waiting for their zone's moment why they are not sent (they stay queued)."""
+    t = DELIVERIES
+    return session.connection().execute(update(t).where(t.c.issue_id == issue_id, t.c.status == QUEUED,
+                                                        t.c.due_at > now).values(error=note[:2000])).rowcount or 0
+
+
 def waiting(session: Session, issue_id: int, now: datetime) -> tuple[int, datetime | None]:
     """Queued readers whose zone's moment is still ahead, and the next such moment."""
     n, at = session.execute(select(func.count(), func.min(Delivery.due_at)).where(

@@ -1,0 +1,138 @@
+"""Local morning delivery sent by the scheduler zone by zone (issue 15): the outbox transport (SMTP goes through
+the same send loop), a controlled clock (time-machine), the scheduler's own job functions.
+
+The send of Monday 7 October 2024, 07:00 in Sydney, the day after Sydney's daylight saving began: Auckland
+(NZDT) is due first at 18:00 UTC on the Sunday, Sydney (AEDT) at 20:00, Brisbane (no DST) at 21:00 and Perth at
+23:00. Each group goes out at its own moment and nobody before theirs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import time_machine
+from sqlalchemy import select
+
+from digest import issues
+from digest.config import Settings
+from digest.deliver.zones import recall_waiting
+from digest.errors import DeliveryError
+from digest.issue_status import IssueStatus
+from digest.moments import draft_trigger, fire_times, send_job_trigger, send_moment_of
+from digest.schedule.jobs import run_send, schedule_zones
+from digest.schedule.runner import draft_job, send_job
+from digest.store import Delivery, session_factory, session_scope
+from subscribers.models import Subscriber
+from subscribers.zones import set_zone
+from tests.fakes.readers import set_keys
+from tests.test_schedule_jobs import fresh_feed, issue_row, notices, reader_copies, reconfigure, subscribe, text_of
+
+SYDNEY = ZoneInfo("Australia/Sydney")
+MOMENT = datetime(2024, 10, 7, 7, 0, tzinfo=SYDNEY).astimezone(UTC)  # the publication's: 2024-10-06 20:00 UTC
+DUE = {"Pacific/Auckland": datetime(2024, 10, 6, 18, 0, tzinfo=UTC),
+       "Australia/Sydney": datetime(2024, 10, 6, 20, 0, tzinfo=UTC),
+       "Australia/Brisbane": datetime(2024, 10, 6, 21, 0, tzinfo=UTC),
+       "Australia/Perth": datetime(2024, 10, 6, 23, 0, tzinfo=UTC)}
+READERS = {"kiri@example.com": "Pacific/Auckland", "aroha@example.com": "Pacific/Auckland",
+           "syd@example.com": "Australia/Sydney", "home@example.com": None,  # no zone: the publication's
+           "bris@example.com": "Australia/Brisbane", "pia@example.com": "Australia/Perth"}
+
+
+@pytest.fixture
+def local(settings: Settings, workdir: Path) -> Settings:
+    fresh_feed(workdir, MOMENT - timedelta(days=1, hours=2))
+    subscribe(settings, *READERS)
+    with session_factory(settings.database_url)() as s:
+        for sub in s.scalars(select(Subscriber)):
+            set_zone(sub, READERS[sub.email])
+        s.commit()
+    set_keys(workdir, "schedule", local_delivery=True)
+    return reconfigure(workdir, 'if_not_approved = "hold"', 'if_not_approved = "hold"\ncheck_links = false')
+
+
+def sent_to(workdir: Path) -> set[str]:
+    return {m["To"].addresses[0].addr_spec for m in reader_copies(workdir)}
+
+
+def due(zone: str | None) -> datetime:
+    return DUE[zone or "Australia/Sydney"]
+
+
+def test_the_send_job_fires_at_each_zones_moment_and_the_draft_before_the_first(local: Settings) -> None:
+    zones = schedule_zones(local)
+    assert zones == tuple(sorted(DUE))
+    after = MOMENT - timedelta(days=2)
+    assert list(islice(fire_times(send_job_trigger(local, zones), after), 4)) == sorted(DUE.values())
+    assert next(fire_times(draft_trigger(local, zones), after)) == DUE["Pacific/Auckland"] - timedelta(hours=24)
+    for fire in DUE.values():
+        assert send_moment_of(local, fire, zones) == MOMENT
+    # daylight saving per zone: a week earlier Sydney was on standard time, an hour later in UTC than Auckland's
+    # +2 h gap would say, and level with Brisbane
+    week_before = list(islice(fire_times(send_job_trigger(local, zones), after - timedelta(days=7)), 4))
+    assert week_before == [datetime(2024, 9, 29, 18, 0, tzinfo=UTC), datetime(2024, 9, 29, 21, 0, tzinfo=UTC),
+                           datetime(2024, 9, 29, 23, 0, tzinfo=UTC), datetime(2024, 10, 6, 18, 0, tzinfo=UTC)]
+
+
+def test_each_zones_group_is_sent_at_its_moment_by_the_scheduler_jobs(local: Settings, workdir: Path) -> None:
+    config = str(local.path)
+    draft_at = DUE["Pacific/Auckland"] - timedelta(hours=24)
+    with time_machine.travel(draft_at, tick=False):
+        draft_job(config)
+    row = issue_row(local)
+    assert row.status == "draft" and row.send_at == MOMENT, "the draft is for the publication's moment"
+    [notice] = notices(workdir)
+    text = " ".join(text_of(notice).split())
+    assert "the first readers (Pacific/Auckland, 2 readers) get it at Mon 07 Oct 2024 07:00 NZDT (2024-10-06 " \
+           "18:00 UTC)" in text
+    assert "the last (Australia/Perth, 1 reader) at Mon 07 Oct 2024 07:00 AWST (2024-10-06 23:00 UTC)" in text
+    with session_scope(local.database_url) as s:
+        issues.approve(s, by="editor")
+
+    for zone_at in sorted(set(DUE.values())):
+        with time_machine.travel(zone_at - timedelta(minutes=1), tick=False):
+            send_job(config)  # a minute early (a job started by hand): nobody whose moment has not come
+        assert sent_to(workdir) == {a for a, z in READERS.items() if due(z) < zone_at}
+        with time_machine.travel(zone_at, tick=False):
+            send_job(config)
+        assert sent_to(workdir) == {a for a, z in READERS.items() if due(z) <= zone_at}, zone_at
+    assert len(reader_copies(workdir)) == len(READERS), "each reader once"
+    assert issue_row(local).status == "sent"
+    with session_factory(local.database_url)() as s:
+        rows = s.scalars(select(Delivery)).all()
+    # each reader's copy was handed over at 07:00 on the Monday by their own clock
+    for r in rows:
+        zone = ZoneInfo(r.zone or "")
+        assert r.zone == (READERS[r.email] or "Australia/Sydney")
+        assert r.due_at == due(READERS[r.email]) == r.updated_at
+        assert f"{r.updated_at.astimezone(zone):%a %H:%M}" == "Mon 07:00"
+
+
+def test_a_recall_keeps_the_zones_not_yet_due_from_the_issue(local: Settings, workdir: Path) -> None:
+    from digest.schedule.jobs import run_draft
+
+    run_draft(local, send_at=MOMENT, now=DUE["Pacific/Auckland"] - timedelta(hours=24))
+    with session_scope(local.database_url) as s:
+        issues.approve(s, by="editor")
+    auckland = DUE["Pacific/Auckland"]
+    with time_machine.travel(auckland, tick=False):
+        result = run_send(local, send_at=MOMENT, now=auckland)
+    assert result.report is not None and result.report.submitted == 2 and result.report.waiting == 4
+    assert "4 readers wait for their zone's moment (next Mon 07 Oct 2024 07:00 AEDT" in result.message
+    with session_scope(local.database_url) as s:
+        row = issues.get_issue(s, 1)
+        report = recall_waiting(s, row, by="editor", now=auckland + timedelta(minutes=30))
+        assert row.status == IssueStatus.RECALLED
+    assert report.recalled == 4 and [z for z, _, _ in report.zones] == \
+        ["Australia/Sydney", "Australia/Brisbane", "Australia/Perth"]
+    assert "4 readers in 3 zones not yet due recalled" in report.lines()[0]
+    for zone_at in (DUE["Australia/Sydney"], DUE["Australia/Perth"]):
+        with time_machine.travel(zone_at, tick=False):
+            later = run_send(local, send_at=MOMENT, now=zone_at)
+        assert later.action == "nothing" and "recalled" in later.message
+    assert sent_to(workdir) == {"kiri@example.com", "aroha@example.com"}, "nobody after the recall"
+    with session_scope(local.database_url) as s, pytest.raises(DeliveryError, match="recalled"):
+        recall_waiting(s, issues.get_issue(s, 1), by="editor")
