@@ -11,10 +11,12 @@ from functools import cache
 from typing import Protocol
 from zoneinfo import available_timezones
 
+from digest.errors import DigestError
+
 ZONE_MAX = 64  # the column's width; the longest IANA name is 32 characters
 
 
-class InvalidZone(ValueError):
+class InvalidZone(DigestError, ValueError):
     """A value that is not an IANA time zone name; the message says which and gives an example."""
 
 
