@@ -17,6 +17,7 @@ from subscribers.csv_export import export_csv
 from subscribers.csv_import import import_csv
 from subscribers.zones import InvalidZone, parse_zone
 from tests.conftest import run_main
+from tests.test_web_support import app_fixture, client_fixture  # noqa: F401 (fixtures)
 
 
 def test_zone_names_are_iana_names_matched_without_regard_to_case() -> None:
@@ -78,3 +79,47 @@ def test_subscribers_add_takes_a_timezone_and_refuses_a_bad_one(
     with session_factory(settings.database_url)() as s:
         assert lifecycle.find(s, "per@example.com").timezone == "Australia/Perth"
         assert lifecycle.find(s, "bad@example.com") is None, "nothing written for a refused zone"
+
+
+def _reader_page(settings: Settings, email: str = "ann@example.com", zone: str | None = None) -> str:
+    """The path of an active reader's own preferences page (as the link in their email has it)."""
+    from urllib.parse import urlsplit
+
+    from digest.deliver.personalizer import Personalizer
+
+    with session_factory(settings.database_url)() as s:
+        member = lifecycle.subscribe(s, email, list_slug=settings.delivery.list, source="test", confirmed=True)
+        member.subscriber.timezone = zone
+        s.commit()
+        url = Personalizer(settings).preferences_url(member.subscriber_id, member.list_id)
+    return urlsplit(url).path
+
+
+def test_the_preferences_page_offers_the_zones_and_saves_the_chosen_one(client, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_web_support import csrf_from
+
+    path = _reader_page(settings)
+    page = client.get(path)
+    assert page.status_code == 200
+    # no zone saved: the browser's own is chosen by /static/zone.js, the only script the page may run
+    assert 'name="timezone"' in page.text and "data-browser-default" in page.text
+    assert '<option value="" selected>The publication\'s: Australia/Sydney</option>' in page.text
+    assert "<option>Australia/Perth</option>" in page.text and '<script src="/static/zone.js"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/zone.js").status_code == 200
+    assert "script-src 'none'" in client.get("/subscribe").headers["content-security-policy"], "others run none"
+
+    token = csrf_from(page.text)
+    bad = client.post(path, data={"csrf_token": token, "lists": ["weekly"], "timezone": "Mars/Base"})
+    assert bad.status_code == 400 and "timezone &#39;Mars/Base&#39; is not an IANA time zone name" in bad.text
+    with session_factory(settings.database_url)() as s:
+        assert lifecycle.find(s, "ann@example.com").timezone is None, "nothing saved"
+    ok = client.post(path, data={"csrf_token": token, "lists": ["weekly"], "timezone": "Australia/Perth"})
+    assert ok.status_code == 200 and "Saved." in ok.text
+    assert "<option selected>Australia/Perth</option>" in ok.text and "data-browser-default" not in ok.text
+    with session_factory(settings.database_url)() as s:
+        assert lifecycle.find(s, "ann@example.com").timezone == "Australia/Perth"
+    # the first choice gives the reader the publication's zone again
+    client.post(path, data={"csrf_token": token, "lists": ["weekly"], "timezone": ""})
+    with session_factory(settings.database_url)() as s:
+        assert lifecycle.find(s, "ann@example.com").timezone is None
