@@ -30,6 +30,7 @@ from subscribers.models import Subscriber
 from subscribers.zones import set_zone
 from tests.fakes.readers import set_keys
 from tests.test_schedule_jobs import fresh_feed, issue_row, notices, reader_copies, reconfigure, subscribe, text_of
+from tests.test_web_support import app_fixture, client_fixture  # noqa: F401 (fixtures)
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 MOMENT = datetime(2024, 10, 7, 7, 0, tzinfo=SYDNEY).astimezone(UTC)  # the publication's: 2024-10-06 20:00 UTC
@@ -136,3 +137,59 @@ def test_a_recall_keeps_the_zones_not_yet_due_from_the_issue(local: Settings, wo
     assert sent_to(workdir) == {"kiri@example.com", "aroha@example.com"}, "nobody after the recall"
     with session_scope(local.database_url) as s, pytest.raises(DeliveryError, match="recalled"):
         recall_waiting(s, issues.get_issue(s, 1), by="editor")
+
+
+def test_status_schedule_show_and_the_admin_page_give_progress_per_zone(
+        local: Settings, workdir: Path, client, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from rich.console import Console
+
+    from digest.cli.schedule import show
+    from digest.schedule.jobs import run_draft
+    from digest.store import DeliveryEvent
+    from tests.conftest import run_main
+    from tests.test_web_support import login
+
+    out = io.StringIO()
+    show(local, Console(file=out, width=200), now=MOMENT - timedelta(days=2))
+    shown = out.getvalue()
+    assert "local delivery: the next send in each reader's zone (readers), earliest first:" in shown
+    lines = [line.strip() for line in shown.splitlines()]
+    zone_lines = [line for line in lines if line.split(" ")[0] in DUE]
+    assert zone_lines == ["Pacific/Auckland (2): Mon 07 Oct 2024 07:00 NZDT = 2024-10-06 18:00 UTC",
+                          "Australia/Sydney (2): Mon 07 Oct 2024 07:00 AEDT = 2024-10-06 20:00 UTC",
+                          "Australia/Brisbane (1): Mon 07 Oct 2024 07:00 AEST = 2024-10-06 21:00 UTC",
+                          "Australia/Perth (1): Mon 07 Oct 2024 07:00 AWST = 2024-10-06 23:00 UTC"]
+    assert "next draft: Sun 06 Oct 2024 05:00 AEDT = 2024-10-05 18:00 UTC" in lines, "24 h before Auckland's"
+    assert "the review window closes at the first: Mon 07 Oct 2024 05:00 AEDT = 2024-10-06 18:00 UTC" in lines
+
+    run_draft(local, send_at=MOMENT, now=DUE["Pacific/Auckland"] - timedelta(hours=24))
+    with session_scope(local.database_url) as s:
+        issues.approve(s, by="editor")
+    with time_machine.travel(DUE["Pacific/Auckland"], tick=False):
+        run_send(local, send_at=MOMENT, now=DUE["Pacific/Auckland"])
+    with session_scope(local.database_url) as s:  # the provider says one Auckland copy arrived
+        kiri = s.scalar(select(Delivery).where(Delivery.email == "kiri@example.com"))
+        assert kiri is not None
+        s.add(DeliveryEvent(provider_event_id="ev-1", issue_id=kiri.issue_id, subscriber_id=kiri.subscriber_id,
+                            kind="delivered", at=DUE["Pacific/Auckland"] + timedelta(minutes=2), payload={}))
+
+    monkeypatch.setenv("COLUMNS", "250")
+    with time_machine.travel(DUE["Pacific/Auckland"] + timedelta(minutes=5), tick=False):
+        code, text = run_main(monkeypatch, capsys, "status", "--config", str(local.path))
+    assert code == 0, text
+    assert "#1 by time zone (local delivery):" in text
+    assert ("Pacific/Auckland: due Mon 07 Oct 07:00 NZDT = 2024-10-06 18:00 UTC; "
+            "2 readers: 2 submitted, 0 scheduled; out 2024-10-06 18:00 UTC; delivered 1 (last 2024-10-06 18:02 UTC)"
+            ) in text, text
+    assert ("Australia/Perth: due Mon 07 Oct 07:00 AWST = 2024-10-06 23:00 UTC; 1 reader: 0 submitted, "
+            "1 scheduled, 1 queued; delivered 0") in text, text
+
+    login(client)
+    page = client.get("/admin/issues")
+    assert page.status_code == 200 and "Issue #1 by time zone" in page.text
+    rows = page.text.split('<table class="figures zones">')[1].split("</table>")[0].split("<tr>")[2:]
+    assert [r.split("</th>")[0].split(">")[-1] for r in rows] == list(DUE)
+    assert "Mon 07 Oct 07:00 NZDT" in rows[0] and "Mon 07 Oct 07:00 AWST" in rows[3]

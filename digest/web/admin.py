@@ -29,7 +29,7 @@ from digest.errors import DigestError, NotFound
 from digest.issue_queries import deliveries_to
 from digest.issue_status import IssueStatus, sources
 from digest.issues import get_issue
-from digest.reports import issue_figures
+from digest.reports import issue_figures, zone_progress
 from digest.sources.categories import known_categories
 from digest.store import User
 from digest.web.auth import require_admin, require_user
@@ -101,7 +101,9 @@ def lists(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response
 
 @router.get("/issues")
 def figures(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
-    return render(request, "admin/issues.html", {"figures": issue_figures(db), "recallable": RECALLABLE})
+    figures = issue_figures(db)
+    zones = zone_progress(db, [f["issue"] for f in figures[:3]])  # local delivery: the newest issues by zone
+    return render(request, "admin/issues.html", {"figures": figures, "recallable": RECALLABLE, "zones": zones})
 
 
 # -- recall: cancel an issue's scheduled SendGrid batches (digest.deliver.batches) --------------------
