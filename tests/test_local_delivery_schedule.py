@@ -193,3 +193,28 @@ def test_status_schedule_show_and_the_admin_page_give_progress_per_zone(
     rows = page.text.split('<table class="figures zones">')[1].split("</table>")[0].split("<tr>")[2:]
     assert [r.split("</th>")[0].split(">")[-1] for r in rows] == list(DUE)
     assert "Mon 07 Oct 07:00 NZDT" in rows[0] and "Mon 07 Oct 07:00 AWST" in rows[3]
+
+
+def test_the_admin_recalls_the_zones_not_yet_due_on_the_web(local: Settings, workdir: Path, client) -> None:  # type: ignore[no-untyped-def]
+    from digest.schedule.jobs import run_draft
+    from tests.test_web_support import csrf_from, login
+
+    run_draft(local, send_at=MOMENT, now=DUE["Pacific/Auckland"] - timedelta(hours=24))
+    with session_scope(local.database_url) as s:
+        issues.approve(s, by="editor")
+    with time_machine.travel(DUE["Australia/Sydney"], tick=False):  # Auckland and Sydney are due
+        run_send(local, send_at=MOMENT, now=DUE["Australia/Sydney"])
+    client.app.state.settings = local  # the app as configured for local delivery
+    with time_machine.travel(DUE["Australia/Sydney"] + timedelta(minutes=10), tick=True):
+        login(client)  # on the moved clock: a session signed in the future is not one
+        page = client.get("/admin/issues/1/recall")
+        assert page.status_code == 200
+        waiting = page.text.split('<ul id="waiting-zones">')[1].split("</ul>")[0]
+        assert "Australia/Brisbane: 1 reader(s), due 2024-10-06 21:00 UTC" in waiting
+        assert "Australia/Perth: 1 reader(s), due 2024-10-06 23:00 UTC" in waiting and "Sydney" not in waiting
+        done = client.post("/admin/issues/1/recall", data={"csrf_token": csrf_from(page.text), "confirm": "yes"})
+    assert done.status_code == 200 and "2 readers in 2 zones not yet due recalled" in done.text
+    assert issue_row(local).status == "recalled"
+    with time_machine.travel(DUE["Australia/Perth"], tick=False):
+        run_send(local, send_at=MOMENT, now=DUE["Australia/Perth"])
+    assert sent_to(workdir) == {a for a, z in READERS.items() if due(z) <= DUE["Australia/Sydney"]}

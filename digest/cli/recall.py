@@ -25,10 +25,9 @@ def recall(issue: Annotated[int, typer.Argument(help="Issue number.")],
     from digest.store import session_scope
 
     settings = settings_for(config)
-    if settings.schedule.local_delivery and (settings.delivery.transport != "sendgrid"
-                                             or not settings.delivery.sendgrid.schedule_ahead_minutes):
-        from digest.deliver.zones import recall_waiting
+    from digest.deliver.zones import recall_waiting, zone_by_zone
 
+    if zone_by_zone(settings):
         with session_scope(settings.database_url) as session:
             zoned = recall_waiting(session, get_issue(session, issue), by=by or f"cli:{getpass.getuser()}")
         first, *lines = zoned.lines()

@@ -12,12 +12,25 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from digest.config import Settings
 from digest.deliver.ledger import SUBMITTED, counts, note_waiting, waiting_zones
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus, move
 from digest.locks import sender_of
 from digest.store import IssueRow, utcnow
 from digest.wording import plural
+
+
+def zone_by_zone(settings: Settings) -> bool:
+    """Local delivery sent at each zone's moment by the scheduler (not scheduled ahead at SendGrid): a recall
+    keeps back the zones not yet due instead of cancelling provider batches."""
+    sg = settings.delivery
+    return settings.schedule.local_delivery and (sg.transport != "sendgrid" or not sg.sendgrid.schedule_ahead_minutes)
+
+
+def recall_preview(session: Session, issue_id: int, now: datetime | None = None) -> list[tuple[str, datetime, int]]:
+    """What a recall would keep back now: (zone, moment, readers) still waiting, earliest first."""
+    return waiting_zones(session, issue_id, now or utcnow())
 
 
 @dataclass
