@@ -288,6 +288,9 @@ def _print_send(outcome) -> None:  # type: ignore[no-untyped-def]
     console.print(f"  submitted {r.submitted}, failed {r.failed}, skipped {r.skipped}, "
                   f"already sent earlier {r.already}, unknown {r.unknown}; HTML {row.html_bytes / 1024:.1f} KB; "
                   f"{plural(outcome.editions, 'edition')} rendered; status {row.status}")
+    if r.waiting and r.next_due is not None:  # local delivery: the scheduler sends them at their moment
+        console.print(f"  {plural(r.waiting, 'reader')} wait for their zone's moment (next "
+                      f"{r.next_due:%Y-%m-%d %H:%M} UTC): `digest schedule` sends each zone then", highlight=False)
     for e in r.errors:
         err.print(f"[red]error:[/] {e}")
 
