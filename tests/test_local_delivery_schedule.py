@@ -218,3 +218,53 @@ def test_the_admin_recalls_the_zones_not_yet_due_on_the_web(local: Settings, wor
     with time_machine.travel(DUE["Australia/Perth"], tick=False):
         run_send(local, send_at=MOMENT, now=DUE["Australia/Perth"])
     assert sent_to(workdir) == {a for a, z in READERS.items() if due(z) <= DUE["Australia/Sydney"]}
+
+
+@pytest.mark.slow
+def test_the_real_scheduler_sends_each_zone_at_its_moment_and_keeps_its_zones_across_a_restart(
+        local: Settings, workdir: Path) -> None:
+    from digest.schedule.jobs import SEND_JOB, run_draft
+    from digest.schedule.runner import build_scheduler, ensure_jobs, stored_jobs
+    from tests.test_schedule_scheduler import Running, wait_for
+
+    run_draft(local, send_at=MOMENT, now=DUE["Pacific/Auckland"] - timedelta(hours=24))
+    with session_scope(local.database_url) as s:
+        issues.approve(s, by="editor")
+    kiwis = {a for a, z in READERS.items() if z == "Pacific/Auckland"}
+    with time_machine.travel(DUE["Pacific/Auckland"] - timedelta(seconds=2), tick=True):
+        first = Running(local)
+        try:
+            wait_for(lambda: first.events[(SEND_JOB, "ran")] == 1)
+        finally:
+            first.stop()
+    assert sent_to(workdir) == kiwis, "Auckland's group at its moment, nobody else"
+    assert stored_jobs(local)[SEND_JOB] == DUE["Australia/Sydney"], "the stored job fires next at Sydney's"
+
+    # back 30 minutes after Sydney's moment (within the grace time): the stored job, unchanged, runs once
+    with time_machine.travel(DUE["Australia/Sydney"] + timedelta(minutes=30), tick=True):
+        second = Running(local)
+        try:
+            assert any("send: the run due" in line and "runs once now" in line for line in second.lines), second.lines
+            wait_for(lambda: second.events[(SEND_JOB, "ran")] == 1)
+        finally:
+            second.stop()
+    assert sent_to(workdir) == {a for a, z in READERS.items() if due(z) <= DUE["Australia/Sydney"]}
+    assert issue_row(local).status == "sending", "Brisbane and Perth still wait"
+
+    # a reader in a zone the jobs do not fire for yet: the jobs are replaced with it (the running scheduler
+    # does this at each heartbeat)
+    with session_factory(local.database_url)() as s:
+        from subscribers import lifecycle
+
+        member = lifecycle.subscribe(s, "tokyo@example.com", list_slug=local.delivery.list, source="test",
+                                     confirmed=True)
+        set_zone(member.subscriber, "Asia/Tokyo")
+        s.commit()
+    scheduler = build_scheduler(local)
+    scheduler.start(paused=True)
+    try:
+        lines = ensure_jobs(scheduler, local, str(local.path))
+        assert "send: schedule changed since the last run; job replaced" in lines
+        assert "Asia/Tokyo" in repr(scheduler.get_job(SEND_JOB).trigger)
+    finally:
+        scheduler.shutdown(wait=False)
