@@ -18,7 +18,7 @@ import time_machine
 from sqlalchemy import select
 
 from digest import issues
-from digest.config import Settings
+from digest.config import Settings, load_settings
 from digest.deliver.zones import recall_waiting
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus
@@ -76,6 +76,13 @@ def test_the_send_job_fires_at_each_zones_moment_and_the_draft_before_the_first(
     week_before = list(islice(fire_times(send_job_trigger(local, zones), after - timedelta(days=7)), 4))
     assert week_before == [datetime(2024, 9, 29, 18, 0, tzinfo=UTC), datetime(2024, 9, 29, 21, 0, tzinfo=UTC),
                            datetime(2024, 9, 29, 23, 0, tzinfo=UTC), datetime(2024, 10, 6, 18, 0, tzinfo=UTC)]
+    # SendGrid's scheduled batches: one pass, schedule_ahead_minutes + 30 min before the first zone's moment
+    set_keys(local.path.parent, "delivery", transport="sendgrid")
+    sendgrid = load_settings(local.path)
+    lead = timedelta(minutes=15 + 30)
+    assert list(islice(fire_times(send_job_trigger(sendgrid, zones), after), 2)) == \
+        [DUE["Pacific/Auckland"] - lead, DUE["Pacific/Auckland"] + timedelta(days=7) - lead]
+    assert send_moment_of(sendgrid, DUE["Pacific/Auckland"] - lead + lead, zones) == MOMENT
 
 
 def test_each_zones_group_is_sent_at_its_moment_by_the_scheduler_jobs(local: Settings, workdir: Path) -> None:
