@@ -304,6 +304,11 @@ class Schedule(_Table):
     editors: tuple[Email, ...] = Field(default=(), description="Who is mailed the draft to review.")
     check_links: bool = Field(
         default=True, description="Scheduled drafts check every link (false where the host has no outbound HTTP).")
+    local_delivery: bool = Field(
+        default=False,
+        description="Each reader gets the issue at the send's local clock time in their own time zone (a reader "
+                    "without one: publication.timezone); the draft is built review_hours before the earliest zone's "
+                    "moment.")
     lock_expiry_seconds: int = Field(
         default=120, ge=30,
         description="A scheduler silent this long is taken for dead and its lock can be taken over (shorter would "

@@ -9,10 +9,11 @@ triggers by class path (`digest.moments.SendTrigger`): renaming them orphans the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import islice
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -72,11 +73,95 @@ def send_trigger(settings: Settings) -> SendTrigger:
         raise ConfigError(f"{settings.path}: schedule.day_of_week {sc.day_of_week!r} is not valid: {e}") from None
 
 
+def zone_moment(moment: datetime, home: tzinfo, zone: tzinfo) -> datetime:
+    """Local delivery: `moment`'s clock time in `home` (its date, hour and minute) read in `zone`, in UTC.
+
+    Mon 07:00 in Sydney is Mon 07:00 in Perth (3 h later) and in Auckland (2 h earlier); each zone's own
+    daylight saving decides its offset that day, so Sydney and Brisbane differ by an hour only in summer. A
+    clock time that a spring change skips in `zone` does not exist there: zoneinfo reads it with the offset
+    before the change (PEP 495, fold=0), so it comes an hour later by that clock (02:30 -> 03:30), as
+    SendTrigger does; one an autumn change repeats is its first occurrence, so nobody gets it twice.
+    """
+    wall = moment.astimezone(home).replace(tzinfo=None, fold=0)
+    return wall.replace(tzinfo=zone).astimezone(UTC)
+
+
+#: zone offsets span UTC-12 to UTC+14, so a clock time is read within 26 h either side of the home zone's
+ZONE_SPREAD = timedelta(hours=27)
+
+
+def zone_moments(settings: Settings, moment: datetime, zones: Iterable[str | None]) -> dict[str, datetime]:
+    """Each zone's moment for the send `moment` (None: the publication's zone), earliest first."""
+    home = settings.publication.tz
+    out = {}
+    for name in zones:
+        name = name or settings.publication.timezone
+        out[name] = zone_moment(moment, home, ZoneInfo(name))
+    return dict(sorted(out.items(), key=lambda kv: (kv[1], kv[0])))
+
+
+class LocalSendTrigger(BaseTrigger):
+    """Local delivery's send job: it fires at every zone's moment of every send moment (or, `first_only`,
+    at the earliest zone's). The zones are the readers' (`digest.schedule.runner` keeps them current); a
+    reader whose zone is missing here is still sent at the next fire after their moment, as the send claims
+    every reader whose moment has come."""
+
+    def __init__(self, send: SendTrigger, zones: Iterable[str], first_only: bool = False) -> None:
+        self.send = send
+        self.zones = tuple(sorted(set(zones) | {str(send.cron.timezone)}))
+        self.first_only = first_only
+
+    def fires_for(self, moment: datetime) -> list[datetime]:
+        home = self.send.cron.timezone
+        fires = sorted({zone_moment(moment, home, ZoneInfo(z)) for z in self.zones})
+        return fires[:1] if self.first_only else fires
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        after = previous_fire_time.astimezone(UTC) if previous_fire_time is not None else None
+        now = now.astimezone(UTC)
+        best: datetime | None = None
+        for moment in islice(fire_times(self.send, now - ZONE_SPREAD), 1000):
+            if best is not None and moment - ZONE_SPREAD > best:
+                break
+            for fire in self.fires_for(moment):
+                if fire >= now and (after is None or fire > after) and (best is None or fire < best):
+                    best = fire
+        return best
+
+    def moment_of(self, fire: datetime) -> datetime | None:
+        """The send moment (the publication's) that `fire` is a zone's moment of."""
+        fire = fire.astimezone(UTC)
+        for moment in islice(fire_times(self.send, fire - ZONE_SPREAD), 1000):
+            if moment - ZONE_SPREAD > fire:
+                break
+            if fire in self.fires_for(moment):
+                return moment
+        return None
+
+    def __str__(self) -> str:
+        return f"local[{'first of ' if self.first_only else ''}{', '.join(self.zones)} at {self.send}]"
+
+    def __repr__(self) -> str:
+        return f"<LocalSendTrigger (zones={self.zones!r}, first_only={self.first_only}, send={self.send!r})>"
+
+
+def local_delivery(settings: Settings) -> bool:
+    return settings.schedule.local_delivery
+
+
+def send_moment_of(settings: Settings, fire: datetime, zones: Iterable[str] = ()) -> datetime:
+    """The send moment a job that fired at `fire` (shifted back by its lead or review) is for: `fire` itself,
+    or with local delivery the publication's moment whose zone moment `fire` is."""
+    if not local_delivery(settings):
+        return fire
+    return LocalSendTrigger(send_trigger(settings), zones).moment_of(fire) or fire
+
+
 class ReviewTrigger(BaseTrigger):
     """The send trigger moved earlier by `hours` of elapsed time: the editors get exactly `review_hours`
     to review, also when a daylight-saving change falls between the draft and the send."""
 
-    def __init__(self, send: SendTrigger, hours: int) -> None:
+    def __init__(self, send: BaseTrigger, hours: int) -> None:
         self.send = send
         self.hours = hours
 
@@ -97,9 +182,10 @@ class ReviewTrigger(BaseTrigger):
         return f"<ReviewTrigger (hours={self.hours}, send={self.send!r})>"
 
 
-def draft_trigger(settings: Settings) -> ReviewTrigger:
+def draft_trigger(settings: Settings, zones: Iterable[str] = ()) -> ReviewTrigger:
     """The draft moments. The review window must be shorter than the shortest gap between two sends, or a
-    draft would be built (and an approval dropped) before the previous send had gone out."""
+    draft would be built (and an approval dropped) before the previous send had gone out. With local
+    delivery the window closes at the earliest zone's moment (`zones`: the readers')."""
     send = send_trigger(settings)
     hours = settings.schedule.review_hours
     fires = list(islice(fire_times(send, datetime(2024, 1, 1, tzinfo=UTC)), 60))
@@ -107,6 +193,8 @@ def draft_trigger(settings: Settings) -> ReviewTrigger:
     if not 1 <= hours < gap.total_seconds() / 3600:
         raise ConfigError(f"{settings.path}: schedule.review_hours must be at least 1 and less than the "
                           f"{gap.total_seconds() / 3600:.0f} h between two sends, not {hours}")
+    if local_delivery(settings):
+        return ReviewTrigger(LocalSendTrigger(send, zones, first_only=True), hours)
     return ReviewTrigger(send, hours)
 
 
@@ -115,7 +203,7 @@ class SendEarlyTrigger(ReviewTrigger):
     moment, so the whole list is handed over ahead and every reader gets the issue at the moment itself,
     not spread over the minutes the send takes."""
 
-    def __init__(self, send: SendTrigger, lead: timedelta) -> None:
+    def __init__(self, send: BaseTrigger, lead: timedelta) -> None:
         super().__init__(send, 0)
         self.lead = lead
 
@@ -143,10 +231,31 @@ def send_lead(settings: Settings) -> timedelta:
     return timedelta(minutes=sg.schedule_ahead_minutes) + SEND_LEAD_EXTRA
 
 
-def send_job_trigger(settings: Settings) -> BaseTrigger:
-    """When the send job runs: at the send moment, or `send_lead` before it."""
+def send_job_trigger(settings: Settings, zones: Iterable[str] = ()) -> BaseTrigger:
+    """When the send job runs: at the send moment, or `send_lead` before it. With local delivery: at each
+    zone's moment (each zone's group is sent at its own), or with SendGrid's scheduled batches once,
+    `send_lead` before the earliest zone's moment (one pass schedules every reader at their own send_at)."""
     lead = send_lead(settings)
-    return SendEarlyTrigger(send_trigger(settings), lead) if lead else send_trigger(settings)
+    send: BaseTrigger = send_trigger(settings)
+    if local_delivery(settings):
+        send = LocalSendTrigger(send_trigger(settings), zones, first_only=bool(lead))
+    return SendEarlyTrigger(send, lead) if lead else send
+
+
+#: a send started by hand this long (beyond the zones' spread and send_lead) before its moment goes to everyone
+#: at once, as without local delivery: the editor chose "now", not "at the issue's moment"
+LOCAL_WINDOW_MARGIN = timedelta(hours=1)
+
+
+def local_home(settings: Settings, send_at: datetime | None, now: datetime) -> str | None:
+    """The publication's zone when a send starting `now` for the moment `send_at` is delivered at each
+    reader's local moment; None when it goes to everyone at once (local delivery off, no send moment, or a
+    send started by hand well before the moment)."""
+    if not local_delivery(settings) or send_at is None:
+        return None
+    if now < send_at - ZONE_SPREAD - send_lead(settings) - LOCAL_WINDOW_MARGIN:
+        return None
+    return settings.publication.timezone
 
 
 def send_grace(settings: Settings) -> int:
@@ -191,11 +300,13 @@ class Moments:
     review_from: datetime  # when the draft for that next send is (or was) built
 
 
-def next_moments(settings: Settings, now: datetime | None = None) -> Moments:
+def next_moments(settings: Settings, now: datetime | None = None, zones: Iterable[str] = ()) -> Moments:
     now = now or utcnow()
+    zones = tuple(zones)
     send_at = next_send_at(settings, now)
-    draft_at = next(fire_times(draft_trigger(settings), now))
-    return Moments(draft_at, send_at, send_at - timedelta(hours=settings.schedule.review_hours))
+    draft_at = next(fire_times(draft_trigger(settings, zones), now))
+    first = min(zone_moments(settings, send_at, zones or [None]).values()) if local_delivery(settings) else send_at
+    return Moments(draft_at, send_at, first - timedelta(hours=settings.schedule.review_hours))
 
 
 def describe(settings: Settings, moment: datetime) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -64,6 +65,72 @@ def issue_figures(session: Session, limit: int = 52) -> list[dict[str, Any]]:
             "recalled_at": i.recalled_at, "recalled_by": i.recalled_by,
         })
     return rows
+
+
+@dataclass
+class ZoneProgress:
+    """Local delivery: one zone's group of an issue. `due_at` is the zone's moment; `scheduled` readers are
+    held for it (queued for the scheduler, or submitted to SendGrid with a send_at still ahead); `out_at` is
+    when their copies were (or are to be) handed to the reader's mail server: the send_at, else when the
+    transport took them; `delivered` readers have a delivered event, the last at `delivered_at`."""
+
+    zone: str
+    due_at: datetime | None
+    readers: int = 0
+    queued: int = 0
+    submitted: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unknown: int = 0
+    scheduled: int = 0
+    out_at: datetime | None = None
+    delivered: int = 0
+    delivered_at: datetime | None = None
+
+    @property
+    def due_there(self) -> str:
+        """The zone's moment by its own clock ("Mon 07 Oct 07:00 NZDT")."""
+        if self.due_at is None:
+            return ""
+        local = self.due_at.astimezone(ZoneInfo(self.zone))
+        return f"{local:%a %d %b %H:%M} {local.tzname()}"
+
+
+def zone_progress(session: Session, numbers: list[int], now: datetime | None = None) -> dict[int, list[ZoneProgress]]:
+    """Per issue number, its zones' progress (earliest moment first); an issue sent without local delivery
+    has none."""
+    now = now or utcnow()
+    ids = {i: n for i, n in session.execute(select(IssueRow.id, IssueRow.number).where(IssueRow.number.in_(numbers)))}
+    groups: dict[tuple[int, str], ZoneProgress] = {}
+    for issue_id, zone, due_at, status, n, ahead, out_at in session.execute(
+            select(Delivery.issue_id, Delivery.zone, Delivery.due_at, Delivery.status, func.count(),
+                   func.sum(case((Delivery.send_at > now, 1), else_=0)),
+                   func.max(func.coalesce(Delivery.send_at, Delivery.updated_at)))
+            .where(Delivery.issue_id.in_(list(ids)), Delivery.zone.is_not(None))
+            .group_by(Delivery.issue_id, Delivery.zone, Delivery.due_at, Delivery.status)):
+        g = groups.setdefault((issue_id, zone or ""), ZoneProgress(zone or "", due_at))
+        g.readers += n
+        name = LEDGER.get(status, status)
+        setattr(g, name, getattr(g, name, 0) + n)
+        if status == "queued":
+            g.scheduled += n if due_at is not None and due_at > now else 0
+        if status == "submitted":
+            g.scheduled += int(ahead or 0)
+            g.out_at = out_at if g.out_at is None or (out_at and out_at > g.out_at) else g.out_at
+    for issue_id, zone, n, last in session.execute(
+            select(Delivery.issue_id, Delivery.zone, func.count(func.distinct(DeliveryEvent.subscriber_id)),
+                   func.max(DeliveryEvent.at))
+            .join(DeliveryEvent, (DeliveryEvent.issue_id == Delivery.issue_id)
+                  & (DeliveryEvent.subscriber_id == Delivery.subscriber_id))
+            .where(Delivery.issue_id.in_(list(ids)), Delivery.zone.is_not(None), DeliveryEvent.kind == "delivered")
+            .group_by(Delivery.issue_id, Delivery.zone)):
+        group = groups.get((issue_id, zone or ""))
+        if group is not None:
+            group.delivered, group.delivered_at = n, last
+    out: dict[int, list[ZoneProgress]] = {}
+    for (issue_id, _), g in sorted(groups.items(), key=lambda kv: (kv[1].due_at or now, kv[1].zone)):
+        out.setdefault(ids[issue_id], []).append(g)
+    return out
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,10 @@ class Delivery(Base):
     # goes out: a request of unknown fate can then be cancelled, and a scheduled issue recalled
     provider_batch: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # local delivery ([schedule] local_delivery): the reader's zone at the snapshot and the moment their copy
+    # is due there (the send moment's local clock time in that zone); NULL: due with the issue
+    zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class DeliveryEvent(Base):

@@ -49,13 +49,13 @@ def export_csv(session: Session, out: TextIO, *, list_slug: str | None = None, s
         chosen = select(Subscriber.id).join(Membership, Membership.subscriber_id == Subscriber.id).where(*conditions)
         total = session.scalar(select(func.count()).select_from(chosen.distinct().subquery())) or 0
         q = (select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.categories, Subscriber.created_at,
-                    Subscriber.attributes, MailingList.slug, Membership.status)
+                    Subscriber.attributes, Subscriber.timezone, MailingList.slug, Membership.status)
              .join(Membership, Membership.subscriber_id == Subscriber.id)
              .join(MailingList, MailingList.id == Membership.list_id).where(*conditions))
     else:
         total = session.scalar(select(func.count(Subscriber.id))) or 0
         q = (select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.categories, Subscriber.created_at,
-                    Subscriber.attributes, MailingList.slug, Membership.status)
+                    Subscriber.attributes, Subscriber.timezone, MailingList.slug, Membership.status)
              .outerjoin(Membership, Membership.subscriber_id == Subscriber.id)
              .outerjoin(MailingList, MailingList.id == Membership.list_id))
     q = q.order_by(Subscriber.id, MailingList.slug).execution_options(yield_per=5000)
@@ -68,19 +68,19 @@ def export_csv(session: Session, out: TextIO, *, list_slug: str | None = None, s
         nonlocal written
         if current is None:
             return
-        _, email, name, cats, created, attrs = current
+        _, email, name, cats, created, attrs, zone = current
         attrs = attrs or {}
         writer.writerow(safe_row([email, name, ";".join(memberships), " / ".join(cats or []),
-                                  created.isoformat() if created else "",
+                                  created.isoformat() if created else "", zone or "",
                                   *(_cell(attrs[k]) if k in attrs else "" for k in attribute_keys)]))
         written += 1
         if progress and written % 5000 == 0:
             progress(written, total)
 
-    for sid, email, name, cats, created, attrs, slug, mstatus in session.execute(q):
+    for sid, email, name, cats, created, attrs, zone, slug, mstatus in session.execute(q):
         if current is None or current[0] != sid:
             flush()
-            current, memberships = [sid, email, name, cats, created, attrs], []
+            current, memberships = [sid, email, name, cats, created, attrs, zone], []
         if slug is not None:
             memberships.append(f"{slug}:{mstatus}")
     flush()

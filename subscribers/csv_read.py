@@ -26,7 +26,7 @@ from digest.errors import DigestError
 from subscribers.csv_safe import restore
 
 #: the known columns, in the order export writes them; any other column is an attribute
-COLUMNS = ("email", "name", "lists", "categories", "created_at")
+COLUMNS = ("email", "name", "lists", "categories", "created_at", "timezone")
 ALIASES = {"e-mail": "email", "email address": "email", "email_address": "email", "e-mail address": "email",
            "mail": "email"}
 _DELIMITERS = (",", ";", "\t")
@@ -112,6 +112,7 @@ class Layout:
     created_at: int | None
     attributes: list[tuple[int, str]]
     ignored: list[int]
+    timezone: int | None = None  # the reader's IANA time zone (local delivery)
 
 
 def _layout(header: list[str], path: Path) -> Layout:
@@ -135,7 +136,7 @@ def _layout(header: list[str], path: Path) -> Layout:
     if "email" not in known:
         raise CSVError(f"{path}: the header has no `email` column (it has: {', '.join(n for n in names if n)})")
     return Layout(names, known["email"], known.get("name"), known.get("lists"), known.get("categories"),
-                   known.get("created_at"), attributes, ignored)
+                   known.get("created_at"), attributes, ignored, known.get("timezone"))
 
 
 def _delimiter(header_line: str) -> str:

@@ -19,6 +19,7 @@ from subscribers.csv_read import Layout, RowRejected
 from subscribers.lifecycle import InvalidEmail
 from subscribers.models import MembershipStatus
 from subscribers.names import NAME_MAX, clean_name
+from subscribers.zones import InvalidZone, parse_zone
 
 _LIST_SPLIT = re.compile(r"[;|,]")
 _CATEGORY_SPLIT = re.compile(r"[/;|]")
@@ -75,9 +76,13 @@ class RowParser:
         plan = self._plan(fields[lay.lists]) if lay.lists is not None else 0
         cats = self._categories(fields[lay.categories]) if lay.categories is not None else None
         created = self._created(fields[lay.created_at]) if lay.created_at is not None else None
+        try:
+            zone = parse_zone(fields[lay.timezone]) if lay.timezone is not None else None
+        except InvalidZone as e:
+            raise RowRejected(str(e)) from None
         return (row, line, address.email, address.key, name, self._attributes(fields),
                 self._empty if cats is None else self.convert_json(cats), cats is not None, plan, created,
-                staging.pack(fields), address.hash if self.hash_keys else None)
+                staging.pack(fields), address.hash if self.hash_keys else None, zone)
 
     def _attributes(self, fields: list[str]) -> Any:
         """The row's non-empty attribute cells as the database stores them (the same cells, once)."""

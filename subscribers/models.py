@@ -63,6 +63,8 @@ class Subscriber(Base):
     name: Mapped[str] = mapped_column(String(255), default="")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     categories: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: the reader's IANA time zone (validated at every door, `subscribers.zones`); NULL: the publication's
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(

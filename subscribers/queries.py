@@ -109,3 +109,12 @@ def list_choices(session: Session, subscriber_id: int) -> list[tuple[MailingList
                                     .where(Membership.subscriber_id == subscriber_id)).all())
     return [(mlist, statuses.get(mlist.id))
             for mlist in session.scalars(select(MailingList).order_by(MailingList.name))]
+
+
+def active_zones(session: Session, list_slug: str) -> dict[str | None, int]:
+    """How many active readers of the list are in each time zone (None: no zone of their own)."""
+    return {zone: n for zone, n in session.execute(
+        select(Subscriber.timezone, func.count()).join(Membership, Membership.subscriber_id == Subscriber.id)
+        .join(MailingList, MailingList.id == Membership.list_id)
+        .where(MailingList.slug == list_slug, Membership.status == MembershipStatus.ACTIVE)
+        .group_by(Subscriber.timezone))}

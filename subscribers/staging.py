@@ -65,6 +65,7 @@ def _row_columns() -> list[Column[Any]]:
         Column("created_at", UTCDateTime, nullable=True),
         Column("fields", Text, nullable=False),  # the record as read (see `pack`), for the rejects report
         Column("email_hash", String(64), nullable=True),  # only when there are suppressions to check
+        Column("timezone", String(64), nullable=True),  # an IANA name (checked by the parser), or not given
     ]
 
 
@@ -292,11 +293,11 @@ class Writer:
         now = utcnow()
         stamp = literal(now, UTCDateTime())
         rows = (select(ordered.c.email, ordered.c.email_key, ordered.c.name, ordered.c.attributes, ordered.c.categories,
-                       func.coalesce(ordered.c.created_at, stamp))
+                       func.coalesce(ordered.c.created_at, stamp), ordered.c.timezone)
                 .where(condition).order_by(ordered.c.email_key))
         new_ids = list(session.scalars(
             dialect_insert(self.dialect, cast(Table, Subscriber.__table__))
-            .from_select(["email", "email_key", "name", "attributes", "categories", "created_at"], rows)
+            .from_select(["email", "email_key", "name", "attributes", "categories", "created_at", "timezone"], rows)
             .on_conflict_do_nothing(index_elements=["email_key"]).returning(Subscriber.id)))
         report.added += len(new_ids)
         is_new: ColumnElement[bool] = false()
@@ -321,8 +322,8 @@ class Writer:
         session = self.session
         known = session.execute(
             select(ordered.c.file_row, ordered.c.file_line, ordered.c.name, ordered.c.attributes, ordered.c.categories,
-                   ordered.c.categories_given, ordered.c.plan, ordered.c.fields,
-                   Subscriber.id, Subscriber.name, Subscriber.attributes, Subscriber.categories)
+                   ordered.c.categories_given, ordered.c.plan, ordered.c.fields, ordered.c.timezone,
+                   Subscriber.id, Subscriber.name, Subscriber.attributes, Subscriber.categories, Subscriber.timezone)
             .select_from(STORED).where(condition, ~is_new)
             .execution_options(yield_per=2000))
         updates: list[dict[str, Any]] = []
@@ -331,8 +332,11 @@ class Writer:
             members = {(sid, lid): (mid, status) for mid, sid, lid, status in session.execute(
                 select(Membership.id, Membership.subscriber_id, Membership.list_id, Membership.status)
                 .where(among(self.dialect, Membership.subscriber_id, [k.id for k in part])))}
-            for row, line, name, given, cats, cats_given, plan, fields, sid, old_name, attrs, old_cats in part:
+            for (row, line, name, given, cats, cats_given, plan, fields, zone, sid, old_name, attrs, old_cats,
+                 old_zone) in part:
                 change: dict[str, Any] = {}
+                if zone and zone != old_zone:  # an empty cell keeps the reader's zone
+                    change["timezone"] = zone
                 if name and name != old_name:
                     change["name"] = name
                 if given and {**attrs, **given} != attrs:

@@ -248,6 +248,17 @@ def send(config: ConfigOpt = None,
         raise typer.Exit(1)
 
 
+def _zone_line(z) -> str:  # type: ignore[no-untyped-def]
+    """One zone's progress (digest.reports.ZoneProgress) in a line: its moment there and in UTC, then counts."""
+    due = f"{z.due_there} = {z.due_at:%Y-%m-%d %H:%M} UTC" if z.due_at else "?"
+    parts = [f"{z.submitted} submitted", f"{z.scheduled} scheduled"]
+    parts += [f"{getattr(z, k)} {k}" for k in ("queued", "failed", "skipped", "unknown") if getattr(z, k)]
+    out = f"; out {z.out_at:%Y-%m-%d %H:%M} UTC" if z.out_at else ""
+    delivered = f"; delivered {z.delivered}" + (f" (last {z.delivered_at:%Y-%m-%d %H:%M} UTC)"
+                                                if z.delivered_at else "")
+    return f"{z.zone}: due {due}; {plural(z.readers, 'reader')}: {', '.join(parts)}{out}{delivered}"
+
+
 def _dry_run(settings: Settings) -> None:
     from digest.issues import build_draft, current_issue, issue_of, recipients
     from digest.store import session_factory
@@ -277,6 +288,9 @@ def _print_send(outcome) -> None:  # type: ignore[no-untyped-def]
     console.print(f"  submitted {r.submitted}, failed {r.failed}, skipped {r.skipped}, "
                   f"already sent earlier {r.already}, unknown {r.unknown}; HTML {row.html_bytes / 1024:.1f} KB; "
                   f"{plural(outcome.editions, 'edition')} rendered; status {row.status}")
+    if r.waiting and r.next_due is not None:  # local delivery: the scheduler sends them at their moment
+        console.print(f"  {plural(r.waiting, 'reader')} wait for their zone's moment (next "
+                      f"{r.next_due:%Y-%m-%d %H:%M} UTC): `digest schedule` sends each zone then", highlight=False)
     for e in r.errors:
         err.print(f"[red]error:[/] {e}")
 
@@ -337,12 +351,13 @@ def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] 
 @app.command()
 def status(config: ConfigOpt = None) -> None:
     """Per issue: status and delivery figures."""
-    from digest.reports import issue_figures
+    from digest.reports import issue_figures, zone_progress
     from digest.store import session_scope
 
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
         rows = issue_figures(session)
+        by_zone = zone_progress(session, [r["issue"] for r in rows[:3]])  # local delivery: the newest issues
     figures = ("readers", "submitted", "failed", "skipped", "unknown", "delivered", "bounced", "complained",
                "opened", "clicked")
     if console.width < 150:  # a narrow terminal: one short paragraph per issue instead of a wide table
@@ -371,6 +386,10 @@ def status(config: ConfigOpt = None) -> None:
         if r["recalled_at"] is not None:
             console.print(f"#{r['issue']}: recalled by {r['recalled_by']} at {r['recalled_at']:%Y-%m-%d %H:%M} UTC",
                           highlight=False)
+    for number, zones in by_zone.items():
+        console.print(f"#{number} by time zone (local delivery):", highlight=False)
+        for z in zones:
+            console.print(f"  {_zone_line(z)}", highlight=False)
     unknown = sum(r["unknown"] for r in rows)
     if unknown:
         err.print(f"[red]{plural(unknown, 'reader')} in batches of unknown fate[/]: resolve with "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -15,8 +16,8 @@ from digest import issues
 from digest.cli.common import ConfigOpt, console, settings_for
 from digest.config import Settings
 from digest.locks import scheduler_lock_state
-from digest.moments import describe, next_moments
-from digest.schedule.jobs import DRAFT_JOB, SEND_JOB
+from digest.moments import describe, next_moments, zone_moments
+from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, reader_zones
 from digest.schedule.runner import serve, stored_jobs
 from digest.store import session_scope, utcnow
 
@@ -71,17 +72,34 @@ def skip_command(number: Annotated[int | None, typer.Argument(help="Issue number
         console.print(f"issue {row.number} skipped: nothing will be sent for it")
 
 
+def reader_zones_now(settings: Settings) -> dict[str, int]:
+    """Local delivery: active readers per zone (none when it is off)."""
+    if not settings.schedule.local_delivery:
+        return {}
+    with session_scope(settings.database_url) as session:
+        return reader_zones(session, settings)
+
+
 def show(settings: Settings, out: Console = console, now: datetime | None = None) -> None:
     """`digest schedule --show`: the next moments, local and UTC, and what the store and lock hold."""
     now = now or utcnow()
     say = partial(out.print, soft_wrap=True, highlight=False)
     sc = settings.schedule
-    m = next_moments(settings, now)
+    zones = reader_zones_now(settings)
+    m = next_moments(settings, now, tuple(zones))
     say(f"schedule: {sc.day_of_week} {sc.hour:02d}:{sc.minute:02d} {settings.publication.timezone}, "
               f"draft {sc.review_hours} h before; when_empty = {sc.when_empty} (min_articles = "
               f"{sc.min_articles}), if_not_approved = {sc.if_not_approved}")
     say(f"next draft: {describe(settings, m.draft_at)}")
     say(f"next send:  {describe(settings, m.send_at)}")
+    if settings.schedule.local_delivery:
+        say("local delivery: the next send in each reader's zone (readers), earliest first:")
+        for zone, at in zone_moments(settings, m.send_at, zones or [None]).items():
+            local = at.astimezone(ZoneInfo(zone))
+            say(f"  {zone} ({zones.get(zone, 0)}): {local:%a %d %b %Y %H:%M} {local.tzname()} = "
+                f"{at:%Y-%m-%d %H:%M} UTC")
+        closes = m.review_from + timedelta(hours=sc.review_hours)
+        say(f"  the review window closes at the first: {describe(settings, closes)}")
     if m.review_from < now:
         say(f"  (its draft was due {describe(settings, m.review_from)}: the review window is open)")
     stored = stored_jobs(settings)

@@ -38,26 +38,39 @@ def add(email: Annotated[str, typer.Argument(help="The reader's address.")],
         confirmed: Annotated[bool, typer.Option(
             "--confirmed", help="Consent was given elsewhere: active at once (needs --source).")] = False,
         source: Annotated[str, typer.Option(help="Where and when consent was given (the evidence).")] = "",
+        timezone: Annotated[str, typer.Option(
+            help="The reader's IANA time zone (Australia/Perth): with [schedule] local_delivery they get the issue "
+                 "at the send's local time there (default: the publication's zone).")] = "",
         config: ConfigOpt = None) -> None:
     """Add a reader: a confirmation email is sent (double opt-in) unless --confirmed --source."""
     from digest import confirmations
     from digest.store import session_scope
-    from subscribers import lifecycle, optin, queries
+    from subscribers import lifecycle, optin, queries, zones
     from subscribers.models import MembershipStatus
 
     settings = settings_for(config, create_secret=True)
     slug = list_ or settings.delivery.list
+    try:
+        zone = zones.parse_zone(timezone)  # checked before anything is written or sent
+    except zones.InvalidZone as e:
+        raise zones.InvalidZone(f"--timezone: {e}") from None
     with session_scope(settings.database_url) as session:
         if confirmed:
             member = optin.add_confirmed(session, email, name=name, list_slug=slug, evidence=source, by="admin (cli)")
+            if zone:
+                zones.set_zone(member.subscriber, zone)
             console.print(f"{member.subscriber.email}: {member.status} on {slug!r}"
-                          + (" (consent recorded)" if member.status == MembershipStatus.ACTIVE else ""), markup=False)
+                          + (" (consent recorded)" if member.status == MembershipStatus.ACTIVE else "")
+                          + (f"; time zone {zone}" if zone else ""), markup=False)
             return
         outcome = confirmations.request(settings, session, email, name=name, list_slug=slug,
                                         source=f"admin (cli){': ' + source.strip() if source.strip() else ''}")
         address = lifecycle.normalize(email).email
         if outcome == optin.SUPPRESSED:
             raise DigestError(f"{address} was erased on request and cannot be added again")
+        reader = lifecycle.find(session, address)
+        if zone and reader is not None:
+            zones.set_zone(reader, zone)
         status = queries.membership_status(session, address, slug) or MembershipStatus.PENDING
         messages = {optin.SENT: f"confirmation email sent; {status} until the reader confirms",
                     optin.ALREADY_ACTIVE: "already active: nothing sent",

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Text, and_, bindparam, cast, func, insert, literal, select, update
+from sqlalchemy import Text, and_, bindparam, cast, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from digest.deliver.protocol import Outcome
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus, move
 from digest.locks import sender_of
+from digest.moments import zone_moment
 from digest.store import Delivery, IssueRow, core_table, utcnow
 from subscribers.models import Membership, MembershipStatus, Subscriber
 
@@ -44,8 +46,11 @@ QUEUED, CLAIMED, SUBMITTED, FAILED, SKIPPED = DeliveryStatus
 _batch_ids = random.Random()  # seeded from os.urandom once per process; batch ids need uniqueness, not secrecy
 
 
-def snapshot(session: Session, issue: IssueRow, list_id: int) -> int:
-    """Freeze the recipients: every active member of the list now. Returns how many were added."""
+def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | None = None) -> int:
+    """Freeze the recipients: every active member of the list now. Returns how many were added.
+
+    `home` (the publication's zone, given when local delivery applies): each reader's zone and the moment
+    their copy is due there are frozen with them (`set_moments`)."""
     if issue.snapshot_at is not None:
         if issue.status in (IssueStatus.DRAFT, IssueStatus.APPROVED):  # sent again after a recall: the
             # same snapshot, the recalled readers still queued
@@ -67,7 +72,75 @@ def snapshot(session: Session, issue: IssueRow, list_id: int) -> int:
         ["issue_id", "subscriber_id", "email", "status", "updated_at"], rows))
     issue.snapshot_at = now
     move(issue, IssueStatus.SENDING, now=now)
+    if home is not None and issue.send_at is not None:
+        set_moments(session, issue.id, issue.send_at, home)
     return int(session.connection().execute(in_ledger).scalar_one() - before)
+
+
+# -- local delivery: each reader's zone and the moment their copy is due ---------------------------------
+
+
+def set_moments(session: Session, issue_id: int, send_at: datetime, home: str) -> None:
+    """Each delivery's zone (the reader's, else `home`) and due_at, the send moment's clock time there. A
+    stored zone this machine does not know (the doors refuse them; a zone database older than the one that
+    stored it) is sent at the publication's moment, and the row says so."""
+    D = DELIVERIES.c
+    conn = session.connection()
+    reader_zone = select(Subscriber.timezone).where(Subscriber.id == D.subscriber_id).scalar_subquery()
+    conn.execute(update(DELIVERIES).where(D.issue_id == issue_id, D.zone.is_(None))
+                 .values(zone=func.coalesce(reader_zone, home)))
+    home_tz = ZoneInfo(home)
+    for zone in list(conn.execute(select(D.zone).where(D.issue_id == issue_id).distinct()).scalars()):
+        try:
+            tz = ZoneInfo(zone)
+        except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed key a ValueError
+            conn.execute(update(DELIVERIES).where(D.issue_id == issue_id, D.zone == zone).values(
+                zone=home, error=f"time zone {zone!r} unknown here: due at the publication's moment ({home})"))
+            continue
+        conn.execute(update(DELIVERIES).where(D.issue_id == issue_id, D.zone == zone)
+                     .values(due_at=zone_moment(send_at, home_tz, tz)))
+    conn.execute(update(DELIVERIES).where(D.issue_id == issue_id, D.due_at.is_(None), D.zone == home)
+                 .values(due_at=zone_moment(send_at, home_tz, home_tz)))
+
+
+def has_moments(session: Session, issue_id: int) -> bool:
+    """Whether the issue's readers are due at their own zone's moment (local delivery)."""
+    return session.scalar(select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.due_at.is_not(None))
+                          .limit(1)) is not None
+
+
+def next_moment(session: Session, issue_id: int) -> datetime | None:
+    """The earliest moment a queued reader of the issue is due (None: nobody queued, or no moments)."""
+    return session.scalar(select(func.min(Delivery.due_at)).where(Delivery.issue_id == issue_id,
+                                                                  Delivery.status == QUEUED))
+
+
+def queued_zones(session: Session) -> set[str]:
+    """The zones of readers still queued for their zone's moment, in any issue (the scheduler fires at them)."""
+    return {z for z in session.scalars(select(Delivery.zone).where(Delivery.status == QUEUED,
+                                                                   Delivery.due_at.is_not(None)).distinct()) if z}
+
+
+def waiting_zones(session: Session, issue_id: int, now: datetime) -> list[tuple[str, datetime, int]]:
+    """(zone, moment, readers) still queued for a zone moment ahead, earliest first."""
+    return [(z or "", at, int(n)) for z, at, n in session.execute(  # due_at > now: never NULL here
+        select(Delivery.zone, Delivery.due_at, func.count()).where(
+            Delivery.issue_id == issue_id, Delivery.status == QUEUED, Delivery.due_at > now)
+        .group_by(Delivery.zone, Delivery.due_at).order_by(Delivery.due_at, Delivery.zone)) if at is not None]
+
+
+def note_waiting(session: Session, issue_id: int, now: datetime, note: str) -> int:
+    """Say on each reader still waiting for their zone's moment why they are not sent (they stay queued)."""
+    t = DELIVERIES
+    return session.connection().execute(update(t).where(t.c.issue_id == issue_id, t.c.status == QUEUED,
+                                                        t.c.due_at > now).values(error=note[:2000])).rowcount or 0
+
+
+def waiting(session: Session, issue_id: int, now: datetime) -> tuple[int, datetime | None]:
+    """Queued readers whose zone's moment is still ahead, and the next such moment."""
+    n, at = session.execute(select(func.count(), func.min(Delivery.due_at)).where(
+        Delivery.issue_id == issue_id, Delivery.status == QUEUED, Delivery.due_at > now)).one()
+    return int(n or 0), at
 
 
 def counts(session: Session, issue_id: int) -> dict[str, int]:
@@ -106,16 +179,24 @@ class _JSONCache(dict[str, Any]):
 
 
 def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled: tuple[str, int] | None = None,
+          due_by: datetime | None = None, moment: datetime | None = None,
           _json: _JSONCache = _JSONCache()) -> Claimed | None:  # noqa: B008  (one cache per process)
     """Claim the next batch in one write transaction; readers who left since the snapshot are skipped.
 
     The UPDATE comes first so the transaction takes SQLite's write lock at once: a concurrent unsubscribe
-    either committed before (the reader is skipped) or waits until this claim is committed.
+    either committed before (the reader is skipped) or waits until this claim is committed. Local delivery
+    (`due_by`): only readers whose zone's moment has come; (`moment`): only readers due at that moment, so
+    a scheduled provider batch holds one zone moment and can be cancelled by its own send_at.
     """
     batch = f"{_batch_ids.getrandbits(128):032x}"  # not uuid4: os.urandom would yield the GIL per batch
     now = utcnow()
     D = DELIVERIES.c
-    next_ids = (select(D.id).where(D.issue_id == issue_id, D.status == QUEUED).order_by(D.id).limit(size)
+    queued = [D.issue_id == issue_id, D.status == QUEUED]
+    if due_by is not None:
+        queued.append(or_(D.due_at.is_(None), D.due_at <= due_by))
+    if moment is not None:
+        queued.append(D.due_at == moment)
+    next_ids = (select(D.id).where(*queued).order_by(D.id).limit(size)
                 .scalar_subquery())
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
     conn.execute(update(DELIVERIES).where(D.id.in_(next_ids)).values(status=CLAIMED, batch=batch,

@@ -28,14 +28,18 @@ from digest.deliver.ledger import (
     counts,
     failure_reasons,
     finish_if_done,
+    has_moments,
     mark,
+    next_moment,
     release,
     snapshot,
+    waiting,
 )
 from digest.deliver.personalizer import Personalizer
 from digest.deliver.protocol import Message, Outcome, SendInterrupted, SendReport, Transport
 from digest.errors import DeliveryError
 from digest.locks import SEND_HEARTBEAT, beat_send_lock, drop_send_lock, take_send_lock
+from digest.moments import local_home
 from digest.render import Rendered
 from digest.stopping import requested as stop_requested
 from digest.stopping import signal_name
@@ -77,8 +81,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     """This thread claims, builds and marks (every database write, in order); the transport's workers
     send. (A separate builder thread was measured: the GIL made it slower, not faster.)"""
     report = SendReport(issue.number, issue.subject)
-    snapshot(session, issue, list_id)
+    snapshot(session, issue, list_id, home=local_home(settings, issue.send_at, now()))
     session.commit()
+    local = has_moments(session, issue.id)  # local delivery: each reader is due at their zone's moment
     if callable(getattr(transport, "cancel", None)):  # scheduled batches left of unknown fate by a dead run
         requeued, left = recover_unknown(session, issue.id, transport)  # type: ignore[arg-type]
         report.errors += left
@@ -150,12 +155,17 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                         stop = SendInterrupted(f"stopped by {signal_name()}: every request in flight was "
                                                "answered and recorded; `digest send` resumes")
                         break
+                    moment = next_moment(session, issue_id) if local and schedule is not None else None
                     try:  # a scheduled provider batch, recorded with the claim: never a request without it
-                        plan = schedule(send_moment) if schedule is not None else None
+                        plan = schedule(moment or send_moment) if schedule is not None else None
                     except DeliveryError as e:
                         stop = e
                         break
-                    claimed = claim(session, issue_id, list_id, transport.batch_size, scheduled=plan)
+                    # local delivery: a scheduled batch holds one zone moment (its send_at); sent at once, only
+                    # the readers whose moment has come (the scheduler comes back at the next zone's moment)
+                    claimed = claim(session, issue_id, list_id, transport.batch_size, scheduled=plan,
+                                    moment=moment if plan is not None else None,
+                                    due_by=now() if local and plan is None else None)
                     if claimed is None:
                         break
                     done += claimed.skipped
@@ -200,6 +210,8 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             stop.report = report
         raise stop
     final = counts(session, issue_id)
+    if local:
+        report.waiting, report.next_due = waiting(session, issue_id, now())
     report.skipped = final.get(SKIPPED, 0)
     report.unknown = final.get(CLAIMED, 0)
     report.errors += failure_reasons(session, issue_id)

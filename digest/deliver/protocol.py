@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import formataddr
 from typing import Protocol
 
@@ -95,6 +96,8 @@ class SendReport:
     unknown: int = 0
     already: int = 0
     errors: list[str] = field(default_factory=list)
+    waiting: int = 0  # local delivery: readers queued for their zone's moment, still ahead
+    next_due: datetime | None = None  # the next of those moments
 
     @property
     def ok(self) -> bool:

@@ -149,7 +149,12 @@ def personalization(message: Message) -> dict[str, Any]:
     check_headers(message.headers, message.to_email)
     args = {ARG_ISSUE: str(message.issue_id), ARG_SUBSCRIBER: str(message.subscriber_id),
             ARG_LIST: str(message.list_id)}
-    return {"to": [to], "substitutions": message.values, "headers": message.headers, "custom_args": args}
+    out: dict[str, Any] = {"to": [to], "substitutions": message.values, "headers": message.headers, "custom_args": args}
+    if message.scheduled is not None:
+        # the reader's own send_at (mail/send: personalizations[].send_at, at most 72 h ahead); with local
+        # delivery a request holds one zone moment, so it equals the request's, which the batch is cancelled by
+        out["send_at"] = message.scheduled[1]
+    return out
 
 
 class SendGridTransport:

@@ -10,17 +10,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
 from digest import issues
 from digest.config import Settings
+from digest.deliver.ledger import queued_zones
 from digest.deliver.protocol import SendReport, Transport
 from digest.issue_status import IssueStatus, add_note, move
-from digest.moments import describe, local_and_utc, next_moments
+from digest.moments import describe, local_and_utc, local_delivery, next_moments, zone_moments
 from digest.notices import Notice, notify_editors
 from digest.store import session_scope, utcnow
 from digest.wording import plural
+from subscribers.queries import active_zones
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,48 @@ def _fate_if_not_approved(settings: Settings, summary: issues.Summary) -> str:
     return f"If it is not approved by the send time, it will be {fate} (if_not_approved = {sc.if_not_approved})."
 
 
+def reader_zones(session: Session, settings: Settings) -> dict[str, int]:
+    """Local delivery: how many active readers of the list are in each zone (no zone: the publication's)."""
+    out: dict[str, int] = {}
+    for zone, n in active_zones(session, settings.delivery.list).items():
+        name = zone or settings.publication.timezone
+        out[name] = out.get(name, 0) + n
+    return out
+
+
+def schedule_zones(settings: Settings) -> tuple[str, ...]:
+    """The zones the local-delivery jobs fire for: the readers' and those still queued for their moment
+    (a reader who moved since the snapshot is still due at the zone frozen with them)."""
+    if not local_delivery(settings):
+        return ()
+    with session_scope(settings.database_url) as session:
+        return tuple(sorted(set(reader_zones(session, settings)) | queued_zones(session)))
+
+
+def first_and_last(settings: Settings, send_at: datetime, zones: dict[str, int]) -> list[str]:
+    """The draft notice's lines on when the first and the last readers get the issue (local delivery)."""
+    moments = zone_moments(settings, send_at, zones or [None])
+    (first, first_at), (last, last_at) = next(iter(moments.items())), list(moments.items())[-1]
+    counted = {z: zones.get(z, 0) for z in moments}
+    if first_at == last_at:
+        return [f"Every reader gets it at {describe(settings, first_at)} (local delivery: one zone)."]
+    return [f"Local delivery: the first readers ({first}, {plural(counted[first], 'reader')}) get it at "
+            f"{_in(first_at, first)}, the last ({last}, {plural(counted[last], 'reader')}) at {_in(last_at, last)}; "
+            f"{len(moments)} zones. The review window closes at the first.",
+            "Approve it before then, or it is held or skipped for every zone."]
+
+
+def _in(moment: datetime, zone: str) -> str:
+    local = moment.astimezone(ZoneInfo(zone))
+    return f"{local:%a %d %b %Y %H:%M} {local.tzname()} ({moment:%Y-%m-%d %H:%M} UTC)"
+
+
 def _settled(session: Session, send_at: datetime) -> JobResult | None:
-    """An issue for this very send moment that was already sent, held or skipped (by hand or by an
+    """An issue for this very send moment that was already sent, held, skipped or recalled (by hand or by an
     earlier run of the job): the schedule leaves it as it is, so nothing goes out twice or against an
-    editor's decision."""
+    editor's decision (with local delivery a later zone's moment finds the issue recalled: nothing more)."""
     newest = issues.newest_issue(session)
-    settled = (IssueStatus.SENT, IssueStatus.HELD, IssueStatus.SKIPPED)
+    settled = (IssueStatus.SENT, IssueStatus.HELD, IssueStatus.SKIPPED, IssueStatus.RECALLED)
     if newest is not None and newest.send_at == send_at and newest.status in settled:
         return JobResult("nothing", newest.number, f"issue {newest.number} was already {newest.status} "
                          "for this send: nothing to do")
@@ -88,8 +127,11 @@ def run_draft(settings: Settings, *, send_at: datetime, now: datetime | None = N
                              f"issue {row.number} is already approved for this send: left as it is")
         draft = issues.build_draft(settings, session, now=now, send_at=send_at, offline=offline, by="the schedule")
         summary = issues.summarize(settings, draft.row)
+        zones = reader_zones(session, settings) if local_delivery(settings) else None
     local, _ = local_and_utc(settings, send_at)
     message = [_fate_if_not_approved(settings, summary)]
+    if zones is not None:
+        message += first_and_last(settings, send_at, zones)
     if summary.problems:
         message.append(f"{plural(len(summary.problems), 'check')} need a look before it goes out.")
     headline = f"Issue {summary.number} is ready for review (send {local})"
@@ -166,6 +208,9 @@ def run_send(settings: Settings, *, send_at: datetime, now: datetime | None = No
         return JobResult("nothing", None, outcome.message)
     message = (f"issue {report.issue_number} sent: {report.submitted} submitted, {report.failed} failed, "
                f"{report.skipped} skipped, {report.already} already sent earlier")
+    if report.waiting and report.next_due is not None:
+        message += (f"; {plural(report.waiting, 'reader')} wait for their zone's moment (next "
+                    f"{describe(settings, report.next_due)})")
     if not report.ok:
         notice = Notice("failed", f"Issue {report.issue_number} was sent with problems",
                         (message + ".", *report.errors[:5]), None, ("See `digest status`.",))

@@ -41,9 +41,10 @@ from digest.moments import (
     send_grace,
     send_job_trigger,
     send_lead,
+    send_moment_of,
 )
 from digest.notices import Notice, notify_editors
-from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, report_missed, run_draft, run_send
+from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, report_missed, run_draft, run_send, schedule_zones
 from digest.store import apscheduler_jobs, engine_for, utcnow
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,10 @@ def draft_job(config: str) -> None:
     now = utcnow()
     if not _ours():
         return
-    fired = last_fire(draft_trigger(settings), now, timedelta(seconds=draft_grace(settings) + 60)) or now
-    result = run_draft(settings, send_at=fired + timedelta(hours=settings.schedule.review_hours), now=now)
+    zones = schedule_zones(settings)  # local delivery: the window closes at the earliest zone's moment
+    fired = last_fire(draft_trigger(settings, zones), now, timedelta(seconds=draft_grace(settings) + 60)) or now
+    send_at = send_moment_of(settings, fired + timedelta(hours=settings.schedule.review_hours), zones)
+    result = run_draft(settings, send_at=send_at, now=now)
     log.info("draft job: %s", result)
 
 
@@ -89,8 +92,10 @@ def send_job(config: str) -> None:
     if not _ours():
         return
     lead = send_lead(settings)  # the job may start before the moment it sends for (scheduled batches)
-    fired = last_fire(send_job_trigger(settings), now, timedelta(seconds=send_grace(settings) + 60))
-    log.info("send job: %s", run_send(settings, send_at=fired + lead if fired is not None else now, now=now))
+    zones = schedule_zones(settings)  # local delivery: it fires at each zone's moment of the send
+    fired = last_fire(send_job_trigger(settings, zones), now, timedelta(seconds=send_grace(settings) + 60))
+    send_at = send_moment_of(settings, fired + lead, zones) if fired is not None else now
+    log.info("send job: %s", run_send(settings, send_at=send_at, now=now))
 
 
 def _on_missed(settings: Settings, event: JobExecutionEvent) -> None:
@@ -155,14 +160,17 @@ def build_scheduler(settings: Settings) -> BackgroundScheduler:
     return scheduler
 
 
-def ensure_jobs(scheduler: BackgroundScheduler, settings: Settings, config: str) -> list[str]:
+def ensure_jobs(scheduler: BackgroundScheduler, settings: Settings, config: str,
+                zones: tuple[str, ...] | None = None) -> list[str]:
     """Add the two jobs, keeping a stored job whose schedule is unchanged, so that a missed run it still
-    carries is run (or reported) once; a job whose schedule changed is replaced. Returns what was done."""
+    carries is run (or reported) once; a job whose schedule changed is replaced. Returns what was done.
+    With local delivery the triggers carry the readers' zones (`zones`, default: as they are now)."""
     now = utcnow()
     lines = []
+    zones = schedule_zones(settings) if zones is None else zones
     specs: list[tuple[str, str, Any, BaseTrigger, int]] = [
-        (DRAFT_JOB, "draft", draft_job, draft_trigger(settings), draft_grace(settings)),
-        (SEND_JOB, "send", send_job, send_job_trigger(settings), send_grace(settings)),
+        (DRAFT_JOB, "draft", draft_job, draft_trigger(settings, zones), draft_grace(settings)),
+        (SEND_JOB, "send", send_job, send_job_trigger(settings, zones), send_grace(settings)),
     ]
     for job_id, name, func, trigger, grace in specs:
         job = scheduler.get_job(job_id)
@@ -178,6 +186,24 @@ def ensure_jobs(scheduler: BackgroundScheduler, settings: Settings, config: str)
         scheduler.add_job(func, trigger, id=job_id, name=f"digest {name}", args=[config], replace_existing=True,
                           misfire_grace_time=grace, coalesce=True, max_instances=1)
     return lines
+
+
+def _follow_zones(scheduler: BackgroundScheduler, settings: Settings, zones: tuple[str, ...],
+                  say: Callable[[str], None]) -> tuple[str, ...]:
+    """Local delivery: a reader in a zone the jobs do not fire for yet (a new reader, a changed zone) gets a
+    fire at their zone's moment: the jobs are replaced with the new zones."""
+    if not settings.schedule.local_delivery:
+        return zones
+    try:
+        now = schedule_zones(settings)
+        if now != zones:
+            for line in ensure_jobs(scheduler, settings, str(settings.path), now):
+                say(line)
+            say(f"local delivery zones now: {', '.join(now)}")
+        return now
+    except Exception as e:  # the database away for a moment: the next heartbeat tries again
+        log.warning("could not refresh the readers' zones: %s", e)
+        return zones
 
 
 def stored_jobs(settings: Settings) -> dict[str, datetime | None]:
@@ -223,6 +249,7 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
             if jobs.get(job_id) is not None:
                 say(f"{name} {describe(settings, jobs[job_id])}")
         interval = heartbeat_seconds or max(1.0, expiry.total_seconds() / 4)
+        zones = schedule_zones(settings)
         while not stop.wait(interval):
             try:
                 if not lock.heartbeat():
@@ -230,6 +257,8 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
                     return 1
             except Exception as e:  # the database away for a moment: retry; expiry decides
                 log.warning("heartbeat failed: %s", e)
+                continue
+            zones = _follow_zones(scheduler, settings, zones, say)
         return 0
     except KeyboardInterrupt:
         # a send in progress claims nothing more; its requests in flight are answered and recorded

@@ -24,12 +24,13 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
+from digest.deliver import zones as zone_recall
 from digest.deliver.batches import canceller, recall, recall_preview
 from digest.errors import DigestError, NotFound
 from digest.issue_queries import deliveries_to
 from digest.issue_status import IssueStatus, sources
 from digest.issues import get_issue
-from digest.reports import issue_figures
+from digest.reports import issue_figures, zone_progress
 from digest.sources.categories import known_categories
 from digest.store import User
 from digest.web.auth import require_admin, require_user
@@ -101,16 +102,23 @@ def lists(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response
 
 @router.get("/issues")
 def figures(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
-    return render(request, "admin/issues.html", {"figures": issue_figures(db), "recallable": RECALLABLE})
+    figures = issue_figures(db)
+    zones = zone_progress(db, [f["issue"] for f in figures[:3]])  # local delivery: the newest issues by zone
+    return render(request, "admin/issues.html", {"figures": figures, "recallable": RECALLABLE, "zones": zones})
 
 
 # -- recall: cancel an issue's scheduled SendGrid batches (digest.deliver.batches) --------------------
 
 
 @router.get("/issues/{number}/recall")
-def recall_confirm(request: Request, number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
+def recall_confirm(request: Request, number: int, settings: Annotated[Settings, Depends(get_settings)],
+                   db: Annotated[Session, Depends(get_db)]) -> Response:
     """The confirmation step: what a recall would cancel now, and what it can no longer stop."""
     row = get_issue(db, number)
+    if zone_recall.zone_by_zone(settings):  # local delivery, zone by zone: the zones not yet due
+        waiting = zone_recall.recall_preview(db, row.id)
+        return render(request, "admin/recall_zones.html", {"issue": row, "zones": waiting, "done": None,
+                                                           "readers": sum(n for _, _, n in waiting)})
     able, late, at_once = recall_preview(db, row.id)
     return render(request, "admin/recall.html", {"issue": row, "able": able, "late": late, "at_once": at_once,
                                                  "readers": sum(b.readers for b in able), "done": None})
@@ -124,6 +132,9 @@ def recall_issue(request: Request, number: int, settings: Annotated[Settings, De
     if confirm != "yes":
         return RedirectResponse(f"/admin/issues/{number}/recall", status_code=303)
     row = get_issue(db, number)
+    if zone_recall.zone_by_zone(settings):
+        zoned = zone_recall.recall_waiting(db, row, by=f"admin {user.email} (web)")
+        return render(request, "admin/recall_zones.html", {"issue": row, "done": zoned})
     done = recall(db, row, canceller(settings), by=f"admin {user.email} (web)")
     return render(request, "admin/recall.html", {"issue": row, "done": done})
 

@@ -21,7 +21,7 @@ from digest.sources.categories import known_categories
 from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
 from digest.web.pages import email_page, render
-from subscribers import lifecycle, optin
+from subscribers import lifecycle, optin, zones
 from subscribers.links import ReaderLinks
 from subscribers.models import MailingList, MembershipStatus, Subscriber
 from subscribers.names import NAME_MAX, InvalidName, checked_name
@@ -30,6 +30,11 @@ from subscribers.queries import list_choices, list_slugs, mailing_list_by_id, su
 router = APIRouter()
 
 HONEYPOT = "website"
+#: the preferences page runs one script of our own, /static/zone.js (the browser's zone as the default choice);
+#: otherwise the site's policy (digest.web.app.CSP), which runs none
+PREFERENCES_CSP = ("default-src 'self'; script-src 'self'; img-src * data:; style-src 'self' 'unsafe-inline' https:; "
+                   "font-src 'self' https: data:; frame-src 'self'; frame-ancestors 'self'; form-action 'self'; "
+                   "base-uri 'none'; object-src 'none'")
 
 
 def directory_categories(request: Request) -> list[str]:
@@ -141,22 +146,30 @@ def _preferences_context(request: Request, db: Session, sub: Subscriber, token: 
     known = directory_categories(request)
     return {"token": token, "subscriber": sub, "lists": list_choices(db, sub.id), "categories": known,
             "chosen": set(sub.categories or []), "joined": (MembershipStatus.PENDING, MembershipStatus.ACTIVE),
-            "saved": False, **extra}
+            "saved": False, "error": "", "zones": zones.zone_choices(), "zone": sub.timezone or "", **extra}
 
 
 @router.get("/p/{token}")
 def preferences_page(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
                      db: Annotated[Session, Depends(get_db)]) -> Response:
     sub, _mlist = optin.preferences_from_token(settings, db, token)
-    return render(request, "preferences.html", _preferences_context(request, db, sub, token))
+    return render(request, "preferences.html", _preferences_context(request, db, sub, token),
+                  headers={"Content-Security-Policy": PREFERENCES_CSP})
 
 
 @router.post("/p/{token}", dependencies=[Depends(check_csrf)])
 def save_preferences(request: Request, token: str, settings: Annotated[Settings, Depends(get_settings)],
                      db: Annotated[Session, Depends(get_db)],
                      categories: Annotated[list[str] | None, Form()] = None,
-                     lists: Annotated[list[str] | None, Form()] = None) -> Response:
+                     lists: Annotated[list[str] | None, Form()] = None,
+                     timezone: Annotated[str, Form()] = "") -> Response:
     sub, _mlist = optin.preferences_from_token(settings, db, token)
+    try:
+        zone = zones.parse_zone(timezone)
+    except zones.InvalidZone as e:  # nothing saved: the form again, with the reason
+        return render(request, "preferences.html", _preferences_context(request, db, sub, token, error=str(e)),
+                      status_code=400, headers={"Content-Security-Policy": PREFERENCES_CSP})
+    zones.set_zone(sub, zone)
     known = directory_categories(request)
     wanted = set(lists or [])
     choice = {slug: slug in wanted for slug in list_slugs(db)}
@@ -164,7 +177,8 @@ def save_preferences(request: Request, token: str, settings: Annotated[Settings,
                                      lists=choice, ip=client_ip(request))
     db.commit()
     db.refresh(sub)
-    return render(request, "preferences.html", _preferences_context(request, db, sub, token, saved=True))
+    return render(request, "preferences.html", _preferences_context(request, db, sub, token, saved=True),
+                  headers={"Content-Security-Policy": PREFERENCES_CSP})
 
 
 @router.get("/unsubscribe")
