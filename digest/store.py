@@ -118,6 +118,9 @@ class Delivery(Base):
     # goes out: a request of unknown fate can then be cancelled, and a scheduled issue recalled
     provider_batch: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the edition key (digest.editions) of the copy this reader was sent: which listings and which appeal
+    # variant it showed, for the reports (a supplier's reach, the appeal per variant); None before 0003
+    edition: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class DeliveryEvent(Base):

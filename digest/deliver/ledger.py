@@ -180,6 +180,17 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -
     return len(ok), len(bad), len(unknown)
 
 
+def note_editions(session: Session, editions: dict[int, str]) -> None:
+    """Record which edition (digest.editions key) each delivery's copy was, for the reports: one statement
+    per distinct edition, a handful per batch (the caller commits)."""
+    by_edition: dict[str, list[int]] = {}
+    for delivery_id, key in editions.items():
+        by_edition.setdefault(key, []).append(delivery_id)
+    t = DELIVERIES
+    for key, ids in by_edition.items():
+        session.connection().execute(update(t).where(t.c.id.in_(ids)).values(edition=key))
+
+
 def release(session: Session, ids: Sequence[int]) -> None:
     """Messages that were certainly not sent go back to the queue (the caller commits)."""
     if ids:
