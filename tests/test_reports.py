@@ -237,3 +237,77 @@ def test_dashboard_trends_appeal_and_list_growth(client: TestClient, signer: Sig
     assert "The appeal over time" in html and "Subscribers over time" in html and "<script" not in html
     assert client.get("/admin/lists/monthly").status_code == 200
     assert client.get("/admin/lists/nonexistent").status_code == 404
+
+
+# -- our own click redirect (delivery.click_redirect) for SMTP and the outbox -------------------------
+
+
+def html_of(msg: Any) -> str:
+    part = msg.get_body(preferencelist=("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def test_own_click_redirect_is_off_by_default(settings: Settings) -> None:
+    from tests.test_web_support import messages, text_of
+
+    seed_readers(settings, 1)
+    assert send(settings).report.submitted == 1  # type: ignore[union-attr]
+    msg = messages(settings)[0]
+    issue = the_issue(settings)
+    assert "/r/" not in html_of(msg) and "/r/" not in text_of(msg)
+    assert issue.all_articles[0].link in text_of(msg)
+
+
+def test_own_click_redirect_records_the_click_and_redirects(workdir: Path) -> None:
+    from html import unescape
+    from urllib.parse import urlsplit
+
+    from digest.web.app import create_app
+    from tests.test_web_support import messages, text_of
+
+    set_keys(workdir, "delivery", click_redirect=True)
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    seed_readers(settings, 3)
+    assert send(settings).report.submitted == 3  # type: ignore[union-attr]
+    issue = the_issue(settings)
+    article, listing = issue.all_articles[0], issue.listings[0]
+    msg = messages(settings, "reader2@example.com")[0]
+    html, text = html_of(msg), text_of(msg)
+    assert article.link not in text and f'href="{article.link}"' not in html  # rewritten in both parts
+    assert f"{settings.publication.public_url}/r/" in text
+    links = [unescape(h) for h in re.findall(r'href="([^"]+/r/[^"]+)"', html)]
+    assert links and all(h.startswith(settings.publication.public_url + "/r/") for h in links)
+    assert "/unsubscribe" in html or "/u/" in html  # the reader's own links are not tracked
+    with TestClient(create_app(settings)) as client:
+        def follow(url: str) -> Any:
+            parts = urlsplit(url)
+            return client.get(f"{parts.path}?{parts.query}", follow_redirects=False)
+
+        to_article = next(h for h in links if "u=" in h and follow_target(h) == article.link)
+        first = follow(to_article)
+        assert first.status_code == 302 and first.headers["location"] == article.link
+        assert follow(to_article).status_code == 302  # a second click: one reader, two clicks
+        to_listing = next(h for h in links if follow_target(h) == listing.url)
+        assert follow(to_listing).headers["location"] == listing.url
+        # the link's MAC: another target, or a changed MAC, is refused (no open redirect)
+        assert follow(to_article.replace("u=https", "u=https%3A%2F%2Fevil.example%2F%3Fx%3Dhttps")).status_code == 404
+        mac_start = to_article.index("/", to_article.index("/r/") + 3) + 1
+        tampered = to_article[:mac_start] + ("0" if to_article[mac_start] != "0" else "1") + to_article[mac_start + 1:]
+        assert follow(tampered).status_code == 404
+        # the archive's copy: links work, nothing is recorded for anyone
+        archived = client.get("/issues/1").text
+        anonymous = next(unescape(h) for h in re.findall(r'href="([^"]+/r/-/[^"]+)"', archived))
+        assert follow(anonymous).status_code == 302
+    with session_factory(settings.database_url)() as s:
+        report = issue_report(s, settings, 1)
+    assert (report.articles[0].readers, report.articles[0].clicks) == (1, 2)
+    assert (report.listings[0].readers, report.listings[0].clicks) == (1, 1)
+    assert report.clicked == 1
+
+
+def follow_target(link: str) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(link).query)["u"][0]

@@ -74,10 +74,11 @@ def create_app(settings: Settings) -> FastAPI:
                        https_only=settings.publication.public_url.startswith("https://"))
     app.mount("/static", StaticFiles(directory=WEB_TEMPLATES / "static"), name="static")
 
-    from digest.web import admin, auth, editor, reader, reports, webhooks
+    from digest.web import admin, auth, clicks, editor, reader, reports, webhooks
 
     app.include_router(auth.router)
     app.include_router(reader.router)
+    app.include_router(clicks.router)
     app.include_router(editor.router)
     app.include_router(admin.router)
     app.include_router(reports.router)

@@ -12,6 +12,7 @@ desktop chart).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from html import escape
@@ -27,6 +28,7 @@ STYLE = Style(
     foreground_subtle="#d8dde6", opacity=".9", opacity_hover="1", transition="0ms", colors=COLORS,
     font_family='system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif',
     label_font_size=13, major_label_font_size=13, legend_font_size=14, value_font_size=12, title_font_size=16,
+    value_colors=("#fff",),  # printed on the bars: white on the palette's dark colours (WCAG AA contrast)
 )
 SIZES = {"wide": (820, 330), "narrow": (380, 330)}
 _ROOT = re.compile(r'<svg\b([^>]*?) class="pygal-chart"([^>]*)>')
@@ -39,11 +41,12 @@ def _svg(kind: str, title: str, labels: Sequence[str], series: Sequence[tuple[st
          size: str, percent: bool) -> str:
     width, height = SIZES[size]
     narrow = size == "narrow"
+    top = max((v for _, values in series for v in values if v is not None), default=0)
     chart_class = pygal.Line if kind == "line" else pygal.Bar
     chart = chart_class(
         js=[], disable_xml_declaration=True, style=STYLE, width=width, height=height, show_legend=True,
         legend_at_bottom=True, legend_at_bottom_columns=2 if narrow else min(4, max(1, len(series))),
-        print_values=not narrow and len(labels) <= 12, print_zeroes=False, include_x_axis=True,
+        print_values=kind == "bar" and not narrow and len(labels) <= 12, print_zeroes=False, include_x_axis=True,
         x_label_rotation=40 if narrow and len(labels) > 4 else 0, truncate_label=14 if narrow else 24,
         truncate_legend=24, show_minor_x_labels=True, min_scale=2, max_scale=6, margin=8, spacing=8,
         value_formatter=(lambda v: f"{v:.0%}" if v is not None else "") if percent
@@ -51,6 +54,9 @@ def _svg(kind: str, title: str, labels: Sequence[str], series: Sequence[tuple[st
         no_data_text="No data yet", tooltip_border_radius=0, dots_size=3,
     )
     chart.x_labels = list(labels)
+    if not percent:  # counts of readers: whole numbers on the axis, from 0, even when every value is 0
+        step = max(1, math.ceil(top / 5))
+        chart.y_labels = list(range(0, int(max(top, 1)) + step, step))
     for name, values in series:
         chart.add(name, list(values))
     svg = _SCRIPT.sub("", chart.render(is_unicode=True))
