@@ -311,3 +311,17 @@ def follow_target(link: str) -> str:
     from urllib.parse import parse_qs, urlsplit
 
     return parse_qs(urlsplit(link).query)["u"][0]
+
+
+def test_charts_are_scriptless_named_svg_with_unique_ids() -> None:
+    from collections import Counter
+
+    from digest.web.charts import chart
+
+    html = str(chart('Clicks on "<Acme & Co>"', ["#1", "#2"], [("b", [1, 2]), ("main", [0, 3])], description="why"))
+    assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+    assert html.count('role="img"') == 2  # desktop and phone sizes
+    assert 'aria-label="Clicks on &quot;&lt;Acme &amp; Co&gt;&quot;"' in html and "<title>Clicks on" in html
+    ids = Counter(re.findall(r'\bid="([^"]+)"', html))
+    assert ids and max(ids.values()) == 1
+    assert "<figcaption>why</figcaption>" in html

@@ -34,6 +34,7 @@ SIZES = {"wide": (820, 330), "narrow": (380, 330)}
 _ROOT = re.compile(r'<svg\b([^>]*?) class="pygal-chart"([^>]*)>')
 #: pygal writes its tooltip configuration as an inline <script> even with js=[]: removed (the SVG is XML,
 #: so a `<` inside the script's text is escaped and cannot end it early)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)  # pygal's credits: bytes nobody reads
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>|<script\b[^>]*/>", re.S)
 
 
@@ -59,9 +60,14 @@ def _svg(kind: str, title: str, labels: Sequence[str], series: Sequence[tuple[st
         chart.y_labels = list(range(0, int(max(top, 1)) + step, step))
     for name, values in series:
         chart.add(name, list(values))
-    svg = _SCRIPT.sub("", chart.render(is_unicode=True))
+    svg = _COMMENT.sub("", _SCRIPT.sub("", chart.render(is_unicode=True)))
     if "<script" in svg:
         raise ValueError("pygal left a script in the chart")
+    # pygal names its legend items `activate-serie-N` in every chart: made unique per chart, since a page
+    # holds several charts and ids must be unique in a document (HTML, "the id attribute")
+    chart_id = re.search(r'id="(chart-[^"]+)"', svg)
+    if chart_id:
+        svg = svg.replace('id="activate-serie-', f'id="{chart_id.group(1)}-serie-')
     label = escape(title, quote=True)
     # the root <svg>: an image with a name (role, aria-label, <title>), scaled to its container
     return _ROOT.sub(lambda m: f'<svg{m.group(1)} class="pygal-chart chart-svg {size}"{m.group(2)} role="img" '
