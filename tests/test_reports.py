@@ -9,6 +9,7 @@ import io
 import re
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy import select, update
 from digest.config import Settings, load_settings
 from digest.issues import send
 from digest.models import Issue
-from digest.reporting.issue import issue_report
+from digest.reporting.issue import issue_report, timeline
 from digest.reporting.links import APPEAL, ARTICLE, LISTING, OTHER, LinkMap
 from digest.reporting.suppliers import supplier_reach
 from digest.reporting.trends import appeal_over_time, list_growth
@@ -155,7 +156,17 @@ def test_signed_events_give_per_article_listing_and_appeal_counts(
     assert appeal == {"main": (3, 1), "b": (2, 1)}  # main: readers 1, 3, 5; b: 2 and 4 (6 bounced)
     assert {e.appeal for e in report.editions} == {"main", "b"}
     assert [(o.label, o.readers) for o in report.other] == [("unsubscribe link", 1)]
-    assert report.timeline[0][1:] == (3, 5) and sum(c for _, _, c in report.timeline[1:]) == 0
+    assert report.timeline[0][1:] == (3, 5)
+    assert all(o is None and c is None for _, o, c in report.timeline[1:])  # days not begun yet: no zeros
+
+    # a week later: a click 30 hours after the send is day 2's, one 8 days after is outside the chart
+    assert report.sent_at is not None
+    start = int(report.sent_at.timestamp())
+    post(client, signer, [ev(30, "click", 2, url=issue.all_articles[1].link, timestamp=start + 30 * 3600),
+                          ev(31, "click", 3, url=issue.all_articles[1].link, timestamp=start + 8 * 86400)])
+    with session_factory(sent.database_url)() as s:
+        week = timeline(s, 1, report.sent_at, now=report.sent_at + timedelta(days=8))
+    assert [c for _, _, c in week] == [5, 1, 0, 0, 0, 0, 0]
 
     login(client, EDITOR)  # editors see the report too
     page = client.get("/admin/issues/1")
@@ -168,6 +179,7 @@ def test_signed_events_give_per_article_listing_and_appeal_counts(
     assert re.search(name0 + rf'</a></td><td class="num">{first.reach}</td>\s*<td class="num">1</td>', html)
     assert re.search(r'<th scope="row" class="wrap">b</th><td class="num">2</td><td class="num">1</td>', html)
     assert "SIGNED-TOKEN" not in html
+    assert client.get("/admin/issues/99").status_code == 404
 
     code, out = run_main(monkeypatch, capsys, "report", "1", "--config", str(sent.path))
     assert code == 0, out

@@ -55,7 +55,8 @@ def report(number: Annotated[int, typer.Argument(help="The issue's number.")], c
     console.print(f"[dim]{OPENS_NOTE}[/]", highlight=False)
     if r.timeline:
         console.print(_table("The first 7 days", ("day", "clicked", "opened (≈)"),
-                             [(d, str(c), str(o)) for d, o, c in r.timeline]))
+                             [(d, "–" if c is None else str(c), "–" if o is None else str(o))
+                              for d, o, c in r.timeline]))
     console.print(_table("Clicks per article (in the issue's order)", ("#", "article", "readers", "clicks"),
                          [(str(i), a.label, str(a.readers), str(a.clicks)) for i, a in enumerate(r.articles, 1)]))
     console.print(_table("Clicks per listing", ("supplier", "reached", "readers", "clicks", "rate"),

@@ -23,7 +23,7 @@ from digest.editions import DEFAULT, shown_in
 from digest.errors import NotFound
 from digest.models import Issue
 from digest.reporting.links import APPEAL, ARTICLE, LISTING, OTHER, LinkMap, Target
-from digest.store import Delivery, DeliveryEvent, IssueRow
+from digest.store import Delivery, DeliveryEvent, IssueRow, utcnow
 from subscribers.models import Event, MailingList, MembershipStatus
 
 SUBMITTED = "submitted"  # digest.deliver.ledger.DeliveryStatus.SUBMITTED (a layer above: named here)
@@ -79,7 +79,7 @@ class IssueReport:
     unsubscribed: int = 0
     bounced: int = 0
     complained: int = 0
-    timeline: list[tuple[str, int, int]] = field(default_factory=list)  # (day, readers opened, clicked)
+    timeline: list[tuple[str, int | None, int | None]] = field(default_factory=list)  # (day, opened, clicked)
     articles: list[LinkRow] = field(default_factory=list)
     listings: list[LinkRow] = field(default_factory=list)
     appeal: list[LinkRow] = field(default_factory=list)
@@ -188,10 +188,13 @@ def issue_clicks(session: Session, issue_id: int, issue: Issue, links: LinkMap) 
     return out
 
 
-def timeline(session: Session, issue_id: int, start: datetime | None) -> list[tuple[str, int, int]]:
-    """Readers who opened and who clicked on each of the first 7 days after the send (day 1: its first 24 hours)."""
+def timeline(session: Session, issue_id: int, start: datetime | None,
+             now: datetime | None = None) -> list[tuple[str, int | None, int | None]]:
+    """Readers who opened and who clicked on each of the first 7 days after the send (day 1: its first 24
+    hours); None for a day that has not begun yet (not a zero: nobody could have clicked)."""
     if start is None:
         return []
+    begun = ((now or utcnow()) - start) // timedelta(days=1) + 1
     end = start + timedelta(days=TIMELINE_DAYS)
     days: dict[str, list[set[int]]] = {k: [set() for _ in range(TIMELINE_DAYS)] for k in ("open", "click")}
     for kind, subscriber_id, at in session.execute(
@@ -200,7 +203,8 @@ def timeline(session: Session, issue_id: int, start: datetime | None) -> list[tu
                    DeliveryEvent.at >= start, DeliveryEvent.at < end, DeliveryEvent.subscriber_id.is_not(None))):
         if subscriber_id is not None:
             days[kind][int((at - start) / timedelta(days=1))].add(subscriber_id)
-    return [(f"day {i + 1}", len(days["open"][i]), len(days["click"][i])) for i in range(TIMELINE_DAYS)]
+    return [(f"day {i + 1}", len(days["open"][i]), len(days["click"][i])) if i < begun else (f"day {i + 1}", None, None)
+            for i in range(TIMELINE_DAYS)]
 
 
 def unsubscribed_after(session: Session, row: IssueRow, start: datetime | None) -> int:
