@@ -28,7 +28,6 @@ STYLE = Style(
     foreground_subtle="#d8dde6", opacity=".9", opacity_hover="1", transition="0ms", colors=COLORS,
     font_family='system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif',
     label_font_size=13, major_label_font_size=13, legend_font_size=14, value_font_size=12, title_font_size=16,
-    value_colors=("#fff",),  # printed on the bars: white on the palette's dark colours (WCAG AA contrast)
 )
 SIZES = {"wide": (820, 330), "narrow": (380, 330)}
 _ROOT = re.compile(r'<svg\b([^>]*?) class="pygal-chart"([^>]*)>')
@@ -47,7 +46,9 @@ def _svg(kind: str, title: str, labels: Sequence[str], series: Sequence[tuple[st
     chart = chart_class(
         js=[], disable_xml_declaration=True, style=STYLE, width=width, height=height, show_legend=True,
         legend_at_bottom=True, legend_at_bottom_columns=2 if narrow else min(4, max(1, len(series))),
-        print_values=kind == "bar" and not narrow and len(labels) <= 12, print_zeroes=False, include_x_axis=True,
+        # values printed just above their bar, in the text colour on the page's white (WCAG 1.4.3 contrast)
+        print_values=kind == "bar" and not narrow and len(labels) <= 12, print_values_position="top",
+        print_zeroes=False, include_x_axis=True,
         x_label_rotation=40 if narrow and len(labels) > 4 else 0, truncate_label=14 if narrow else 24,
         truncate_legend=24, show_minor_x_labels=True, min_scale=2, max_scale=6, margin=8, spacing=8,
         value_formatter=(lambda v: f"{v:.0%}" if v is not None else "") if percent
@@ -57,7 +58,8 @@ def _svg(kind: str, title: str, labels: Sequence[str], series: Sequence[tuple[st
     chart.x_labels = list(labels)
     if not percent:  # counts of readers: whole numbers on the axis, from 0, even when every value is 0
         step = max(1, math.ceil(top / 5))
-        chart.y_labels = list(range(0, int(max(top, 1)) + step, step))
+        upper = (int(top) // step + 1) * step  # a step above the tallest bar: room for its value
+        chart.y_labels = list(range(0, upper + 1, step))
     for name, values in series:
         chart.add(name, list(values))
     svg = _COMMENT.sub("", _SCRIPT.sub("", chart.render(is_unicode=True)))
