@@ -31,6 +31,7 @@ SUBMITTED = "submitted"  # digest.deliver.ledger.DeliveryStatus.SUBMITTED (a lay
 BOUNCE_KINDS = ("bounce", "dropped")
 COMPLAINT_KINDS = ("spamreport",)
 TIMELINE_DAYS = 7
+SKEW = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -196,13 +197,16 @@ def timeline(session: Session, issue_id: int, start: datetime | None,
         return []
     begun = ((now or utcnow()) - start) // timedelta(days=1) + 1
     end = start + timedelta(days=TIMELINE_DAYS)
+    # provider timestamps are whole seconds from another clock, and a copy can be delivered before the
+    # ledger marks its batch: events up to SKEW before the recorded send moment count in day 1
+    since = start - SKEW
     days: dict[str, list[set[int]]] = {k: [set() for _ in range(TIMELINE_DAYS)] for k in ("open", "click")}
     for kind, subscriber_id, at in session.execute(
             select(DeliveryEvent.kind, DeliveryEvent.subscriber_id, DeliveryEvent.at)
             .where(DeliveryEvent.issue_id == issue_id, DeliveryEvent.kind.in_(("open", "click")),
-                   DeliveryEvent.at >= start, DeliveryEvent.at < end, DeliveryEvent.subscriber_id.is_not(None))):
+                   DeliveryEvent.at >= since, DeliveryEvent.at < end, DeliveryEvent.subscriber_id.is_not(None))):
         if subscriber_id is not None:
-            days[kind][int((at - start) / timedelta(days=1))].add(subscriber_id)
+            days[kind][max(0, (at - start) // timedelta(days=1))].add(subscriber_id)
     return [(f"day {i + 1}", len(days["open"][i]), len(days["click"][i])) if i < begun else (f"day {i + 1}", None, None)
             for i in range(TIMELINE_DAYS)]
 
