@@ -317,6 +317,8 @@ def test_own_click_redirect_records_the_click_and_redirects(workdir: Path) -> No
     assert (report.articles[0].readers, report.articles[0].clicks) == (1, 2)
     assert (report.listings[0].readers, report.listings[0].clicks) == (1, 1)
     assert report.clicked == 1
+    # one edition for the whole batch: recorded in one statement, every reader's copy has it
+    assert report.unknown_edition == 0 and [(e.key, e.readers) for e in report.editions] == [("default", 3)]
 
 
 def follow_target(link: str) -> str:

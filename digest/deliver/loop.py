@@ -138,7 +138,8 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             report.unknown += unknown
             done += ok + bad
             # what each copy showed (listings, appeal variant), whatever its fate: the reports' reach
-            note_editions(session, {o.delivery_id: shown[o.delivery_id] for o in outcomes if o.delivery_id in shown})
+            note_editions(session, batch, {o.delivery_id: shown[o.delivery_id] for o in outcomes
+                                           if o.delivery_id in shown})
         for i in ids:
             shown.pop(i, None)
         # what the transport did not answer for was not sent: back to the queue, in the same transaction
