@@ -91,3 +91,7 @@ def test_report_pages_fit_phone_and_desktop(page, live) -> None:  # type: ignore
     page.screenshot(path=str(screenshots() / "web-report-suppliers-print.png"), full_page=True)
     page.emulate_media(media="screen")
     check(page, "/admin/issues", "issues", chart=False)  # the wide table of every issue fits too
+    # at 1280 px the figures table fits its card whole: no column cut off, no scrolling inside it
+    inner = page.evaluate("(() => { const s = document.querySelector('.scroll');"
+                          " return s.scrollWidth - s.clientWidth })()")
+    assert inner <= 0, f"the issues table overflows its card by {inner}px at 1280px"
