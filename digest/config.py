@@ -284,6 +284,12 @@ class Delivery(_Table):
         default=False,
         description="Let smtp or sendgrid send with an http:// publication.public_url: for a test setup only, since "
                     "Gmail and Yahoo ignore one-click unsubscribe links that are not https (RFC 8058).")
+    click_redirect: bool = Field(
+        default=False,
+        description="SMTP and outbox copies: article, listing and appeal links go through public_url/r/<signed "
+                    "token>, which records the click for the reports and redirects. Privacy: it records which "
+                    "reader followed which link when (not the IP or browser); say so in your privacy notice. "
+                    "Ignored with SendGrid, whose own click tracking reports the URL.")
     smtp: SMTPSettings = Field(default_factory=SMTPSettings, description='The SMTP transport (transport = "smtp").')
     sendgrid: SendGridSettings = Field(
         default_factory=SendGridSettings,

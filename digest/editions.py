@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from digest.compose import appeal_for_reader, folded, for_reader, is_print_subscriber
 from digest.config import Settings
-from digest.models import Appeal, Issue
+from digest.models import Appeal, Issue, Listing
 from digest.render import Rendered, render_issue
 from digest.store import DeliveryEvent, IssueRow
 
@@ -43,6 +43,18 @@ def appeal_clickers(session: Session, settings: Settings, number: int) -> set[in
                     or_(*(DeliveryEvent.url.startswith(u, autoescape=True) for u in urls)))
              .distinct())
     return set(session.scalars(query))
+
+
+def shown_in(issue: Issue, key: str | None) -> tuple[list[Listing], str | None]:
+    """What the edition `key` (as `Editions.key` made it, stored on the delivery) showed of `issue`: its
+    listings and its appeal's key (None: no appeal). A delivery without a key (sent before editions were
+    recorded) is taken as the editor's edition; the reports say how many readers that was."""
+    if key is None or key == DEFAULT:
+        return list(issue.listings), issue.appeal.key if issue.appeal else None
+    categories, appeal_key = json.loads(key)
+    wanted = folded(categories) if categories is not None else None
+    listings = [x for x in issue.listings if wanted is None or folded(x.categories) & wanted]
+    return listings, None if appeal_key == NO_APPEAL else str(appeal_key)
 
 
 class Editions:

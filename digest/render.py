@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from functools import lru_cache
-from html import escape
+from html import escape, unescape
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import jinja2
@@ -25,6 +26,7 @@ from digest.config import Settings, public_url_problem
 from digest.models import Issue
 from digest.resources import TEMPLATES
 from digest.wording import plural
+from subscribers.links import NO_READER, ReaderLinks
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SUBJECT_MAX = 78
@@ -35,6 +37,7 @@ TOKENS = {
     "greeting_html": "%%GREETING_HTML%%",
     "unsubscribe_url": "%%UNSUBSCRIBE_URL%%",
     "preferences_url": "%%PREFERENCES_URL%%",
+    "click_url": "%%CLICK_URL%%",  # the reader's /r/<token> (delivery.click_redirect)
 }
 _TOKEN_RE = re.compile(r"%%[A-Z_]+%%")
 
@@ -148,6 +151,8 @@ def render_issue(settings: Settings, issue: Issue, *, edition: str = "default",
     }
     html = compile_mjml("email/digest.mjml.j2", context, templates)
     text = render_text("email/digest.txt.j2", context, templates)
+    if tracks_clicks(settings):
+        html, text = track_links(settings, issue, html, text)
     rendered = Rendered(issue.subject, issue.preheader, html, text, edition=edition)
     return Rendered(rendered.subject, rendered.preheader, html, text,
                     [*checks(issue, rendered), public_url_check(settings)], edition)
@@ -173,12 +178,13 @@ def personalize(template: str, values: Mapping[str, str]) -> str:
 
 
 def public_values(settings: Settings) -> dict[str, str]:
-    """Reader tokens filled for someone who is not a reader: the archive, previews."""
+    """Reader tokens filled for someone who is not a reader: the archive, previews (their click links
+    redirect without recording anything)."""
     base = settings.publication.public_url
-    return token_values("", f"{base}/unsubscribe", f"{base}/subscribe")
+    return token_values("", f"{base}/unsubscribe", f"{base}/subscribe", f"{base}/r/{NO_READER}")
 
 
-def token_values(name: str, unsubscribe_url: str, preferences_url: str) -> dict[str, str]:
+def token_values(name: str, unsubscribe_url: str, preferences_url: str, click_url: str = "") -> dict[str, str]:
     """The substitutions for one reader: the same dict feeds every transport."""
     greeting = f"Hi {name}," if name.strip() else "Hello,"
     return {
@@ -186,7 +192,35 @@ def token_values(name: str, unsubscribe_url: str, preferences_url: str) -> dict[
         TOKENS["greeting_html"]: escape(greeting),
         TOKENS["unsubscribe_url"]: unsubscribe_url,
         TOKENS["preferences_url"]: preferences_url,
+        TOKENS["click_url"]: click_url,
     }
+
+
+def tracks_clicks(settings: Settings) -> bool:
+    """Our own click redirect is on (delivery.click_redirect), and the transport does not track clicks itself."""
+    return settings.delivery.click_redirect and settings.delivery.transport != "sendgrid"
+
+
+_HREF = re.compile(r'href="([^"]*)"')
+
+
+def track_links(settings: Settings, issue: Issue, html: str, text: str) -> tuple[str, str]:
+    """The issue's own links (articles, listings, the appeal) in both parts rewritten to
+    `%%CLICK_URL%%/<link MAC>?u=<target>`: the reader's token is filled per reader, the MAC once here.
+    Other links (unsubscribe, preferences, the masthead) stay as they are."""
+    links = ReaderLinks(settings)
+    targets = sorted(set(issue_links(issue)), key=len, reverse=True)
+    tracked = {url: f"{TOKENS['click_url']}/{links.link_mac(url)}?u={quote(url, safe='')}" for url in targets}
+
+    def href(m: re.Match[str]) -> str:
+        url = unescape(m.group(1))
+        return f'href="{escape(tracked[url], quote=True)}"' if url in tracked else m.group(0)
+
+    html = _HREF.sub(href, html)
+    for url in targets:  # the text part prints each URL on its own: whole URLs only, the longest first
+        new = tracked[url].replace("\\", "\\\\")
+        text = re.sub(rf"(?<!\S){re.escape(url)}(?=[\s)>]|$)", new, text)
+    return html, text
 
 
 _IMG_TAG = re.compile(r"<img\b[^>]*>", re.I)

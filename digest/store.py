@@ -122,6 +122,9 @@ class Delivery(Base):
     # is due there (the send moment's local clock time in that zone); NULL: due with the issue
     zone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the edition key (digest.editions) of the copy this reader was sent: which listings and which appeal
+    # variant it showed, for the reports (a supplier's reach, the appeal per variant); None before 0005
+    edition: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class DeliveryEvent(Base):

@@ -12,6 +12,7 @@ The signing time is kept in the token; `confirm` uses it to refuse links sent be
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +23,9 @@ from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes
 from digest.config import Settings
 from digest.errors import DigestError
 
-PURPOSES = ("confirm", "unsubscribe", "preferences")
+PURPOSES = ("confirm", "unsubscribe", "preferences", "click")
+#: the reader part of a click link in a copy nobody in particular reads (the archive, a preview)
+NO_READER = "-"
 
 
 class TokenError(DigestError):
@@ -108,7 +111,9 @@ class ReaderLinks:
         self.tokens = Tokens(settings.secret_key)
         self._max_age_days = {"confirm": settings.subscribers.confirm_expiry_days,
                               "unsubscribe": settings.subscribers.link_expiry_days,
-                              "preferences": settings.subscribers.link_expiry_days}
+                              "preferences": settings.subscribers.link_expiry_days,
+                              "click": settings.subscribers.link_expiry_days}
+        self._link_key = hashlib.sha256(f"digest.click-link\0{settings.secret_key}".encode()).digest()
 
     def confirm_url(self, subscriber_id: int, list_id: int) -> str:
         return f"{self.public_url}/c/{self.tokens.make('confirm', subscriber_id, list_id)}"
@@ -118,6 +123,19 @@ class ReaderLinks:
 
     def preferences_url(self, subscriber_id: int, list_id: int) -> str:
         return f"{self.public_url}/p/{self.tokens.make('preferences', subscriber_id, list_id)}"
+
+    def click_url(self, subscriber_id: int, issue_number: int) -> str:
+        """The reader's part of their click links (`/r/<token>`): the token carries the subscriber and the
+        issue number (in the list id's place), signed for clicks only."""
+        return f"{self.public_url}/r/{self.tokens.make('click', subscriber_id, issue_number)}"
+
+    def link_mac(self, url: str) -> str:
+        """The link's part of a click link: a MAC of the target URL, so /r/ redirects only to URLs we put
+        in an issue (no open redirect), made once per edition, not per reader."""
+        return hmac.new(self._link_key, url.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+
+    def link_ok(self, url: str, mac: str) -> bool:
+        return hmac.compare_digest(self.link_mac(url), mac)
 
     def read(self, purpose: str, token: str) -> ReaderRef:
         """The ids in a link's token; TokenError when it is tampered, expired or meant for another purpose."""

@@ -29,6 +29,7 @@ def report(config: ConfigOpt = None,
     """How often each supplier was featured, from the choices stored with every issue sent."""
     from rich.table import Table
 
+    from digest.reporting.suppliers import SupplierReach, supplier_reach
     from digest.reports import feature_report
     from digest.sources.directory import read_directory
     from digest.store import session_scope
@@ -42,23 +43,32 @@ def report(config: ConfigOpt = None,
             err.print(f"[yellow]problem:[/] {problem}", highlight=False)
     with session_scope(settings.database_url) as session:
         rows, considered = feature_report(session, directory, last=last)
+        reach = supplier_reach(session, settings, last=last)
     span = f"issues {considered[0]}–{considered[-1]}" if considered else "no issue sent yet"
     table = Table(title=f"Featured suppliers: {plural(len(considered), 'issue')} ({span}), "
                         f"{settings.sources.featured_listings} per issue")
-    for column in ("supplier", "tier", "featured", "share", "last issue", "issues"):
-        table.add_column(column, justify="right" if column in ("featured", "share", "last issue") else "left")
+    numbers = ("featured", "share", "last issue", "reached", "clicked", "click rate")
+    for column in ("supplier", "tier", "featured", "share", "last issue", "reached", "clicked", "click rate",
+                   "issues"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for r in rows:
         share = f"{r.featured / len(considered):.0%}" if considered else "–"
         name = r.name if r.in_directory else f"{r.name} [dim](no longer in the directory)[/]"
-        table.add_row(name, r.tier, str(r.featured), share, str(r.last or "–"), _issues_text(r.issues))
+        got = reach.get(r.name.strip().casefold()) or SupplierReach("", r.name)
+        table.add_row(name, r.tier, str(r.featured), share, str(r.last or "–"), str(got.reach), str(got.readers),
+                      f"{got.rate:.1%}" if got.rate is not None else "–", _issues_text(r.issues))
+    console.print("reached: readers whose copy showed the listing and arrived; clicked: readers who followed "
+                  "its link (sent issues only)", highlight=False)
     console.print(table)
     if csv_out:
         with csv_out.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["supplier", "tier", "categories", "featured", "issues_considered", "last_issue",
-                             "issues", "in_directory"])
+                             "issues", "in_directory", "readers_reached", "readers_clicked", "clicks"])
             for r in rows:
+                got = reach.get(r.name.strip().casefold()) or SupplierReach("", r.name)
                 # supplier names come from the directory file: neutralised against formulas (csv_safe)
                 writer.writerow(safe_row([r.name, r.tier, r.categories, r.featured, len(considered), r.last or "",
-                                          " ".join(map(str, r.issues)), "yes" if r.in_directory else "no"]))
+                                          " ".join(map(str, r.issues)), "yes" if r.in_directory else "no",
+                                          got.reach, got.readers, got.clicks]))
         console.print(f"wrote {csv_out}")

@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from digest.cli import deliveries, issue, listings, recall, schedule, subscribers, users, web
+from digest.cli import deliveries, issue, listings, recall, report, schedule, subscribers, users, web
 from digest.cli.common import err
 from digest.errors import DigestError
 
@@ -24,6 +24,7 @@ app.add_typer(issue.app)
 app.add_typer(subscribers.app, name="subscribers")
 app.add_typer(deliveries.app, name="deliveries")
 app.add_typer(recall.app)
+app.add_typer(report.app)
 app.add_typer(users.app, name="users")
 app.add_typer(listings.app, name="listings")
 app.add_typer(schedule.app)

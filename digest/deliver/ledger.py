@@ -261,6 +261,21 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -
     return len(ok), len(bad), len(unknown)
 
 
+def note_editions(session: Session, batch: str, editions: dict[int, str]) -> None:
+    """Record which edition (digest.editions key) each delivery's copy in a batch was, for the reports:
+    one statement when the batch is one edition (the common case), else one per distinct edition (the
+    caller commits)."""
+    by_edition: dict[str, list[int]] = {}
+    for delivery_id, key in editions.items():
+        by_edition.setdefault(key, []).append(delivery_id)
+    t = DELIVERIES
+    if len(by_edition) == 1:
+        session.connection().execute(update(t).where(t.c.batch == batch).values(edition=next(iter(by_edition))))
+        return
+    for key, ids in by_edition.items():
+        session.connection().execute(update(t).where(t.c.id.in_(ids)).values(edition=key))
+
+
 def release(session: Session, ids: Sequence[int]) -> None:
     """Messages that were certainly not sent go back to the queue (the caller commits)."""
     if ids:

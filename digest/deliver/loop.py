@@ -31,6 +31,7 @@ from digest.deliver.ledger import (
     has_moments,
     mark,
     next_moment,
+    note_editions,
     release,
     snapshot,
     waiting,
@@ -105,6 +106,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         prepare, submit = None, transport.send
 
     unbuilt: list[Outcome] = []  # readers whose own data made their message impossible: failed alone
+    shown: dict[int, str] = {}  # delivery id -> the edition its copy is, recorded with the batch's outcome
     schedule = getattr(transport, "schedule", None)
     plan: tuple[str, int] | None = None
 
@@ -113,8 +115,10 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         for r in readers:
             try:
                 values, headers = personal.for_reader(r.id, list_id, r.name, list_slug=slug, issue_number=number)
-                msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, editions(r),
+                edition = editions(r)
+                msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, edition,
                                     values, headers, list_id, plan))
+                shown[r.delivery_id] = edition.edition
             except Exception as e:
                 unbuilt.append(Outcome(r.delivery_id, False, error=f"could not build this reader's message: {e}"))
         return prepare(msgs) if prepare is not None else msgs
@@ -138,6 +142,11 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             report.failed += bad
             report.unknown += unknown
             done += ok + bad
+            # what each copy showed (listings, appeal variant), whatever its fate: the reports' reach
+            note_editions(session, batch, {o.delivery_id: shown[o.delivery_id] for o in outcomes
+                                           if o.delivery_id in shown})
+        for i in ids:
+            shown.pop(i, None)
         # what the transport did not answer for was not sent: back to the queue, in the same transaction
         release(session, [i for i in ids if i not in handled])
         if utcnow() - last_beat > SEND_HEARTBEAT:

@@ -10,7 +10,7 @@ import re
 import unicodedata
 
 from digest.config import Settings
-from digest.render import token_values
+from digest.render import token_values, tracks_clicks
 from subscribers.links import ReaderLinks
 
 
@@ -57,6 +57,7 @@ class Personalizer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.links = ReaderLinks(settings)
+        self.clicks = tracks_clicks(settings)  # one more signature per reader only when it is used
         self.mailto = settings.publication.reply_to or settings.publication.from_email
 
     def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
@@ -68,7 +69,8 @@ class Personalizer:
     def for_reader(self, subscriber_id: int, list_id: int, name: str, *, list_slug: str = "",
                    issue_number: int = 0) -> tuple[dict[str, str], dict[str, str]]:
         unsub = self.unsubscribe_url(subscriber_id, list_id)
-        values = token_values(name, unsub, self.preferences_url(subscriber_id, list_id))
+        click = self.links.click_url(subscriber_id, issue_number) if self.clicks else ""
+        values = token_values(name, unsub, self.preferences_url(subscriber_id, list_id), click)
         headers = {
             "List-Unsubscribe": f"<{unsub}>, <mailto:{self.mailto}?subject=unsubscribe>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

@@ -80,12 +80,14 @@ def create_app(settings: Settings) -> FastAPI:
             raise DigestError(f"[web] media_dir: {media} is not a folder")
         app.mount("/media", StaticFiles(directory=media), name="media")
 
-    from digest.web import admin, auth, editor, reader, webhooks
+    from digest.web import admin, auth, clicks, editor, reader, reports, webhooks
 
     app.include_router(auth.router)
     app.include_router(reader.router)
+    app.include_router(clicks.router)
     app.include_router(editor.router)
     app.include_router(admin.router)
+    app.include_router(reports.router)
     app.include_router(webhooks.router)
     _error_pages(app)
     return app

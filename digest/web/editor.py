@@ -28,6 +28,7 @@ from digest.web.auth import require_user
 from digest.web.csrf import check_csrf
 from digest.web.deps import get_db, get_settings
 from digest.web.pages import flash, render
+from digest.web.reports import dashboard_reports
 from subscribers.queries import list_counts
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_user), Depends(check_csrf)])
@@ -83,12 +84,13 @@ def _version(row: IssueRow) -> str:
 
 
 @router.get("")
-def dashboard(request: Request, db: Annotated[Session, Depends(get_db)],
-              user: Annotated[User, Depends(require_user)]) -> Response:
+def dashboard(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+              db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)]) -> Response:
     row = issues.current_issue(db)
     return render(request, "admin/dashboard.html", {
         "row": row, "figures": issue_figures(db, limit=5) if user.role == "admin" else [],
         "counts": list_counts(db) if user.role == "admin" else [],
+        **dashboard_reports(db, settings, user),  # the appeal and the list over time (digest.web.reports)
     })
 
 
