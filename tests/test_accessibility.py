@@ -116,7 +116,8 @@ def test_every_editor_and_admin_page_passes_axe(page, live: Live, tmp_path) -> N
     page.get_by_role("button", name="Build the draft").click()
     page.get_by_role("heading", name=re.compile(r"Issue #2")).wait_for()
     audit(page, "draft")
-    for where in ("/admin/subscribers", "/admin/lists", "/admin/issues", "/admin/issues/1/recall", "/admin/import"):
+    for where in ("/admin/subscribers", "/admin/lists", "/admin/issues", "/admin/issues/1/recall", "/admin/import",
+                  "/admin/issues/1", "/admin/suppliers", "/admin/lists/weekly"):  # the reports too
         page.goto(where)
         audit(page, where.strip("/").replace("/", "-"))
     page.goto("/admin/subscribers")
