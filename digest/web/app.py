@@ -22,6 +22,7 @@ from digest.deliver.personalizer import Personalizer
 from digest.errors import DigestError, NotFound
 from digest.store import migrate, session_factory
 from digest.web.auth import SESSION_COOKIE, login_redirect, session_key
+from digest.web.bodyguard import BodyGuard
 from digest.web.catalog import Catalog
 from digest.web.errors import Forbidden, LoginRequired
 from digest.web.pages import WEB_TEMPLATES, flash, render
@@ -57,6 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.personalizer = Personalizer(settings)
     app.state.subscribe_limiter = SlidingWindow(settings.web.subscribe_limit, settings.web.subscribe_window_seconds)
     app.state.login_limiter = SlidingWindow(settings.web.login_limit, settings.web.login_window_seconds)
+
+    # the innermost middleware: inside the session (it needs it to see who is logged in) and inside the
+    # security headers (its refusals carry them too)
+    app.add_middleware(BodyGuard)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ signature is answered 403 and nothing is read. Events are recorded once per `sg_
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from functools import lru_cache
@@ -25,6 +24,7 @@ from digest.config import Settings
 from digest.deliver.events import apply_batch
 from digest.errors import ConfigError
 from digest.store import session_factory
+from digest.web.webhook_input import BadPayload, read_events, signed_timestamp
 
 router = APIRouter()
 log = logging.getLogger("digest.webhooks")
@@ -49,9 +49,8 @@ def check_signature(settings: Settings, body: bytes, signature: str | None, time
         return "webhook_public_key is not configured: unsigned events are refused"
     if not signature or not timestamp:
         return "missing signature"
-    try:
-        sent = int(timestamp)
-    except ValueError:
+    sent = signed_timestamp(timestamp)  # digits only, checked before any arithmetic on them
+    if sent is None:
         return "bad timestamp"
     if abs((now if now is not None else time.time()) - sent) > sg.webhook_max_age_seconds:
         return "stale signature"
@@ -91,11 +90,9 @@ async def sendgrid_events(request: Request) -> JSONResponse:
         log.warning("sendgrid webhook refused: %s", why)
         return JSONResponse({"detail": why}, status_code=403)
     try:
-        events: Any = json.loads(body)
-    except ValueError:
-        return JSONResponse({"detail": "the body is not JSON"}, status_code=400)
-    if not isinstance(events, list):
-        return JSONResponse({"detail": "expected a JSON array of events"}, status_code=400)
+        events = read_events(body)
+    except BadPayload as e:
+        return JSONResponse({"detail": str(e)}, status_code=400)
 
     def apply() -> dict[str, Any]:
         with session_factory(settings.database_url)() as session:
