@@ -57,7 +57,6 @@ class Personalizer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.links = ReaderLinks(settings)
-        self.mailto = settings.publication.reply_to or settings.publication.from_email
 
     def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
         return self.links.unsubscribe_url(subscriber_id, list_id)
@@ -69,8 +68,11 @@ class Personalizer:
                    issue_number: int = 0) -> tuple[dict[str, str], dict[str, str]]:
         unsub = self.unsubscribe_url(subscriber_id, list_id)
         values = token_values(name, unsub, self.preferences_url(subscriber_id, list_id))
+        # the mailto: only when the unsubscribe mailbox acts on it (its address carries the reader's token and
+        # SendGrid Inbound Parse posts it to /webhooks/inbound/...); a mailto: nothing reads is a broken promise
+        mailto = self.links.unsubscribe_mailto(subscriber_id, list_id)
         headers = {
-            "List-Unsubscribe": f"<{unsub}>, <mailto:{self.mailto}?subject=unsubscribe>",
+            "List-Unsubscribe": f"<{unsub}>" + (f", <{mailto}>" if mailto else ""),
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             **list_headers(self.settings, list_slug, issue_number),
         }

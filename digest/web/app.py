@@ -79,13 +79,14 @@ def create_app(settings: Settings) -> FastAPI:
                        https_only=settings.publication.public_url.startswith("https://"))
     app.mount("/static", StaticFiles(directory=WEB_TEMPLATES / "static"), name="static")
 
-    from digest.web import admin, auth, editor, reader, webhooks
+    from digest.web import admin, auth, editor, inbound, reader, webhooks
 
     app.include_router(auth.router)
     app.include_router(reader.router)
     app.include_router(editor.router)
     app.include_router(admin.router)
     app.include_router(webhooks.router)
+    app.include_router(inbound.router)
     _error_pages(app)
     return app
 
