@@ -85,23 +85,24 @@ async def inbound_parse(request: Request, secret: str) -> JSONResponse:
     form = await request.form(max_part_size=MAX_INBOUND)
     addresses = recipients(form)
 
-    def apply() -> tuple[list[str], list[str]]:
-        done, refused = [], []
+    def apply() -> tuple[list[str], list[str], int]:
+        done, refused, changed = [], [], 0
         with session_factory(settings.database_url)() as session:
             for address in addresses:
                 try:
-                    optin.unsubscribe_from_mailbox(settings, session, address, source=SOURCE)
+                    changed += optin.unsubscribe_from_mailbox(settings, session, address, source=SOURCE)
                 except TokenError as e:
                     if address.endswith("@" + settings.delivery.unsubscribe_mailbox.rsplit("@", 1)[1]):
                         refused.append(f"{address}: {e}")
                     continue
                 done.append(address)
             session.commit()
-        return done, refused
+        return done, refused, changed
 
-    done, refused = await run_in_threadpool(apply)
+    done, refused, changed = await run_in_threadpool(apply)
     if not done:
         log.warning("inbound parse: no valid unsubscribe address among %d recipient(s)", len(addresses))
         return JSONResponse({"detail": "no recipient is a valid unsubscribe address", "refused": refused[:10]},
                             status_code=400)
-    return JSONResponse({"unsubscribed": len(done), "refused": refused[:10]})
+    # a replay names the same reader again and changes nothing: `changed` is 0 then
+    return JSONResponse({"readers": len(done), "changed": changed, "refused": refused[:10]})
