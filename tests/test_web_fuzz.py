@@ -4,7 +4,8 @@ The schema is built from the app itself (`app.openapi()`, the SendGrid webhook i
 describes its body for this), on an SQLite file database holding what the demo leaves (readers, issue 1
 sent, issue 2 an open draft). Two runs: a visitor (no session: every generated value as it comes) and an
 admin (a logged-in session, the session's valid CSRF token in every form, valid signed reader links in
-/c/ /u/ /p/, and SendGrid's signature on every webhook body), so the generated data reaches the handlers
+/c/ /u/ /p/, SendGrid's signature on every event batch, and the Inbound Parse URL's secret with readers'
+own unsubscribe addresses), so the generated data reaches the handlers
 instead of stopping at the door. Positive and negative data; any 5xx fails, through schemathesis'
 `not_a_server_error` check. The examples per operation are bounded to keep the run near a minute.
 """
@@ -27,18 +28,22 @@ from digest import issues
 from digest.config import Settings, load_settings
 from digest.store import migrate, session_factory
 from digest.web.app import create_app
-from subscribers.links import Tokens
+from subscribers.links import MailboxTokens, Tokens
 from tests import test_webhooks_sendgrid as hooks
 from tests.fakes.readers import seed_readers, set_keys
 from tests.test_web_support import make_users
 
 #: examples per operation and generation mode (36 operations x 2 modes); raise it locally for a deeper run
-EXAMPLES = 12
+EXAMPLES = 8
 SESSION_COOKIE = "digest_session"
+
+
+INBOUND_SECRET = "fuzz-inbound-secret-0123456789abcdef"
 
 
 def _demo_like(workdir: Path, signer: hooks.Signer) -> Settings:
     set_keys(workdir, "delivery.sendgrid", webhook_public_key=signer.public, webhook_max_age_seconds=300)
+    set_keys(workdir, "delivery", unsubscribe_mailbox="unsubscribe@inbound.example.org")
     settings = load_settings(workdir / "digest.toml")
     migrate(settings.database_url)
     make_users(settings)
@@ -64,11 +69,14 @@ def _admin_session(app: Any) -> tuple[dict[str, str], str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("who", ["visitor", "admin"])
-def test_no_generated_request_gets_a_server_error(workdir: Path, backend: str, who: str) -> None:
+def test_no_generated_request_gets_a_server_error(workdir: Path, backend: str, who: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     if backend != "sqlite":
         pytest.skip("the fuzz run is on an SQLite file; the regression tests of its causes run on both backends")
+    monkeypatch.setenv("DIGEST_INBOUND_SECRET", INBOUND_SECRET)
     signer = hooks.Signer()
     settings = _demo_like(workdir, signer)
+    mailbox = MailboxTokens(settings.secret_key, settings.delivery.unsubscribe_mailbox)
     app = create_app(settings)
     schema = schemathesis.openapi.from_dict(app.openapi())
     schema.app = app
@@ -89,11 +97,15 @@ def test_no_generated_request_gets_a_server_error(workdir: Path, backend: str, w
             prefix = path[:3]
             if prefix in links and case.path_parameters is not None:
                 case.path_parameters["token"] = links[prefix]
+            if path == "/webhooks/inbound/{secret}" and case.path_parameters is not None:
+                case.path_parameters["secret"] = INBOUND_SECRET
+                if isinstance(case.body, dict) and calls % 2:  # every other time a reader's own address
+                    case.body = {**case.body, "to": mailbox.address(2 + calls % 4, 1)}
             if path == "/webhooks/sendgrid":
                 body = json.dumps(case.body).encode() if not isinstance(case.body, bytes) else case.body
                 kwargs["headers"] = signer.headers(body)
                 kwargs["data"] = body
-            elif case.method == "POST" and path != "/admin/import":
+            elif case.method == "POST" and path not in ("/admin/import", "/webhooks/inbound/{secret}"):
                 form = dict(case.body) if isinstance(case.body, dict) else {}
                 if "number" in form and calls % 2:
                     form["number"] = "2"  # every other time the open draft's number, so the action runs
@@ -130,4 +142,5 @@ def test_no_generated_request_gets_a_server_error(workdir: Path, backend: str, w
     print(f"{who}: {calls} requests, {len(reached)} operations answered 2xx/3xx, POST: {sorted(posts)}")
     if who == "admin":
         assert {"POST /admin/draft/adjust", "POST /admin/subscribers/{subscriber_id}/unsubscribe", "POST /u/{token}",
-                "POST /p/{token}", "POST /webhooks/sendgrid", "POST /admin/draft/build"} <= posts, sorted(posts)
+                "POST /p/{token}", "POST /webhooks/sendgrid", "POST /admin/draft/build",
+                "POST /webhooks/inbound/{secret}"} <= posts, sorted(posts)
