@@ -134,6 +134,26 @@ def test_without_a_mailbox_that_acts_there_is_no_mailto(workdir: Path, monkeypat
         assert r.status_code == 404
 
 
+def test_the_draft_checks_say_whether_the_mailto_is_offered(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from digest.issues import build_draft
+
+    def check() -> list[tuple[str, str]]:
+        settings = load_settings(workdir / "digest.toml")
+        migrate(settings.database_url)
+        with session_factory(settings.database_url)() as s:
+            draft = build_draft(settings, s)
+            s.commit()
+        return [(c.level, c.message) for c in draft.checks if c.name == "unsubscribe-mailbox"]
+
+    assert check() == []  # not configured: nothing to say
+    set_keys(workdir, "delivery", unsubscribe_mailbox=MAILBOX)
+    ((level, message),) = check()
+    assert level == "warn" and "DIGEST_INBOUND_SECRET" in message and "no mailto:" in message
+    monkeypatch.setenv("DIGEST_INBOUND_SECRET", SECRET)
+    ((level, message),) = check()
+    assert level == "ok" and MAILBOX in message
+
+
 def test_a_bad_mailbox_address_is_a_config_error_naming_the_key(workdir: Path) -> None:
     from digest.errors import ConfigError
 
