@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import secrets
 import textwrap
 import tomllib
@@ -42,6 +43,8 @@ ENV_DATABASE_URL = "DIGEST_DATABASE_URL"
 ENV_SECRET_KEY = "DIGEST_SECRET_KEY"
 ENV_SENDGRID_API_KEY = "SENDGRID_API_KEY"
 ENV_SENDGRID_API_URL = "DIGEST_SENDGRID_API_URL"
+#: the shortest secret accepted in the Inbound Parse URL (about 190 bits as token_urlsafe writes it)
+INBOUND_SECRET_MIN = 32
 SECRET_FILE = ".digest-secret"
 
 FILE_HEADER = """\
@@ -290,10 +293,40 @@ class Delivery(_Table):
                     "token>, which records the click for the reports and redirects. Privacy: it records which "
                     "reader followed which link when (not the IP or browser); say so in your privacy notice. "
                     "Ignored with SendGrid, whose own click tracking reports the URL.")
+    unsubscribe_mailbox: str = Field(
+        default="",
+        description="An address whose mail SendGrid Inbound Parse posts to /webhooks/inbound/<secret> (e.g. "
+                    "unsubscribe@inbound.example.org): each reader's List-Unsubscribe then also offers "
+                    "mailto:unsubscribe+TOKEN@..., which unsubscribes that reader. Empty (or no secret): no "
+                    "mailto: at all, since nothing would act on it.")
+    inbound_secret_env: str = Field(
+        default="DIGEST_INBOUND_SECRET",
+        description="The environment variable holding the secret path segment of the Inbound Parse URL "
+                    "(at least 32 characters; never this file).")
     smtp: SMTPSettings = Field(default_factory=SMTPSettings, description='The SMTP transport (transport = "smtp").')
     sendgrid: SendGridSettings = Field(
         default_factory=SendGridSettings,
         description=f'The SendGrid transport (transport = "sendgrid"); its API key comes from {ENV_SENDGRID_API_KEY}.')
+
+
+    @field_validator("unsubscribe_mailbox")
+    @classmethod
+    def _mailbox(cls, value: str) -> str:
+        """A plain ASCII address whose local part leaves room for `+TOKEN` within RFC 5321's 64 characters."""
+        if not value:
+            return value
+        local, at, domain = value.strip().rpartition("@")
+        if not at or not re.fullmatch(r"[A-Za-z0-9._-]{1,20}", local) \
+                or not re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", domain):
+            raise _Invalid(f"{value!r} is not an address like unsubscribe@inbound.example.org (ASCII letters, digits, "
+                           "dot, dash or underscore; a local part of at most 20 characters and no '+')")
+        return f"{local}@{domain.lower()}"
+
+    @property
+    def inbound_secret(self) -> str:
+        """The Inbound Parse URL's secret; empty when unset or too short to be one (then no mailto: is offered)."""
+        secret = os.environ.get(self.inbound_secret_env, "").strip()
+        return secret if len(secret) >= INBOUND_SECRET_MIN else ""
 
 
 class Schedule(_Table):

@@ -155,7 +155,7 @@ def render_issue(settings: Settings, issue: Issue, *, edition: str = "default",
         html, text = track_links(settings, issue, html, text)
     rendered = Rendered(issue.subject, issue.preheader, html, text, edition=edition)
     return Rendered(rendered.subject, rendered.preheader, html, text,
-                    [*checks(issue, rendered), public_url_check(settings)], edition)
+                    [*checks(issue, rendered), public_url_check(settings), *mailbox_check(settings)], edition)
 
 
 def public_url_check(settings: Settings) -> Check:
@@ -170,6 +170,19 @@ def public_url_check(settings: Settings) -> Check:
         return Check("public-url", "ok", f"reader links use {url}: fine for the outbox; smtp or sendgrid need https")
     return Check("public-url", "warn", f"reader links use {url}, not https: allowed by delivery.allow_http_public_url "
                                        "(a test setup); one-click unsubscribe will not work in Gmail or Yahoo")
+
+
+def mailbox_check(settings: Settings) -> list[Check]:
+    """With an unsubscribe mailbox configured, whether List-Unsubscribe offers its mailto: (it needs the Inbound
+    Parse secret too, or nothing would act on the mail; docs/delivery.md, "Unsubscribe by email")."""
+    delivery = settings.delivery
+    if not delivery.unsubscribe_mailbox:
+        return []
+    if delivery.inbound_secret:
+        return [Check("unsubscribe-mailbox", "ok", f"List-Unsubscribe offers mailto: at {delivery.unsubscribe_mailbox} "
+                                                   "(SendGrid Inbound Parse posts it to /webhooks/inbound/...)")]
+    return [Check("unsubscribe-mailbox", "warn", f"${delivery.inbound_secret_env} holds no secret of 32 characters or "
+                                                 f"more, so no mailto: is offered for {delivery.unsubscribe_mailbox}")]
 
 
 def personalize(template: str, values: Mapping[str, str]) -> str:

@@ -8,12 +8,19 @@ A token is `<subscriber id hex>.<list id hex>.<timestamp>.<signature>`: the ids 
 nothing without the database, the address is not in it, and a change to any character breaks the
 signature. One signer per purpose (the salt), so an unsubscribe token never confirms and vice versa.
 The signing time is kept in the token; `confirm` uses it to refuse links sent before an unsubscribe.
+
+The unsubscribe mailbox (`[delivery] unsubscribe_mailbox`) gets an address per reader and list,
+`unsubscribe+<sid hex>-<lid hex>-<mac>@inbound.example.org` (`MailboxTokens`): lower case only, since mail
+systems may change the case of a local part (RFC 5321 §2.4 lets the receiver decide), and short enough
+for the 64-character local part (§4.5.3.1.1). It never expires: a mailed unsubscribe must keep working.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -99,6 +106,40 @@ class Tokens:
             raise TokenError("this link is not valid") from None
 
 
+class MailboxTokens:
+    """The reader's address at the unsubscribe mailbox, and the reader an address of that form names."""
+
+    #: 26 base32 characters of HMAC-SHA256: 130 bits
+    MAC_CHARS = 26
+
+    def __init__(self, secret_key: str, mailbox: str) -> None:
+        if not secret_key:
+            raise ValueError("a signing key is required")
+        self._key = hmac.new(secret_key.encode("utf-8"), b"digest.unsubscribe-mailbox", hashlib.sha256).digest()
+        local, _, domain = mailbox.rpartition("@")
+        self.local, self.domain = local.lower(), domain.lower()
+        self._address = re.compile(rf"{re.escape(self.local)}\+([0-9a-f]{{1,15}})-([0-9a-f]{{1,15}})-([a-z2-7]+)"
+                                   rf"@{re.escape(self.domain)}")
+
+    def _mac(self, ids: str) -> str:
+        digest = hmac.new(self._key, ids.encode("ascii"), hashlib.sha256).digest()
+        return base64.b32encode(digest).decode("ascii").lower()[:self.MAC_CHARS]
+
+    def address(self, subscriber_id: int, list_id: int) -> str:
+        ids = f"{subscriber_id:x}-{list_id:x}"
+        return f"{self.local}+{ids}-{self._mac(ids)}@{self.domain}"
+
+    def read(self, address: str) -> ReaderRef:
+        """The ids an address of the mailbox carries; TokenError when it is not one of ours or is forged."""
+        found = self._address.fullmatch(address.strip().lower())
+        if found is None:
+            raise TokenError("not an address of the unsubscribe mailbox")
+        sid, lid, mac = found.groups()
+        if not hmac.compare_digest(mac.encode("ascii"), self._mac(f"{sid}-{lid}").encode("ascii")):
+            raise TokenError("the unsubscribe address is not valid (it may have been changed)")
+        return ReaderRef(int(sid, 16), int(lid, 16))
+
+
 class ReaderLinks:
     """The reader's URLs for one publication, and the check of a token that comes back on one.
 
@@ -109,6 +150,9 @@ class ReaderLinks:
     def __init__(self, settings: Settings) -> None:
         self.public_url = settings.publication.public_url
         self.tokens = Tokens(settings.secret_key)
+        mailbox, secret = settings.delivery.unsubscribe_mailbox, settings.delivery.inbound_secret
+        # a mailbox without the Inbound Parse secret has nothing acting on it: no address is offered then
+        self.mailbox = MailboxTokens(settings.secret_key, mailbox) if mailbox and secret else None
         self._max_age_days = {"confirm": settings.subscribers.confirm_expiry_days,
                               "unsubscribe": settings.subscribers.link_expiry_days,
                               "preferences": settings.subscribers.link_expiry_days,
@@ -136,6 +180,11 @@ class ReaderLinks:
 
     def link_ok(self, url: str, mac: str) -> bool:
         return hmac.compare_digest(self.link_mac(url), mac)
+    def unsubscribe_mailto(self, subscriber_id: int, list_id: int) -> str | None:
+        """The reader's `mailto:` for List-Unsubscribe (RFC 2369), or None when no mailbox acts on it."""
+        if self.mailbox is None:
+            return None
+        return f"mailto:{self.mailbox.address(subscriber_id, list_id)}?subject=unsubscribe"
 
     def read(self, purpose: str, token: str) -> ReaderRef:
         """The ids in a link's token; TokenError when it is tampered, expired or meant for another purpose."""

@@ -130,6 +130,19 @@ def unsubscribe_from_token(settings: Settings, session: Session, token: str, *, 
     return sub
 
 
+def unsubscribe_from_mailbox(settings: Settings, session: Session, address: str, *, source: str) -> int:
+    """An email to the reader's own address at the unsubscribe mailbox (List-Unsubscribe's mailto:, RFC 2369):
+    leaves the list the address names. TokenError for an address that is not one of ours; a replay changes
+    nothing (the membership is already unsubscribed). Returns how many memberships changed; the caller commits."""
+    mailbox = ReaderLinks(settings).mailbox
+    if mailbox is None:
+        raise TokenError("no unsubscribe mailbox is configured")
+    ref = mailbox.read(address)
+    sub = _reader(session, ref.subscriber_id)
+    mlist = session.get(MailingList, ref.list_id)
+    return lifecycle.unsubscribe(session, sub, mlist.slug if mlist else None, source=f"reader: {source}")
+
+
 def preferences_from_token(settings: Settings, session: Session, token: str) -> tuple[Subscriber, MailingList]:
     """Whose preferences page this is, and the list whose email the link came from."""
     ref = ReaderLinks(settings).read("preferences", token)

@@ -128,7 +128,8 @@ def test_one_request_carries_each_readers_parts_within_the_contract(sg: Settings
         assert (ref.subscriber_id, ref.list_id) == (sid, 1)
         pref = tokens.read("preferences", p["substitutions"]["%%PREFERENCES_URL%%"].rsplit("/", 1)[1], 1)
         assert pref.subscriber_id == sid
-        assert p["headers"]["List-Unsubscribe"].startswith(f"<{unsub}>, <mailto:")
+        # the one-click URL alone: no unsubscribe mailbox is configured, so no mailto: (issue 17, point 4)
+        assert p["headers"]["List-Unsubscribe"] == f"<{unsub}>"
         assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     names = {p["to"][0]["email"]: p["to"][0].get("name") for p in body["personalizations"]}
     assert names == {"ann@example.com": "Smith Ann PhD", "zoe@example.org": "Zoë", "noname@example.net": None}

@@ -191,7 +191,7 @@ def test_archive_shows_sent_issues_without_reader_parts(client, settings):
     assert f"{settings.publication.public_url}/unsubscribe" in page.text
     assert "ann@example.com" not in page.text
     assert client.get("/issues/2").status_code == 404
-    assert client.get("/issues/abc").status_code == 422
+    assert client.get("/issues/abc").status_code == 404  # not an issue number: no such page (digest.web.numbers)
 
 
 def test_public_unsubscribe_page_explains_the_way_out(client, settings):

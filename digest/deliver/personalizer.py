@@ -58,7 +58,6 @@ class Personalizer:
         self.settings = settings
         self.links = ReaderLinks(settings)
         self.clicks = tracks_clicks(settings)  # one more signature per reader only when it is used
-        self.mailto = settings.publication.reply_to or settings.publication.from_email
 
     def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
         return self.links.unsubscribe_url(subscriber_id, list_id)
@@ -71,8 +70,11 @@ class Personalizer:
         unsub = self.unsubscribe_url(subscriber_id, list_id)
         click = self.links.click_url(subscriber_id, issue_number) if self.clicks else ""
         values = token_values(name, unsub, self.preferences_url(subscriber_id, list_id), click)
+        # the mailto: only when the unsubscribe mailbox acts on it (its address carries the reader's token and
+        # SendGrid Inbound Parse posts it to /webhooks/inbound/...); a mailto: nothing reads is a broken promise
+        mailto = self.links.unsubscribe_mailto(subscriber_id, list_id)
         headers = {
-            "List-Unsubscribe": f"<{unsub}>, <mailto:{self.mailto}?subject=unsubscribe>",
+            "List-Unsubscribe": f"<{unsub}>" + (f", <{mailto}>" if mailto else ""),
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             **list_headers(self.settings, list_slug, issue_number),
         }

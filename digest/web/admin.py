@@ -36,6 +36,7 @@ from digest.store import User
 from digest.web.auth import require_admin, require_user
 from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
+from digest.web.numbers import parse_id  # also registers the {name:id} path convertor used below
 from digest.web.pages import flash, render
 from subscribers import csv_export, csv_import, lifecycle
 from subscribers.models import MembershipStatus, Subscriber
@@ -50,16 +51,12 @@ router = APIRouter(prefix="/admin",
 RECALLABLE = tuple(sources(IssueStatus.RECALLED))
 
 
-def _int(value: str) -> int | None:
-    return int(value) if value.isdigit() else None
-
-
 @router.get("/subscribers")
 def subscribers(request: Request, settings: Annotated[Settings, Depends(get_settings)],
                 db: Annotated[Session, Depends(get_db)], q: str = "", status: str = "", list: str = "",  # noqa: A002
                 before: str = "", after: str = "") -> Response:
     """Search and page through subscribers (digest.web.search: keyset pages, a capped count)."""
-    query = Query(q=q.strip()[:320], status=status, list_slug=list, before=_int(before), after=_int(after),
+    query = Query(q=q.strip()[:320], status=status, list_slug=list, before=parse_id(before), after=parse_id(after),
                   size=settings.web.page_size)
     return render(request, "admin/subscribers.html", {"page": search(db, query), "query": query,
                                                       "statuses": tuple(MembershipStatus), "lists": list_slugs(db)})
@@ -72,7 +69,7 @@ def _subscriber(db: Session, subscriber_id: int) -> Subscriber:
     return sub
 
 
-@router.get("/subscribers/{subscriber_id}")
+@router.get("/subscribers/{subscriber_id:id}")
 def subscriber(request: Request, subscriber_id: int, db: Annotated[Session, Depends(get_db)]) -> Response:
     """One reader: memberships, the consent history (every event, newest first) and what was sent to them."""
     found = profile(db, _subscriber(db, subscriber_id).email)
@@ -82,7 +79,7 @@ def subscriber(request: Request, subscriber_id: int, db: Annotated[Session, Depe
                                                      "deliveries": deliveries})
 
 
-@router.post("/subscribers/{subscriber_id}/unsubscribe")
+@router.post("/subscribers/{subscriber_id:id}/unsubscribe")
 def unsubscribe(request: Request, subscriber_id: int, db: Annotated[Session, Depends(get_db)],
                 user: Annotated[User, Depends(require_user)], list: Annotated[str, Form()] = "") -> Response:  # noqa: A002
     """Unsubscribe from one list, or from every list when none is named; recorded with the admin's name."""
@@ -110,7 +107,7 @@ def figures(request: Request, db: Annotated[Session, Depends(get_db)]) -> Respon
 # -- recall: cancel an issue's scheduled SendGrid batches (digest.deliver.batches) --------------------
 
 
-@router.get("/issues/{number}/recall")
+@router.get("/issues/{number:id}/recall")
 def recall_confirm(request: Request, number: int, settings: Annotated[Settings, Depends(get_settings)],
                    db: Annotated[Session, Depends(get_db)]) -> Response:
     """The confirmation step: what a recall would cancel now, and what it can no longer stop."""
@@ -124,7 +121,7 @@ def recall_confirm(request: Request, number: int, settings: Annotated[Settings, 
                                                  "readers": sum(b.readers for b in able), "done": None})
 
 
-@router.post("/issues/{number}/recall")
+@router.post("/issues/{number:id}/recall")
 def recall_issue(request: Request, number: int, settings: Annotated[Settings, Depends(get_settings)],
                  db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)],
                  confirm: Annotated[str, Form()] = "") -> Response:

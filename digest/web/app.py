@@ -23,6 +23,7 @@ from digest.deliver.personalizer import Personalizer
 from digest.errors import DigestError, NotFound
 from digest.store import migrate, session_factory
 from digest.web.auth import SESSION_COOKIE, login_redirect, session_key
+from digest.web.bodyguard import BodyGuard
 from digest.web.catalog import Catalog
 from digest.web.errors import Forbidden, LoginRequired
 from digest.web.pages import WEB_TEMPLATES, flash, render
@@ -59,6 +60,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.subscribe_limiter = SlidingWindow(settings.web.subscribe_limit, settings.web.subscribe_window_seconds)
     app.state.login_limiter = SlidingWindow(settings.web.login_limit, settings.web.login_window_seconds)
 
+    # the innermost middleware: inside the session (it needs it to see who is logged in) and inside the
+    # security headers (its refusals carry them too)
+    app.add_middleware(BodyGuard)
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
         response = await call_next(request)
@@ -80,7 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise DigestError(f"[web] media_dir: {media} is not a folder")
         app.mount("/media", StaticFiles(directory=media), name="media")
 
-    from digest.web import admin, auth, clicks, editor, reader, reports, webhooks
+    from digest.web import admin, auth, clicks, editor, inbound, reader, reports, webhooks
 
     app.include_router(auth.router)
     app.include_router(reader.router)
@@ -89,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(reports.router)
     app.include_router(webhooks.router)
+    app.include_router(inbound.router)
     _error_pages(app)
     return app
 

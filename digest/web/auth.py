@@ -64,10 +64,13 @@ def login_redirect(request: Request) -> Response:
 
 def _safe_next(value: str | None) -> str:
     """Only a path on this site: never an open redirect to somewhere else."""
-    if not value:
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return "/admin"
-    parts = urlsplit(value)
-    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: not a path of ours either
+        return "/admin"
+    if parts.scheme or parts.netloc:
         return "/admin"
     return value
 

@@ -37,6 +37,8 @@ async def check_csrf(request: Request) -> None:
     form = await request.form()
     sent = form.get(CSRF_FIELD)
     expected = request.session.get("csrf")
-    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
+    # compared as bytes: hmac.compare_digest refuses str holding non-ASCII characters with TypeError
+    if not isinstance(sent, str) or not isinstance(expected, str) or not expected \
+            or not hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8")):
         raise Forbidden("This form has expired or did not come from this site. Go back, reload the page and "
                         "try again (this site needs its cookie to accept a form).")

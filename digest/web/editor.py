@@ -27,6 +27,7 @@ from digest.store import IssueRow, User
 from digest.web.auth import require_user
 from digest.web.csrf import check_csrf
 from digest.web.deps import get_db, get_settings
+from digest.web.numbers import issue_number  # also registers the {name:id} path convertor used below
 from digest.web.pages import flash, render
 from digest.web.reports import dashboard_reports
 from subscribers.queries import list_counts
@@ -112,14 +113,14 @@ def draft(request: Request, settings: Annotated[Settings, Depends(get_settings)]
     })
 
 
-@router.get("/preview/{number}.html")
+@router.get("/preview/{number:id}.html")
 def preview_html(number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
     """The issue's HTML alone, for the preview frames (sandboxed: it can run nothing)."""
     row = issues.get_issue(db, number)
     return HTMLResponse(row.html, headers={"Content-Security-Policy": PREVIEW_CSP, "Cache-Control": "no-store"})
 
 
-@router.get("/preview/{number}.txt")
+@router.get("/preview/{number:id}.txt")
 def preview_text(number: int, db: Annotated[Session, Depends(get_db)]) -> Response:
     return PlainTextResponse(issues.get_issue(db, number).text, headers={"Cache-Control": "no-store"})
 
@@ -144,10 +145,11 @@ def build(request: Request, settings: Annotated[Settings, Depends(get_settings)]
 @router.post("/draft/adjust")
 def adjust(request: Request, settings: Annotated[Settings, Depends(get_settings)],
            db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)],
-           number: Annotated[int, Form()],
+           number_field: Annotated[str, Form(alias="number")],
            pin: Annotated[list[str] | None, Form()] = None, exclude: Annotated[list[str] | None, Form()] = None,
            feature: Annotated[list[str] | None, Form()] = None) -> Response:
     """Replace the draft's exclusions, pins and featured listings with the form's, and rebuild it."""
+    number = issue_number(number_field)
     row = issues.current_issue(db)
     if row is None or row.number != number or row.status not in EDITABLE:
         raise DigestError(f"issue {number} can no longer be changed (it is not the open draft)")
@@ -176,10 +178,11 @@ def send_test(request: Request, settings: Annotated[Settings, Depends(get_settin
 @router.post("/draft/approve")
 def approve(request: Request, settings: Annotated[Settings, Depends(get_settings)],
             db: Annotated[Session, Depends(get_db)], user: Annotated[User, Depends(require_user)],
-            number: Annotated[int, Form()], version: Annotated[str, Form()] = "",
+            number_field: Annotated[str, Form(alias="number")], version: Annotated[str, Form()] = "",
             allow_empty: Annotated[bool, Form()] = False) -> Response:
     """Approve exactly what the editor looked at: a draft rebuilt since then must be reviewed again. An
     issue with fewer than `min_articles` new articles needs the page's second, explicit confirmation."""
+    number = issue_number(number_field)
     row = issues.get_issue(db, number)
     if row.status in APPROVABLE and version != _version(row):
         flash(request, f"Issue {number} changed since you loaded it: review it again before approving.", "error")

@@ -20,6 +20,7 @@ from digest.errors import NotFound
 from digest.sources.categories import known_categories
 from digest.web.csrf import check_csrf
 from digest.web.deps import client_ip, get_db, get_settings
+from digest.web.numbers import IdConvertor  # noqa: F401 (registers the {name:id} path convertor used below)
 from digest.web.pages import email_page, render
 from subscribers import lifecycle, optin, zones
 from subscribers.links import ReaderLinks
@@ -192,7 +193,7 @@ def archive(request: Request, db: Annotated[Session, Depends(get_db)]) -> Respon
     return render(request, "archive.html", {"issues": issue_queries.archive(db)})
 
 
-@router.get("/issues/{number}")
+@router.get("/issues/{number:id}")
 def archived_issue(request: Request, number: int, db: Annotated[Session, Depends(get_db)],
                    settings: Annotated[Settings, Depends(get_settings)]) -> Response:
     """The issue as readers saw it, with the reader-specific parts replaced by generic ones and the site's

@@ -25,6 +25,7 @@ from digest.web.auth import require_admin, require_user
 from digest.web.charts import chart
 from digest.web.csrf import check_csrf
 from digest.web.deps import get_db, get_settings
+from digest.web.numbers import IdConvertor, parse_id  # noqa: F401 (IdConvertor registers {name:id})
 from digest.web.pages import render
 from subscribers.csv_safe import safe_row
 from subscribers.queries import list_slugs
@@ -75,7 +76,7 @@ def dashboard_reports(db: Session, settings: Settings, user: User) -> dict[str, 
     return out
 
 
-@router.get("/issues/{number}")
+@router.get("/issues/{number:id}")
 def issue_page(request: Request, number: int, settings: Annotated[Settings, Depends(get_settings)],
                db: Annotated[Session, Depends(get_db)]) -> Response:
     report = issue_report(db, settings, number)
@@ -94,7 +95,10 @@ def _suppliers(db: Session, settings: Settings, last: int | None, supplier: str)
 
 
 def _last(value: str) -> int | None:
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    """`?last=N`: a count of issues, or None (every issue) for anything that is not one (parse_id: ASCII
+    digits below 2^63, so `²` or 5,000 digits are no 500)."""
+    number = parse_id(value)
+    return number if number else None
 
 
 @router.get("/suppliers")
