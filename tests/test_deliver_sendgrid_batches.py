@@ -27,7 +27,7 @@ from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus
 from digest.issues import build_draft, send
 from digest.store import Delivery, IssueRow, migrate, session_factory
-from tests.conftest import SECRET, run_cli
+from tests.conftest import SECRET, SENDGRID_KEY, run_cli
 from tests.fakes.readers import seed_readers, set_keys
 from tests.fakes.sendgrid_server import (
     Fault,
@@ -40,13 +40,7 @@ from tests.fakes.sendgrid_server import (
 )
 from tests.test_web_support import app_fixture, client_fixture, csrf_from, login  # noqa: F401 (fixtures)
 
-KEY = "SG.batches-test-key"
-
-
-@pytest.fixture
-def server():  # type: ignore[no-untyped-def]
-    with SendGridServer(KEY) as srv:
-        yield srv
+KEY = SENDGRID_KEY  # the key the shared `server` fixture (tests/conftest.py) takes
 
 
 def configure(workdir: Path, **keys: object) -> Settings:
