@@ -347,3 +347,72 @@ def test_the_admin_recalls_an_issue_after_a_confirmation_step(client, sg: Settin
     assert server.recipients() == [] and ledger(sg) == {"queued": 100}
     again = client.get("/admin/issues/1/recall")
     assert "Nothing can be recalled now." in again.text
+
+
+# -- one claim, several requests: each its own batch, recorded before it goes out ----------------------
+
+
+def test_each_request_of_a_claim_has_its_own_batch_so_a_lost_answer_cancels_that_request_alone(
+        workdir: Path, sg: Settings, server: SendGridServer) -> None:
+    """Two editions in one claim are two requests: the second gets a batch of its own (recorded before it
+    goes out); its answer is lost, so its batch alone is cancelled and its readers sent again; the first
+    request's readers keep their copy, once."""
+    from digest.deliver.loop import deliver
+    from digest.issues import start_sending
+    from digest.render import Rendered
+
+    settings = configure(workdir, batch_size=50, concurrency=1)  # one request at a time: a known order
+    emails = seed_readers(settings, 100)
+    factory = session_factory(settings.database_url)
+    with factory() as s:
+        issue = build_draft(settings, s).row
+        start_sending(s, issue)
+        s.commit()
+        issue_id = issue.id
+    odd = Rendered("Issue 1", "", "<p>odd %%GREETING%%</p>", "odd", [], "odd")
+    even = Rendered("Issue 1", "", "<p>even %%GREETING%%</p>", "even", [], "even")
+    server.script(accept_plain(), accept_then_drop())  # the claim's second request: taken, answer lost
+    report = deliver(factory, settings, issue_id, SendGridTransport(settings),
+                     lambda r: odd if r.id % 2 else even, list_id=1)
+    assert report.unknown == 0 and report.submitted == 100
+    batches = [r.batch_id for r in server.received]
+    assert all(batches) and len(set(batches)) == len(batches) >= 5, "every request its own batch"
+    first, second = server.received[:2]
+    assert server.scheduled == {second.batch_id: "cancel"}, "the lost request's batch alone is cancelled"
+    assert Counter(server.recipients()) == Counter(emails), "every reader exactly once"
+    carried = {e: r.batch_id for r in server.received if r.batch_id != second.batch_id for e in r.recipients}
+    with factory() as s:
+        rows = {d.email: d for d in s.scalars(select(Delivery).where(Delivery.issue_id == issue_id))}
+        assert counts(s, issue_id) == {"submitted": 100}
+    assert {e: d.provider_batch for e, d in rows.items()} == carried, "the ledger names each copy's batch"
+    assert set(first.recipients) <= set(carried) and carried[first.recipients[0]] == first.batch_id
+
+
+def test_a_claim_over_the_30_mb_cap_is_split_and_each_request_has_its_own_batch(
+        sg: Settings, server: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap is lowered to a few readers' worth (30 MB of JSON is slow to build on a test machine); the
+    splitting is the same."""
+    from digest.deliver import sendgrid
+    from digest.deliver.sendgrid import personalization
+    from digest.render import Rendered
+    from tests.test_deliver_sendgrid import _message
+
+    edition = Rendered("Issue 1", "", "<p>%%GREETING%% the issue</p>", "%%GREETING%% the issue", [], "default")
+    claim_batch, at = server.new_batch(), int(time.time()) + 3600
+    messages = [_message(i, edition, values={"%%GREETING%%": f"Hi {i}" + "x" * 2000}, scheduled=(claim_batch, at))
+                for i in range(1, 21)]
+    transport = SendGridTransport(sg)
+    shared = transport.shared_json(edition, 1)[1]
+    one = len(json.dumps(personalization(messages[0])))
+    monkeypatch.setattr(sendgrid, "MAX_REQUEST_BYTES", shared + 6 * one)
+    prepared = transport.prepare(messages)
+    assert len(prepared.requests) >= 4 and not prepared.refused
+    assert all(len(body.encode()) < shared + 6 * one for body, _, _ in prepared.requests)
+    ids = [b for _, _, b in prepared.requests]
+    assert ids[0] == claim_batch and len(set(ids)) == len(ids), "the first keeps the claim's batch; each its own"
+    assert [(b, when, dids) for b, when, dids in prepared.batches] == \
+        [(b, at, [m.delivery_id for m in included]) for _, included, b in prepared.requests[1:]]
+    outcomes = transport.submit(prepared)
+    assert sorted(o.delivery_id for o in outcomes if o.ok) == list(range(1, 21))
+    assert Counter(server.recipients()) == Counter(m.to_email for m in messages)
+    assert [r.batch_id for r in server.received] == ids

@@ -300,6 +300,15 @@ def requeue_batch(session: Session, issue_id: int, provider_batch: str, from_sta
                 updated_at=utcnow())).rowcount or 0
 
 
+def record_batches(session: Session, batches: Sequence[tuple[str, int, Sequence[int]]]) -> None:
+    """Claimed readers whose request got a provider batch of its own (one claim, several requests): the
+    batch and send moment, recorded before the request goes out (the caller commits)."""
+    t = DELIVERIES
+    for batch, at, ids in batches:
+        session.connection().execute(update(t).where(t.c.id.in_(list(ids)), t.c.status == CLAIMED).values(
+            provider_batch=batch, send_at=datetime.fromtimestamp(at, UTC)))
+
+
 def note_batch(session: Session, issue_id: int, provider_batch: str, note: str) -> None:
     t = DELIVERIES
     session.connection().execute(update(t).where(t.c.issue_id == issue_id, t.c.provider_batch == provider_batch,

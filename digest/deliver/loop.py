@@ -29,6 +29,7 @@ from digest.deliver.ledger import (
     failure_reasons,
     finish_if_done,
     mark,
+    record_batches,
     release,
     snapshot,
 )
@@ -172,6 +173,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                             raise
                         stop = e
                         break
+                    if getattr(work, "batches", None):  # one claim, several requests: each its own provider
+                        record_batches(session, work.batches)  # batch, recorded before any of them goes out
+                        session.commit()
                     if unbuilt:
                         report.failed += mark(session, claimed.batch, unbuilt, len(unbuilt))[1]
                         done += len(unbuilt)

@@ -20,7 +20,7 @@ import time
 import unicodedata
 import urllib.error
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -61,19 +61,28 @@ MAX_CANCELS = 10  # per send: SendGrid's own limit, and a bound when every answe
 
 @dataclass
 class Prepared:
-    """A batch made ready to send: (JSON body, its messages) per request, and readers refused here."""
+    """A batch made ready to send: (JSON body, its messages, its provider batch id or None) per request, and
+    readers refused here. `batches`: the provider batches made here for the requests after the first (one
+    claim became several requests: editions, or the 30 MB cap), as (batch id, send_at, delivery ids), for
+    the loop to record in the ledger before `submit` sends anything."""
 
-    requests: list[tuple[str, list[Message]]]
+    requests: list[tuple[str, list[Message], str | None]]
     refused: list[Outcome]
+    batches: list[tuple[str, int, list[int]]] = field(default_factory=list)
 
 
 class BatchCancelled(SendStopped):
-    """A request's answer was lost, and its batch (every request of the claim) was cancelled in time: none of
-    it will go out, so its readers go back to the queue and are sent again in a new batch."""
+    """A request's answer was lost, and its batch (that request alone: each has its own) was cancelled in
+    time: none of it will go out, so its readers go back to the queue and are sent again in a new batch."""
 
 
 class PayloadError(SendStopped):
     """The request we built breaks a documented mail/send limit: a bug, stopped before sending."""
+
+
+class RequestTooLarge(PayloadError):
+    """A request over the 30 MB cap: split in two (each half its own request and batch) while it has more
+    than one reader; a single reader's copy that large is a bug."""
 
 
 def ascii_text(value: str) -> str:
@@ -234,7 +243,7 @@ class SendGridTransport:
         body = f'{{"personalizations":{people},{shared[1:]}'
         size = len(people) + shared_size + len('{"personalizations":,')
         if size >= MAX_REQUEST_BYTES:
-            raise PayloadError(f"issue {messages[0].issue_number}: a request of {size / 1e6:.1f} MB is over "
+            raise RequestTooLarge(f"issue {messages[0].issue_number}: a request of {size / 1e6:.1f} MB is over "
                                f"SendGrid's 30 MB limit (is the HTML that large?)")
         return body, included, refused
 
@@ -247,14 +256,34 @@ class SendGridTransport:
             groups.setdefault(id(m.edition), []).append(m)
         prepared = Prepared([], [])
         for group in groups.values():
-            body, included, refused = self.build(group)
-            prepared.refused += refused
-            if included:
-                if included[0].scheduled is not None:
-                    batch, at = included[0].scheduled
-                    body = f'{body[:-1]},"batch_id":{json.dumps(batch)},"send_at":{at}}}'
-                prepared.requests.append((body, included))
+            self._add_requests(prepared, group)
         return prepared
+
+    def _add_requests(self, prepared: Prepared, group: list[Message]) -> None:
+        """One request for the group, or two halves if it is over the 30 MB cap. Scheduled: the first request
+        of the claim keeps the batch recorded with the claim; every other one gets a batch of its own
+        (POST /v3/mail/batch), listed in `prepared.batches` for the ledger, so a request whose answer is
+        lost is cancelled alone and never takes another request's readers with it."""
+        try:
+            body, included, refused = self.build(group)
+        except RequestTooLarge:
+            if len(group) < 2:
+                raise
+            half = len(group) // 2
+            self._add_requests(prepared, group[:half])
+            self._add_requests(prepared, group[half:])
+            return
+        prepared.refused += refused
+        if not included:
+            return
+        batch: str | None = None
+        if included[0].scheduled is not None:
+            batch, at = included[0].scheduled
+            if any(b == batch for _, _, b in prepared.requests):
+                batch = self.new_batch()
+                prepared.batches.append((batch, at, [m.delivery_id for m in included]))
+            body = f'{body[:-1]},"batch_id":{json.dumps(batch)},"send_at":{at}}}'
+        prepared.requests.append((body, included, batch))
 
     def schedule(self, issue_moment: datetime | None) -> tuple[str, int] | None:
         """A new batch id and the send_at for the next claim (recorded with it, before any request), or None
@@ -274,13 +303,13 @@ class SendGridTransport:
 
     def submit(self, prepared: Prepared) -> list[Outcome]:
         outcomes = list(prepared.refused)
-        for body, included in prepared.requests:
+        for body, included, batch in prepared.requests:
             try:
-                message_id = self.post(body, included, included[0].scheduled and included[0].scheduled[0])
+                message_id = self.post(body, included, batch)
             except BatchCancelled:
-                # the batch held every request of this claim: none goes out; not answered for, the loop
-                # queues them again for a new batch
-                return list(prepared.refused)
+                # this request's own batch is cancelled: none of it goes out; not answered for, the loop
+                # queues its readers again for a new batch; the claim's other requests go on
+                continue
             except SendStopped as e:
                 raise SendStopped(str(e), outcomes + e.outcomes) from None
             outcomes += [Outcome(m.delivery_id, True, message_id=message_id) for m in included]
