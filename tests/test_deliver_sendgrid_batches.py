@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 
 from digest.config import Settings, load_settings
 from digest.deliver.batches import recall
-from digest.deliver.ledger import counts, unknown_batches
+from digest.deliver.ledger import counts, held_cancels, unknown_batches
 from digest.deliver.sendgrid import SendGridTransport
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus
@@ -108,8 +108,16 @@ def test_the_contract_server_enforces_the_scheduling_rules(server: SendGridServe
     assert mail(batch_id=eleventh, send_at=later) == 202
     code, answer = api(server, "POST", "/v3/user/scheduled_sends", {"batch_id": eleventh, "status": "cancel"})
     assert code == 400 and "10" in json.dumps(answer)
+    going = len(server.recipients())
     assert api(server, "DELETE", f"/v3/user/scheduled_sends/{batch}")[0] == 204, "lifting one frees a slot"
+    assert len(server.recipients()) == going + 1, "deleted while its mail waited: the batch goes out after all"
     assert api(server, "POST", "/v3/user/scheduled_sends", {"batch_id": eleventh, "status": "cancel"})[0] == 201
+    server.clock_offset = 3600 + 60  # every send_at has passed: the cancelled mail was dropped...
+    code, answer = api(server, "POST", "/v3/user/scheduled_sends", {"batch_id": batch, "status": "cancel"})
+    assert code == 400 and "10" in json.dumps(answer), "...but the cancels still hold their slots"
+    assert api(server, "DELETE", f"/v3/user/scheduled_sends/{eleventh}")[0] == 204
+    assert eleventh in server.dropped and len(server.recipients()) == going, "dropped for good"
+    assert api(server, "DELETE", f"/v3/user/scheduled_sends/{eleventh}")[0] == 404
 
 
 def test_each_claim_has_its_own_batch_recorded_and_the_list_is_scheduled_for_the_send_moment(
@@ -204,7 +212,7 @@ def test_a_batch_left_by_a_dead_run_is_cancelled_and_sent_again_by_the_next_send
     emails = seed_readers(sg, 100)
     server.script(accept_plain(), accept_then_drop())
     transport = SendGridTransport(sg)
-    transport.cancel = lambda batch: "the process died before it could cancel"  # type: ignore[method-assign]
+    transport.cancel = lambda batch, send_at=None: "the process died before it could cancel"  # type: ignore[method-assign]
     with pytest.raises(DeliveryError):
         send(sg, transport=transport)
     assert ledger(sg) == {"submitted": 50, "claimed": 50}
@@ -416,3 +424,52 @@ def test_a_claim_over_the_30_mb_cap_is_split_and_each_request_has_its_own_batch(
     assert sorted(o.delivery_id for o in outcomes if o.ok) == list(range(1, 21))
     assert Counter(server.recipients()) == Counter(m.to_email for m in messages)
     assert [r.batch_id for r in server.received] == ids
+
+
+# -- SendGrid's 10 cancel slots: a cancel is deleted once its batch's send_at has passed -------------------
+
+
+def test_a_long_send_with_many_lost_answers_frees_old_cancels_and_ends_with_nothing_unknown(
+        workdir: Path, sg: Settings, server: SendGridServer) -> None:
+    """14 answers lost over a two-hour send: more than SendGrid's 10 cancel slots. Each cancel is deleted
+    once its batch's send_at has passed (never before: that would send the batch after all), so the slots
+    never fill up and no batch is left of unknown fate."""
+    settings = configure(workdir, batch_size=10, concurrency=1)
+    emails = seed_readers(settings, 240)
+    server.tick = 180  # every mail/send request: 3 minutes of SendGrid's clock, and of ours
+    server.script(*[f for _ in range(14) for f in (accept_plain(), accept_then_drop())])
+    transport = SendGridTransport(settings, clock=server.now)
+    outcome = send(settings, transport=transport)
+    assert outcome.report is not None and outcome.report.unknown == 0
+    assert ledger(settings) == {"submitted": 240}, "nothing left for `digest deliveries resolve`"
+    assert Counter(server.recipients()) == Counter(emails), "every reader exactly once"
+    assert transport.cancels == 14 and len(server.scheduled) + len(server.dropped) == 14
+    assert len(server.dropped) >= 5, "old cancels were deleted, their slots free again"
+    assert server.lifted_early == [], "no cancel was deleted while its batch's mail was still waiting"
+    with session_factory(settings.database_url)() as s:
+        assert set(held_cancels(s)) == set(server.scheduled), "the ledger knows which cancels are still held"
+
+
+def test_when_the_cancel_slots_are_full_nothing_more_is_sent_and_the_next_run_frees_them(
+        workdir: Path, sg: Settings, server: SendGridServer) -> None:
+    """Lost answers faster than send_at passes: once too few slots are left to cancel every request in
+    flight, the send stops before sending more (nothing unknown); a later run, past those send_at,
+    deletes the cancels the first run recorded and finishes."""
+    settings = configure(workdir, batch_size=10, concurrency=2)
+    emails = seed_readers(settings, 200)
+    server.script(*[accept_then_drop() for _ in range(12)])
+    with pytest.raises(DeliveryError, match="cancel slots"):
+        send(settings, transport=SendGridTransport(settings, clock=server.now))
+    assert 8 <= len(server.scheduled) <= 10 and server.refused == [], "no cancel was refused"
+    assert "claimed" not in ledger(settings), "nothing of unknown fate"
+    with session_factory(settings.database_url)() as s:
+        assert set(held_cancels(s)) == set(server.scheduled)
+    server.faults.clear()  # the connection is good again
+    server.clock_offset += 30 * 60  # every cancelled batch's send_at has passed
+    outcome = send(settings, transport=SendGridTransport(settings, clock=server.now))
+    assert outcome.report is not None and outcome.report.unknown == 0
+    assert server.scheduled == {} and server.lifted_early == [], "the first run's cancels, deleted in time"
+    assert Counter(server.recipients()) == Counter(emails), "every reader exactly once"
+    assert ledger(settings) == {"submitted": 200}
+    with session_factory(settings.database_url)() as s:
+        assert held_cancels(s) == {}

@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from sqlalchemy import Text, and_, bindparam, cast, func, insert, literal, select, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from digest.deliver.protocol import Outcome
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus, move
 from digest.locks import sender_of
-from digest.store import Delivery, IssueRow, core_table, utcnow
+from digest.store import Delivery, IssueRow, ProviderCancel, core_table, utcnow
 from subscribers.models import Membership, MembershipStatus, Subscriber
 
 DELIVERIES = core_table(Delivery)
@@ -344,3 +344,29 @@ def sent_without_batch(session: Session, issue_id: int) -> int:
     """Readers submitted at once, without a scheduled batch: nothing can call their copy back."""
     return session.scalar(select(func.count()).where(
         Delivery.issue_id == issue_id, Delivery.status == SUBMITTED, Delivery.provider_batch.is_(None))) or 0
+
+
+def batch_send_at(session: Session, issue_id: int, provider_batch: str) -> datetime | None:
+    """The send moment recorded for a provider batch (its earliest, as SendGrid counts it)."""
+    return session.scalar(select(func.min(Delivery.send_at)).where(
+        Delivery.issue_id == issue_id, Delivery.provider_batch == provider_batch))
+
+
+# -- cancels SendGrid holds for us: 10 slots, each freed only once its batch's send_at has passed ----------
+
+
+def held_cancels(session: Session) -> dict[str, int]:
+    """Every cancel recorded as held at SendGrid: batch -> its send_at (UNIX seconds)."""
+    return {b: int(at.timestamp()) for b, at in session.execute(select(ProviderCancel.batch, ProviderCancel.send_at))}
+
+
+def record_cancels(session: Session, held: dict[str, int], lifted: Sequence[str]) -> None:
+    """Cancels now held (added if new) and cancels deleted at SendGrid (forgotten). The caller commits."""
+    known = set(session.scalars(select(ProviderCancel.batch)))
+    new = [{"batch": b, "send_at": datetime.fromtimestamp(at, UTC), "cancelled_at": utcnow()}
+           for b, at in held.items() if b not in known and b not in lifted]
+    if new:
+        session.connection().execute(insert(core_table(ProviderCancel)), new)
+    if lifted:
+        session.connection().execute(delete(core_table(ProviderCancel))
+                                     .where(core_table(ProviderCancel).c.batch.in_(list(lifted))))

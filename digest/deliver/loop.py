@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
-from digest.deliver.batches import recover_unknown
+from digest.deliver.batches import recover_unknown, sync_cancels
 from digest.deliver.ledger import (
     CLAIMED,
     QUEUED,
@@ -80,7 +80,8 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     report = SendReport(issue.number, issue.subject)
     snapshot(session, issue, list_id)
     session.commit()
-    if callable(getattr(transport, "cancel", None)):  # scheduled batches left of unknown fate by a dead run
+    recovering = callable(getattr(transport, "cancel", None))
+    if recovering:  # scheduled batches left of unknown fate by a dead run
         requeued, left = recover_unknown(session, issue.id, transport)  # type: ignore[arg-type]
         report.errors += left
     before = counts(session, issue.id)
@@ -136,6 +137,8 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             done += ok + bad
         # what the transport did not answer for was not sent: back to the queue, in the same transaction
         release(session, [i for i in ids if i not in handled])
+        if recovering:  # cancels made for lost answers (or slots freed): recorded, so a later run frees them
+            sync_cancels(session, transport)  # type: ignore[arg-type]
         if utcnow() - last_beat > SEND_HEARTBEAT:
             beat_send_lock(session, issue_id, me)
             last_beat = utcnow()

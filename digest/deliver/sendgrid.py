@@ -21,7 +21,8 @@ import unicodedata
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from python_http_client.exceptions import HTTPError
@@ -53,10 +54,13 @@ MAX_RATE_WAIT = 300.0  # seconds: never trust a reset further away than this
 # Scheduled sends (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/mail-send, send_at;
 # https://www.twilio.com/docs/sendgrid/api-reference/cancel-scheduled-sends): send_at at most 72 hours
 # ahead; a batch can be cancelled only 10 minutes or more before its send_at; at most 10 batches
-# cancelled or paused at one time.
+# cancelled or paused at one time. A cancel holds its slot until it is deleted (DELETE
+# /v3/user/scheduled_sends/{batch_id}), and deleting it while send_at is still ahead un-cancels the
+# batch: so a slot is freed only once send_at has passed (the cancelled mail was dropped), with a margin.
 MAX_SCHEDULE_AHEAD = 72 * 3600
 CANCEL_NOTICE = 10 * 60
-MAX_CANCELS = 10  # per send: SendGrid's own limit, and a bound when every answer is lost
+MAX_CANCELS = 10  # SendGrid's slots: batches cancelled or paused at one time
+LIFT_AFTER = 10 * 60  # seconds after a cancelled batch's send_at before its cancel is deleted (slot freed)
 
 
 @dataclass
@@ -181,7 +185,11 @@ class SendGridTransport:
         self.retry_unanswered = sg.retry_unanswered
         self.api_url = sg.api_url
         self.ahead = sg.schedule_ahead_minutes * 60
-        self.cancels = 0
+        self.cancels = 0  # cancels made by this transport
+        self._held: dict[str, int] = {}  # cancels SendGrid holds for us: batch -> its send_at (a slot each)
+        self._lifted: list[str] = []  # deleted since the last `cancels_held()`
+        self._held_changed = False
+        self._held_lock = threading.Lock()
         self.sleep, self.clock = sleep, clock
         self.retrying = retry.policy(
             attempts=self.max_retries + 1, first=self.backoff, retry_on=self._retryable, throttled=_throttled,
@@ -287,9 +295,22 @@ class SendGridTransport:
 
     def schedule(self, issue_moment: datetime | None) -> tuple[str, int] | None:
         """A new batch id and the send_at for the next claim (recorded with it, before any request), or None
-        in the immediate mode (schedule_ahead_minutes = 0)."""
+        in the immediate mode (schedule_ahead_minutes = 0).
+
+        Each request in flight may need one of SendGrid's 10 cancel slots if its answer is lost; when fewer
+        are free than requests could be in flight, nothing more is sent (a lost answer could not be
+        recovered): the send stops, the readers wait in the queue for the next `digest send`."""
         if not self.ahead:
             return None
+        self.lift_passed()
+        with self._held_lock:
+            held = dict(self._held)
+        if MAX_CANCELS - len(held) < self.concurrency:
+            free_at = datetime.fromtimestamp(min(held.values()) + LIFT_AFTER, UTC)
+            raise SendStopped(f"{len(held)} cancelled batches hold SendGrid's {MAX_CANCELS} cancel slots (the first "
+                              f"is freed after {free_at:%Y-%m-%d %H:%M} UTC): a lost answer now could not be "
+                              "cancelled, so nothing more is sent; the readers are queued for the next "
+                              "`digest send`")
         return self.new_batch(), self.send_moment(issue_moment)
 
     def send_moment(self, issue_moment: datetime | None) -> int:
@@ -370,12 +391,9 @@ class SendGridTransport:
 
     def _stop(self, why: str, messages: list[Message], maybe_sent: bool, batch: str | None = None) -> SendStopped:
         if maybe_sent and batch is not None:
-            refused = self.cancel(batch)
+            scheduled = messages[0].scheduled
+            refused = self.cancel(batch, send_at=scheduled[1] if scheduled else None)
             if refused is None:
-                self.cancels += 1
-                if self.cancels > MAX_CANCELS:
-                    return SendStopped(f"{why}; its batch was cancelled, but {self.cancels} answers were lost in "
-                                       "this send: stopped; the readers are queued again for the next `digest send`")
                 return BatchCancelled(f"{why}; batch {batch} cancelled: its readers are sent again")
             why = f"{why}; cancelling its batch {batch} failed ({refused})"
         if maybe_sent:
@@ -409,13 +427,16 @@ class SendGridTransport:
             raise SendStopped(f"SendGrid answered POST /v3/mail/batch without a batch_id: {answer!r}")
         return batch
 
-    def cancel(self, batch: str) -> str | None:
+    def cancel(self, batch: str, *, send_at: int | None = None) -> str | None:
         """Cancel a scheduled batch: None when SendGrid holds the cancel (nothing of the batch will go out),
-        else why not (too close to send_at, refused, the 10-batch limit, no answer)."""
+        else why not (too close to send_at, refused, the 10-batch limit, no answer). A held cancel is kept
+        (`cancels_held`) until its send_at has passed, when `lift_passed` frees its slot."""
+        self.lift_passed()
         sends = self._client.user.scheduled_sends
         try:
             self._call(f"the cancel of batch {batch}", lambda: sends.post(
                 request_body=json.dumps({"batch_id": batch, "status": "cancel"}), timeout=self.timeout))
+            self._hold(batch, send_at)
             return None
         except SendStopped as e:
             why = str(e)
@@ -425,8 +446,47 @@ class SendGridTransport:
         except SendStopped:
             return why
         if isinstance(held, list) and any(isinstance(h, dict) and h.get("status") == "cancel" for h in held):
+            self._hold(batch, send_at)
             return None
         return why
+
+    def _hold(self, batch: str, send_at: int | None) -> None:
+        with self._held_lock:
+            self.cancels += 1
+            # a send moment not known: SendGrid's furthest, so the slot is never freed too early
+            self._held[batch] = send_at if send_at is not None else int(self.clock()) + MAX_SCHEDULE_AHEAD
+            self._held_changed = True
+
+    def adopt(self, held: dict[str, int]) -> None:
+        """Cancels held at SendGrid for earlier runs (from the ledger): their slots are ours to free too."""
+        with self._held_lock:
+            for batch, at in held.items():
+                self._held.setdefault(batch, at)
+
+    def cancels_held(self) -> tuple[dict[str, int], list[str], bool]:
+        """(every cancel held now, the ones deleted since the last call, whether anything changed)."""
+        with self._held_lock:
+            lifted, self._lifted = self._lifted, []
+            changed, self._held_changed = self._held_changed or bool(lifted), False
+            return dict(self._held), lifted, changed
+
+    def lift_passed(self) -> None:
+        """Delete the cancels whose batch's send_at passed LIFT_AFTER ago: SendGrid dropped that mail at its
+        send_at, so the delete can no longer send it, and the slot is free for the next lost answer. A
+        delete that fails is tried again next time; a 404 means the cancel is already gone."""
+        now = self.clock()
+        with self._held_lock:
+            due = [b for b, at in self._held.items() if at + LIFT_AFTER <= now]
+        for batch in due:
+            entry = self._client.user.scheduled_sends._(batch)
+            try:
+                self._call(f"DELETE scheduled_sends/{batch}", partial(entry.delete, timeout=self.timeout))
+            except SendStopped as e:
+                if "answered 404" not in str(e):
+                    continue
+            with self._held_lock:
+                self._held.pop(batch, None)
+                self._lifted.append(batch)
 
     def _reset_delay(self, error: BaseException) -> float | None:
         """429: X-RateLimit-Reset is when the account may send again (epoch seconds), plus a little jitter
