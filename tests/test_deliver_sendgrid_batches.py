@@ -27,7 +27,7 @@ from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus
 from digest.issues import build_draft, send
 from digest.store import Delivery, IssueRow, migrate, session_factory
-from tests.conftest import SECRET, SENDGRID_KEY, run_cli
+from tests.conftest import SECRET, SENDGRID_KEY, run_cli, run_main
 from tests.fakes.readers import seed_readers, set_keys
 from tests.fakes.sendgrid_server import (
     Fault,
@@ -473,3 +473,23 @@ def test_when_the_cancel_slots_are_full_nothing_more_is_sent_and_the_next_run_fr
     assert ledger(settings) == {"submitted": 200}
     with session_factory(settings.database_url)() as s:
         assert held_cancels(s) == {}
+
+
+def test_digest_status_shows_scheduled_then_delivered_at(sg: Settings, server: SendGridServer,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """While SendGrid holds the copies: how many and for when; once that moment has passed: delivered at.
+    (Recalled: see the recall command's test.)"""
+    seed_readers(sg, 60)
+    send(sg)
+    moment = datetime.fromtimestamp(max(r.send_at or 0 for r in server.received), UTC)  # the last reader's
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.chdir(sg.path.parent)
+    code, out = run_main(monkeypatch, capsys, "status")
+    assert code == 0 and f"#1: 60 reader(s) scheduled at SendGrid for {moment:%Y-%m-%d %H:%M} UTC" in out, out
+    past = moment - timedelta(hours=1)  # the send moment has come and gone
+    with session_factory(sg.database_url)() as s:
+        s.execute(update(Delivery).values(send_at=past))
+        s.commit()
+    code, out = run_main(monkeypatch, capsys, "status")
+    assert code == 0 and f"#1: delivered at {past:%Y-%m-%d %H:%M} UTC" in out and "scheduled at" not in out, out
