@@ -181,11 +181,13 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -
 
 
 def release(session: Session, ids: Sequence[int]) -> None:
-    """Messages that were certainly not sent go back to the queue (the caller commits)."""
+    """Messages that were certainly not sent go back to the queue (the caller commits); a provider batch
+    they were in (cancelled, or never sent) is no longer theirs."""
     if ids:
         t = DELIVERIES
         session.connection().execute(update(t).where(t.c.id.in_(list(ids)), t.c.status == CLAIMED)
-                                     .values(status=QUEUED, batch=None, updated_at=utcnow()))
+                                     .values(status=QUEUED, batch=None, provider_batch=None, send_at=None,
+                                             updated_at=utcnow()))
 
 
 def finish_if_done(session: Session, issue: IssueRow, now: Callable[[], datetime] = utcnow) -> bool:
