@@ -298,15 +298,18 @@ class SendGridTransport:
         in the immediate mode (schedule_ahead_minutes = 0).
 
         Each request in flight may need one of SendGrid's 10 cancel slots if its answer is lost; when fewer
-        are free than requests could be in flight, nothing more is sent (a lost answer could not be
-        recovered): the send stops, the readers wait in the queue for the next `digest send`."""
+        are free than requests could be in flight because of lost answers of the last minutes (their slots
+        free again soon), nothing more is sent: the send stops, the readers wait in the queue for the next
+        `digest send`. Slots held far longer (a recall's cancels, until the issue's send moment) do not
+        stop a send: a lost answer then is left for `resolve`, as SendGrid's limit forces."""
         if not self.ahead:
             return None
         self.lift_passed()
         with self._held_lock:
             held = dict(self._held)
-        if MAX_CANCELS - len(held) < self.concurrency:
-            free_at = datetime.fromtimestamp(min(held.values()) + LIFT_AFTER, UTC)
+        first_free = min(held.values(), default=0) + LIFT_AFTER
+        if MAX_CANCELS - len(held) < self.concurrency and first_free <= self.clock() + self.ahead + LIFT_AFTER:
+            free_at = datetime.fromtimestamp(first_free, UTC)
             raise SendStopped(f"{len(held)} cancelled batches hold SendGrid's {MAX_CANCELS} cancel slots (the first "
                               f"is freed after {free_at:%Y-%m-%d %H:%M} UTC): a lost answer now could not be "
                               "cancelled, so nothing more is sent; the readers are queued for the next "
@@ -480,10 +483,12 @@ class SendGridTransport:
         for batch in due:
             entry = self._client.user.scheduled_sends._(batch)
             try:
-                self._call(f"DELETE scheduled_sends/{batch}", partial(entry.delete, timeout=self.timeout))
-            except SendStopped as e:
-                if "answered 404" not in str(e):
+                self.retrying(partial(entry.delete, timeout=self.timeout))
+            except HTTPError as e:
+                if e.status_code != 404:  # 404: the cancel is gone already; anything else: next time
                     continue
+            except (OSError, http.client.HTTPException):
+                continue
             with self._held_lock:
                 self._held.pop(batch, None)
                 self._lifted.append(batch)
