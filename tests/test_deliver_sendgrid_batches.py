@@ -495,10 +495,10 @@ def test_digest_status_shows_scheduled_then_delivered_at(sg: Settings, server: S
     assert code == 0 and f"#1: delivered at {past:%Y-%m-%d %H:%M} UTC" in out and "scheduled at" not in out, out
 
 
-def test_slots_held_until_a_later_moment_do_not_stop_a_send(sg: Settings, server: SendGridServer) -> None:
-    """Ten cancels held for a moment hours away (as a recall's are, until the recalled issue's send_at)
-    would block every send until then: they do not stop it (a lost answer now would be left for
-    `resolve`, as SendGrid's limit forces)."""
+def test_slots_held_by_others_do_not_stop_a_send(sg: Settings, server: SendGridServer) -> None:
+    """Ten cancels held for a moment hours away (as a recall's are, until the recalled issue's send_at), or
+    by earlier runs' recoveries: they do not stop a send that loses nothing (a lost answer now would be
+    left for `resolve`, as SendGrid's limit forces)."""
     emails = seed_readers(sg, 100)
     transport = SendGridTransport(sg)
     later = int(time.time()) + 6 * 3600

@@ -189,6 +189,7 @@ class SendGridTransport:
         self._held: dict[str, int] = {}  # cancels SendGrid holds for us: batch -> its send_at (a slot each)
         self._lifted: list[str] = []  # deleted since the last `cancels_held()`
         self._held_changed = False
+        self._lost: set[str] = set()  # batches this send cancelled because their answer was lost
         self._held_lock = threading.Lock()
         self.sleep, self.clock = sleep, clock
         self.retrying = retry.policy(
@@ -297,19 +298,20 @@ class SendGridTransport:
         """A new batch id and the send_at for the next claim (recorded with it, before any request), or None
         in the immediate mode (schedule_ahead_minutes = 0).
 
-        Each request in flight may need one of SendGrid's 10 cancel slots if its answer is lost; when fewer
-        are free than requests could be in flight because of lost answers of the last minutes (their slots
-        free again soon), nothing more is sent: the send stops, the readers wait in the queue for the next
-        `digest send`. Slots held far longer (a recall's cancels, until the issue's send moment) do not
-        stop a send: a lost answer then is left for `resolve`, as SendGrid's limit forces."""
+        Each request in flight may need one of SendGrid's 10 cancel slots if its answer is lost. When this
+        send keeps losing answers (its own cancels hold slots) and fewer slots are free than requests could
+        be in flight, nothing more is sent: the send stops, the readers wait in the queue for the next
+        `digest send`. Slots held by others (earlier runs' recoveries, a recall's cancels until the recalled
+        issue's send moment) do not stop a send: a lost answer then is left for `resolve`, as SendGrid's
+        limit forces."""
         if not self.ahead:
             return None
         self.lift_passed()
         with self._held_lock:
             held = dict(self._held)
-        first_free = min(held.values(), default=0) + LIFT_AFTER
-        if MAX_CANCELS - len(held) < self.concurrency and first_free <= self.clock() + self.ahead + LIFT_AFTER:
-            free_at = datetime.fromtimestamp(first_free, UTC)
+            losing = not self._lost.isdisjoint(held)
+        if losing and MAX_CANCELS - len(held) < self.concurrency:
+            free_at = datetime.fromtimestamp(min(held.values()) + LIFT_AFTER, UTC)
             raise SendStopped(f"{len(held)} cancelled batches hold SendGrid's {MAX_CANCELS} cancel slots (the first "
                               f"is freed after {free_at:%Y-%m-%d %H:%M} UTC): a lost answer now could not be "
                               "cancelled, so nothing more is sent; the readers are queued for the next "
@@ -397,6 +399,8 @@ class SendGridTransport:
             scheduled = messages[0].scheduled
             refused = self.cancel(batch, send_at=scheduled[1] if scheduled else None)
             if refused is None:
+                with self._held_lock:
+                    self._lost.add(batch)
                 return BatchCancelled(f"{why}; batch {batch} cancelled: its readers are sent again")
             why = f"{why}; cancelling its batch {batch} failed ({refused})"
         if maybe_sent:
