@@ -204,6 +204,19 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ProviderCancel(Base):
+    """A cancel SendGrid holds for one of our scheduled batches. It takes one of the 10 slots of "batches
+    cancelled or paused at one time" until it is deleted, and deleting it while the batch's send_at is still
+    ahead would send the batch after all; so it is kept here until its send_at has passed (the mail was
+    dropped), then deleted at SendGrid and here (`digest.deliver.batches`)."""
+
+    __tablename__ = "provider_cancels"
+
+    batch: Mapped[str] = mapped_column(String(128), primary_key=True)
+    send_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Lock(Base):
     """A named lock held by one process (a sender, the scheduler), with a heartbeat so a dead holder expires:
     see `digest.locks`."""

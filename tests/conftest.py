@@ -16,9 +16,11 @@ from digest.config import Settings, load_settings
 from digest.demo import init
 from digest.store import migrate, session_factory
 from tests import pgserver
+from tests.fakes.sendgrid_server import SendGridServer
 
 SECRET = "test-secret-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent.parent
+SENDGRID_KEY = "SG.test-key-for-the-contract"  # the API key the SendGrid contract server (`server`) takes
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; scripts/test.sh installs it, never a downloaded browser
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -192,6 +194,13 @@ def settings(workdir: Path) -> Settings:
         pgserver.create(admin, name, template=pgserver.TEMPLATE)
     migrate(s.database_url)
     return s
+
+
+@pytest.fixture
+def server() -> Iterator[SendGridServer]:
+    """The SendGrid v3 contract server (tests/fakes/sendgrid_server.py) on a free port, taking SENDGRID_KEY."""
+    with SendGridServer(SENDGRID_KEY) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from subscribers.models import Membership, Subscriber
 from subscribers.names import InvalidName, checked_name, clean_name
 from tests.fakes.readers import seed_readers
 from tests.fakes.smtp_server import SMTPServer
-from tests.test_deliver_sendgrid import server, sg  # noqa: F401 (fixtures)
+from tests.test_deliver_sendgrid import sg  # noqa: F401 (fixture)
 from tests.test_deliver_smtp import ledger, smtp_settings
 from tests.test_web_support import app_fixture, client_fixture, csrf, messages  # noqa: F401 (fixtures)
 

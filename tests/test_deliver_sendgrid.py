@@ -28,7 +28,7 @@ from digest.reports import issue_figures
 from digest.store import Delivery, IssueRow, migrate, session_factory
 from subscribers import lifecycle
 from subscribers.links import Tokens
-from tests.conftest import SECRET, edit_config, run_cli
+from tests.conftest import SECRET, SENDGRID_KEY, edit_config, run_cli
 from tests.fakes.readers import seed_readers
 from tests.fakes.sendgrid_server import (
     SendGridServer,
@@ -40,14 +40,8 @@ from tests.fakes.sendgrid_server import (
     validate,
 )
 
-KEY = "SG.test-key-for-the-contract"
+KEY = SENDGRID_KEY  # the key the shared `server` fixture (tests/conftest.py) takes
 WIDE = {"COLUMNS": "500"}  # rich wraps at the terminal width; a "line" here is a logical line
-
-
-@pytest.fixture
-def server():  # type: ignore[no-untyped-def]
-    with SendGridServer(KEY) as srv:
-        yield srv
 
 
 def sendgrid_config(workdir: Path, extra: str = "") -> None:

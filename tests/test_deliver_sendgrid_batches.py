@@ -21,13 +21,13 @@ from sqlalchemy import select, update
 
 from digest.config import Settings, load_settings
 from digest.deliver.batches import recall
-from digest.deliver.ledger import counts, unknown_batches
+from digest.deliver.ledger import counts, held_cancels, unknown_batches
 from digest.deliver.sendgrid import SendGridTransport
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus
 from digest.issues import build_draft, send
 from digest.store import Delivery, IssueRow, migrate, session_factory
-from tests.conftest import SECRET, run_cli
+from tests.conftest import SECRET, SENDGRID_KEY, run_cli, run_main
 from tests.fakes.readers import seed_readers, set_keys
 from tests.fakes.sendgrid_server import (
     Fault,
@@ -40,13 +40,7 @@ from tests.fakes.sendgrid_server import (
 )
 from tests.test_web_support import app_fixture, client_fixture, csrf_from, login  # noqa: F401 (fixtures)
 
-KEY = "SG.batches-test-key"
-
-
-@pytest.fixture
-def server():  # type: ignore[no-untyped-def]
-    with SendGridServer(KEY) as srv:
-        yield srv
+KEY = SENDGRID_KEY  # the key the shared `server` fixture (tests/conftest.py) takes
 
 
 def configure(workdir: Path, **keys: object) -> Settings:
@@ -114,8 +108,16 @@ def test_the_contract_server_enforces_the_scheduling_rules(server: SendGridServe
     assert mail(batch_id=eleventh, send_at=later) == 202
     code, answer = api(server, "POST", "/v3/user/scheduled_sends", {"batch_id": eleventh, "status": "cancel"})
     assert code == 400 and "10" in json.dumps(answer)
+    going = len(server.recipients())
     assert api(server, "DELETE", f"/v3/user/scheduled_sends/{batch}")[0] == 204, "lifting one frees a slot"
+    assert len(server.recipients()) == going + 1, "deleted while its mail waited: the batch goes out after all"
     assert api(server, "POST", "/v3/user/scheduled_sends", {"batch_id": eleventh, "status": "cancel"})[0] == 201
+    server.clock_offset = 3600 + 60  # every send_at has passed: the cancelled mail was dropped...
+    code, answer = api(server, "POST", "/v3/user/scheduled_sends", {"batch_id": batch, "status": "cancel"})
+    assert code == 400 and "10" in json.dumps(answer), "...but the cancels still hold their slots"
+    assert api(server, "DELETE", f"/v3/user/scheduled_sends/{eleventh}")[0] == 204
+    assert eleventh in server.dropped and len(server.recipients()) == going, "dropped for good"
+    assert api(server, "DELETE", f"/v3/user/scheduled_sends/{eleventh}")[0] == 404
 
 
 def test_each_claim_has_its_own_batch_recorded_and_the_list_is_scheduled_for_the_send_moment(
@@ -210,7 +212,7 @@ def test_a_batch_left_by_a_dead_run_is_cancelled_and_sent_again_by_the_next_send
     emails = seed_readers(sg, 100)
     server.script(accept_plain(), accept_then_drop())
     transport = SendGridTransport(sg)
-    transport.cancel = lambda batch: "the process died before it could cancel"  # type: ignore[method-assign]
+    transport.cancel = lambda batch, send_at=None: "the process died before it could cancel"  # type: ignore[method-assign]
     with pytest.raises(DeliveryError):
         send(sg, transport=transport)
     assert ledger(sg) == {"submitted": 50, "claimed": 50}
@@ -353,3 +355,157 @@ def test_the_admin_recalls_an_issue_after_a_confirmation_step(client, sg: Settin
     assert server.recipients() == [] and ledger(sg) == {"queued": 100}
     again = client.get("/admin/issues/1/recall")
     assert "Nothing can be recalled now." in again.text
+
+
+# -- one claim, several requests: each its own batch, recorded before it goes out ----------------------
+
+
+def test_each_request_of_a_claim_has_its_own_batch_so_a_lost_answer_cancels_that_request_alone(
+        workdir: Path, sg: Settings, server: SendGridServer) -> None:
+    """Two editions in one claim are two requests: the second gets a batch of its own (recorded before it
+    goes out); its answer is lost, so its batch alone is cancelled and its readers sent again; the first
+    request's readers keep their copy, once."""
+    from digest.deliver.loop import deliver
+    from digest.issues import start_sending
+    from digest.render import Rendered
+
+    settings = configure(workdir, batch_size=50, concurrency=1)  # one request at a time: a known order
+    emails = seed_readers(settings, 100)
+    factory = session_factory(settings.database_url)
+    with factory() as s:
+        issue = build_draft(settings, s).row
+        start_sending(s, issue)
+        s.commit()
+        issue_id = issue.id
+    odd = Rendered("Issue 1", "", "<p>odd %%GREETING%%</p>", "odd", [], "odd")
+    even = Rendered("Issue 1", "", "<p>even %%GREETING%%</p>", "even", [], "even")
+    server.script(accept_plain(), accept_then_drop())  # the claim's second request: taken, answer lost
+    report = deliver(factory, settings, issue_id, SendGridTransport(settings),
+                     lambda r: odd if r.id % 2 else even, list_id=1)
+    assert report.unknown == 0 and report.submitted == 100
+    batches = [r.batch_id for r in server.received]
+    assert all(batches) and len(set(batches)) == len(batches) >= 5, "every request its own batch"
+    first, second = server.received[:2]
+    assert server.scheduled == {second.batch_id: "cancel"}, "the lost request's batch alone is cancelled"
+    assert Counter(server.recipients()) == Counter(emails), "every reader exactly once"
+    carried = {e: r.batch_id for r in server.received if r.batch_id != second.batch_id for e in r.recipients}
+    with factory() as s:
+        rows = {d.email: d for d in s.scalars(select(Delivery).where(Delivery.issue_id == issue_id))}
+        assert counts(s, issue_id) == {"submitted": 100}
+    assert {e: d.provider_batch for e, d in rows.items()} == carried, "the ledger names each copy's batch"
+    assert set(first.recipients) <= set(carried) and carried[first.recipients[0]] == first.batch_id
+
+
+def test_a_claim_over_the_30_mb_cap_is_split_and_each_request_has_its_own_batch(
+        sg: Settings, server: SendGridServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap is lowered to a few readers' worth (30 MB of JSON is slow to build on a test machine); the
+    splitting is the same."""
+    from digest.deliver import sendgrid
+    from digest.deliver.sendgrid import personalization
+    from digest.render import Rendered
+    from tests.test_deliver_sendgrid import _message
+
+    edition = Rendered("Issue 1", "", "<p>%%GREETING%% the issue</p>", "%%GREETING%% the issue", [], "default")
+    claim_batch, at = server.new_batch(), int(time.time()) + 3600
+    messages = [_message(i, edition, values={"%%GREETING%%": f"Hi {i}" + "x" * 2000}, scheduled=(claim_batch, at))
+                for i in range(1, 21)]
+    transport = SendGridTransport(sg)
+    shared = transport.shared_json(edition, 1)[1]
+    one = len(json.dumps(personalization(messages[0])))
+    monkeypatch.setattr(sendgrid, "MAX_REQUEST_BYTES", shared + 6 * one)
+    prepared = transport.prepare(messages)
+    assert len(prepared.requests) >= 4 and not prepared.refused
+    assert all(len(body.encode()) < shared + 6 * one for body, _, _ in prepared.requests)
+    ids = [b for _, _, b in prepared.requests]
+    assert ids[0] == claim_batch and len(set(ids)) == len(ids), "the first keeps the claim's batch; each its own"
+    assert [(b, when, dids) for b, when, dids in prepared.batches] == \
+        [(b, at, [m.delivery_id for m in included]) for _, included, b in prepared.requests[1:]]
+    outcomes = transport.submit(prepared)
+    assert sorted(o.delivery_id for o in outcomes if o.ok) == list(range(1, 21))
+    assert Counter(server.recipients()) == Counter(m.to_email for m in messages)
+    assert [r.batch_id for r in server.received] == ids
+
+
+# -- SendGrid's 10 cancel slots: a cancel is deleted once its batch's send_at has passed -------------------
+
+
+def test_a_long_send_with_many_lost_answers_frees_old_cancels_and_ends_with_nothing_unknown(
+        workdir: Path, sg: Settings, server: SendGridServer) -> None:
+    """14 answers lost over a two-hour send: more than SendGrid's 10 cancel slots. Each cancel is deleted
+    once its batch's send_at has passed (never before: that would send the batch after all), so the slots
+    never fill up and no batch is left of unknown fate."""
+    settings = configure(workdir, batch_size=10, concurrency=1)
+    emails = seed_readers(settings, 240)
+    server.tick = 180  # every mail/send request: 3 minutes of SendGrid's clock, and of ours
+    server.script(*[f for _ in range(14) for f in (accept_plain(), accept_then_drop())])
+    transport = SendGridTransport(settings, clock=server.now)
+    outcome = send(settings, transport=transport)
+    assert outcome.report is not None and outcome.report.unknown == 0
+    assert ledger(settings) == {"submitted": 240}, "nothing left for `digest deliveries resolve`"
+    assert Counter(server.recipients()) == Counter(emails), "every reader exactly once"
+    assert transport.cancels == 14 and len(server.scheduled) + len(server.dropped) == 14
+    assert len(server.dropped) >= 5, "old cancels were deleted, their slots free again"
+    assert server.lifted_early == [], "no cancel was deleted while its batch's mail was still waiting"
+    with session_factory(settings.database_url)() as s:
+        assert set(held_cancels(s)) == set(server.scheduled), "the ledger knows which cancels are still held"
+
+
+def test_when_the_cancel_slots_are_full_nothing_more_is_sent_and_the_next_run_frees_them(
+        workdir: Path, sg: Settings, server: SendGridServer) -> None:
+    """Lost answers faster than send_at passes: once too few slots are left to cancel every request in
+    flight, the send stops before sending more (nothing unknown); a later run, past those send_at,
+    deletes the cancels the first run recorded and finishes."""
+    settings = configure(workdir, batch_size=10, concurrency=2)
+    emails = seed_readers(settings, 200)
+    server.script(*[accept_then_drop() for _ in range(12)])
+    with pytest.raises(DeliveryError, match="cancel slots"):
+        send(settings, transport=SendGridTransport(settings, clock=server.now))
+    assert 8 <= len(server.scheduled) <= 10 and server.refused == [], "no cancel was refused"
+    assert "claimed" not in ledger(settings), "nothing of unknown fate"
+    with session_factory(settings.database_url)() as s:
+        assert set(held_cancels(s)) == set(server.scheduled)
+    server.faults.clear()  # the connection is good again
+    server.clock_offset += 30 * 60  # every cancelled batch's send_at has passed
+    outcome = send(settings, transport=SendGridTransport(settings, clock=server.now))
+    assert outcome.report is not None and outcome.report.unknown == 0
+    assert server.scheduled == {} and server.lifted_early == [], "the first run's cancels, deleted in time"
+    assert Counter(server.recipients()) == Counter(emails), "every reader exactly once"
+    assert ledger(settings) == {"submitted": 200}
+    with session_factory(settings.database_url)() as s:
+        assert held_cancels(s) == {}
+
+
+def test_digest_status_shows_scheduled_then_delivered_at(sg: Settings, server: SendGridServer,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """While SendGrid holds the copies: how many and for when; once that moment has passed: delivered at.
+    (Recalled: see the recall command's test.)"""
+    seed_readers(sg, 60)
+    send(sg)
+    moment = datetime.fromtimestamp(max(r.send_at or 0 for r in server.received), UTC)  # the last reader's
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.chdir(sg.path.parent)
+    code, out = run_main(monkeypatch, capsys, "status")
+    assert code == 0 and f"#1: 60 reader(s) scheduled at SendGrid for {moment:%Y-%m-%d %H:%M} UTC" in out, out
+    past = moment - timedelta(hours=1)  # the send moment has come and gone
+    with session_factory(sg.database_url)() as s:
+        s.execute(update(Delivery).values(send_at=past))
+        s.commit()
+    code, out = run_main(monkeypatch, capsys, "status")
+    assert code == 0 and f"#1: delivered at {past:%Y-%m-%d %H:%M} UTC" in out and "scheduled at" not in out, out
+
+
+def test_slots_held_by_others_do_not_stop_a_send(sg: Settings, server: SendGridServer) -> None:
+    """Ten cancels held for a moment hours away (as a recall's are, until the recalled issue's send_at), or
+    by earlier runs' recoveries: they do not stop a send that loses nothing (a lost answer now would be
+    left for `resolve`, as SendGrid's limit forces)."""
+    emails = seed_readers(sg, 100)
+    transport = SendGridTransport(sg)
+    later = int(time.time()) + 6 * 3600
+    for _ in range(10):
+        batch = server.new_batch()
+        assert api(server, "POST", "/v3/user/scheduled_sends", {"batch_id": batch, "status": "cancel"})[0] == 201
+        transport.adopt({batch: later})
+    outcome = send(sg, transport=transport)
+    assert outcome.report is not None and outcome.report.ok and outcome.report.submitted == 100
+    assert Counter(server.recipients()) == Counter(emails) and len(server.scheduled) == 10

@@ -104,3 +104,60 @@ def test_a_stop_request_ends_a_send_running_in_another_thread_as_in_the_schedule
         assert error.report.submitted == len(accepted) < 25 and error.report.unknown == 0
         assert _submitted(settings) == set(accepted)
         assert ledger(settings) == {"submitted": len(accepted), "queued": 25 - len(accepted)}
+
+
+@pytest.mark.slow
+def test_sigterm_stops_digest_schedule_mid_send_like_ctrl_c_and_the_next_send_finishes(workdir: Path) -> None:
+    """`digest schedule` in a subprocess, its send job running: SIGTERM claims nothing more, the message in
+    flight is answered and recorded, the scheduler exits 0 (docs/schedule.md), and `digest send` then
+    sends each remaining reader once."""
+    from datetime import UTC, datetime, timedelta
+
+    import time_machine
+
+    from digest import issues
+    from digest.config import load_settings
+    from digest.store import session_scope
+    from tests.fakes.readers import set_keys
+    from tests.test_schedule_scheduler import Running
+
+    rec = Recorder(delay_seconds=0.2)
+    with SMTPServer(rec) as server:
+        settings = smtp_settings(workdir, server.port)
+        moment = datetime.now(UTC).replace(second=0, microsecond=0)  # the send moment: the minute just begun
+        local = moment.astimezone(settings.publication.tz)
+        set_keys(workdir, "schedule", day_of_week=local.strftime("%a").lower(), hour=local.hour,
+                 minute=local.minute)
+        settings = load_settings(workdir / "digest.toml")
+        emails = seed_readers(settings, 30)
+        with session_scope(settings.database_url) as s:
+            issues.build_draft(settings, s, send_at=moment)
+            issues.approve(s, by="editor", allow_empty=True)
+        with time_machine.travel(moment - timedelta(minutes=5), tick=True):  # a scheduler ran before the
+            Running(settings).stop()  # moment and stopped: its stored send job is now due (within the grace)
+        proc = subprocess.Popen([sys.executable, "-m", "digest", "schedule"], cwd=workdir, text=True,
+                                env={**os.environ, "DIGEST_SECRET_KEY": SECRET, "COLUMNS": "250"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _wait_for("five messages", lambda: len(rec.received) >= 5 or proc.poll() is not None)
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, (out, err)
+        assert "Traceback" not in err and "stopping" in out + err and "scheduler stopped" in out + err
+        accepted = [r for r in rec.recipients() if r in emails]
+        assert set(rec.recipients()) - set(emails) == {"editor@news.example.com"}, "the editors are told"
+        assert 5 <= len(accepted) < 30, "stopped midway"
+        counts = ledger(settings)
+        assert counts.get("claimed", 0) == 0, "nothing of unknown fate: the message in flight was answered"
+        assert _submitted(settings) == set(accepted), "every message the server accepted is recorded as sent"
+        assert counts == {"submitted": len(accepted), "queued": 30 - len(accepted)}
+
+        again = run_cli("send", cwd=workdir)
+        assert again.returncode == 0, again.stderr
+    assert Counter(r for r in rec.recipients() if r in emails) == Counter(emails), "every reader exactly once"
+    assert ledger(settings) == {"submitted": 30}

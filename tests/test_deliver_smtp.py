@@ -265,3 +265,44 @@ def test_no_final_reply_within_the_data_timeout_is_unknown_for_that_message_alon
         time.sleep(2.5)  # the held 250 goes out to a closed connection; the server kept the message
     assert Counter(rec.recipients()) == Counter(emails), "the server took it once; nobody got two"
     assert ledger(settings) == {"submitted": 3, "claimed": 1}
+
+
+@pytest.mark.slow
+def test_a_connection_closed_right_after_the_final_dot_is_unknown_for_that_message_alone(workdir: Path) -> None:
+    """The server took the 2nd message and closed without a reply: it may have it, so that one message is of
+    unknown fate (never sent again without a decision), and the others go out on a new connection."""
+    rec = Recorder(close_after_dot={2})
+    with SMTPServer(rec) as server:
+        settings = smtp_settings(workdir, server.port)
+        emails = seed_readers(settings, 4)
+        transport = quick(settings)
+        outcome = send(settings, transport=transport)
+        assert outcome.report is not None
+        assert (outcome.report.submitted, outcome.report.unknown, outcome.report.failed) == (3, 1, 0)
+        assert transport.connections == 2, "the next reader went out on a new connection"
+        with session_factory(settings.database_url)() as s:
+            left = s.scalars(select(Delivery).where(Delivery.status == "claimed")).one()
+        assert left.email == emails[1] and "closed after the message's final dot" in (left.error or "")
+        again = send(settings, transport=quick(settings))
+        assert again.report is not None and again.report.submitted == 0 and again.report.unknown == 1
+    assert Counter(rec.recipients()) == Counter(emails), "taken once, never sent a second time"
+    assert ledger(settings) == {"submitted": 3, "claimed": 1}
+
+
+@pytest.mark.slow  # ~40 s: the real hold of issue 13, with the default configuration
+def test_a_server_holding_its_final_250_for_40_seconds_gets_one_copy_with_the_defaults(workdir: Path) -> None:
+    rec = Recorder(hold_at={2}, hold_seconds=40.0)
+    with SMTPServer(rec) as server:
+        set_keys(workdir, "delivery", transport="smtp", allow_http_public_url=True)
+        # where the test server is, and no TLS (it has none); the timeouts are the defaults
+        set_keys(workdir, "delivery.smtp", host="127.0.0.1", port=server.port, security="none")
+        settings = load_settings(workdir / "digest.toml")
+        migrate(settings.database_url)
+        assert settings.delivery.smtp.timeout_seconds < 40 <= settings.delivery.smtp.data_timeout_seconds
+        emails = seed_readers(settings, 3)
+        transport = quick(settings)
+        outcome = send(settings, transport=transport)
+    assert outcome.report is not None and outcome.report.submitted == 3 and outcome.report.ok
+    assert Counter(rec.recipients()) == Counter(emails), "every reader exactly once: no second copy"
+    assert transport.connections == 1 and rec.connections == 1
+    assert ledger(settings) == {"submitted": 3}

@@ -10,6 +10,11 @@ time (https://www.twilio.com/docs/sendgrid/api-reference/cancel-scheduled-sends)
   for `digest deliveries resolve`;
 - `recall` cancels every batch of an issue still 10+ minutes from its send_at: those readers are queued
   again (not sent), the issue is recalled (who, when), and the batches that could not be are listed.
+
+Every cancel SendGrid holds takes one of its 10 slots until it is deleted, and deleting it while the
+batch's send_at is ahead would send the batch after all. So each held cancel is recorded
+(`ledger.record_cancels`, the provider_cancels table) and deleted at SendGrid only once its send_at has
+passed (the transport's `lift_passed`), by whichever run comes next: old cancels never fill the slots.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from digest.deliver.ledger import (
     CLAIMED,
     DeliveryStatus,
     ScheduledBatch,
+    batch_send_at,
+    held_cancels,
     note_batch,
+    record_cancels,
     requeue_batch,
     scheduled_batches,
     sent_without_batch,
@@ -42,9 +50,40 @@ MARGIN = timedelta(seconds=30)
 
 
 class Cancels(Protocol):
-    def cancel(self, batch: str) -> str | None:
+    def cancel(self, batch: str, *, send_at: int | None = None) -> str | None:
         """None when the provider holds the cancel; else why not."""
         ...
+
+    def adopt(self, held: dict[str, int]) -> None:
+        """Cancels held for earlier runs (batch -> send_at), to free their slots in time."""
+        ...
+
+    def lift_passed(self) -> None:
+        """Delete the held cancels whose batch's send_at has passed (their slots are free again)."""
+        ...
+
+    def cancels_held(self) -> tuple[dict[str, int], list[str], bool]:
+        """(cancels held now, cancels deleted since the last call, whether anything changed)."""
+        ...
+
+
+def sync_cancels(session: Session, cancels: Cancels) -> None:
+    """Record in the ledger what the provider holds now (the caller commits)."""
+    held, lifted, changed = cancels.cancels_held()
+    if changed:
+        record_cancels(session, held, lifted)
+
+
+def free_slots(session: Session, cancels: Cancels) -> None:
+    """Take over the cancels earlier runs left held, and delete those whose send_at has passed."""
+    cancels.adopt(held_cancels(session))
+    cancels.lift_passed()
+    sync_cancels(session, cancels)
+    session.commit()
+
+
+def _stamp(at: datetime | None) -> int | None:
+    return int(at.timestamp()) if at is not None else None
 
 
 def canceller(settings: Settings) -> Cancels:
@@ -73,8 +112,10 @@ def recover_unknown(session: Session, issue_id: int, cancels: Cancels) -> tuple[
     """Cancel each scheduled batch of unknown fate and queue its readers again (the caller's send then sends
     them in a new batch). Returns (readers queued again, why each batch left unknown could not be)."""
     queued, left = 0, []
+    free_slots(session, cancels)
     for batch in unknown_provider_batches(session, issue_id):
-        why = cancels.cancel(batch)
+        why = cancels.cancel(batch, send_at=_stamp(batch_send_at(session, issue_id, batch)))
+        sync_cancels(session, cancels)
         if why is None:
             queued += requeue_batch(session, issue_id, batch, CLAIMED,
                                     f"fate unknown; batch {batch} cancelled at SendGrid: sent again in a new batch")
@@ -118,14 +159,17 @@ def recall(session: Session, issue: IssueRow, cancels: Cancels, *, by: str,
                             "recalled")
     now = now or utcnow()
     report = Recall(issue.number)
+    free_slots(session, cancels)
     for b in scheduled_batches(session, issue.id):
         if b.send_at is None or b.send_at - now < CANCEL_NOTICE + MARGIN:
             report.kept.append((b, "less than 10 minutes before its send moment (or past it): SendGrid no "
                                    "longer takes a cancel"))
             continue
-        why = cancels.cancel(b.batch)
+        why = cancels.cancel(b.batch, send_at=_stamp(b.send_at))
+        sync_cancels(session, cancels)
         if why is not None:
             report.kept.append((b, why))
+            session.commit()
             continue
         report.recalled += requeue_batch(session, issue.id, b.batch, DeliveryStatus(b.status),
                                          f"recalled by {by} at {now:%Y-%m-%d %H:%M} UTC")

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Text, and_, bindparam, cast, func, insert, literal, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, delete, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from digest.deliver.protocol import Outcome
@@ -25,7 +25,7 @@ from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus, move
 from digest.locks import sender_of
 from digest.moments import zone_moment
-from digest.store import Delivery, IssueRow, core_table, utcnow
+from digest.store import Delivery, IssueRow, ProviderCancel, core_table, utcnow
 from subscribers.models import Membership, MembershipStatus, Subscriber
 
 DELIVERIES = core_table(Delivery)
@@ -277,11 +277,13 @@ def note_editions(session: Session, batch: str, editions: dict[int, str]) -> Non
 
 
 def release(session: Session, ids: Sequence[int]) -> None:
-    """Messages that were certainly not sent go back to the queue (the caller commits)."""
+    """Messages that were certainly not sent go back to the queue (the caller commits); a provider batch
+    they were in (cancelled, or never sent) is no longer theirs."""
     if ids:
         t = DELIVERIES
         session.connection().execute(update(t).where(t.c.id.in_(list(ids)), t.c.status == CLAIMED)
-                                     .values(status=QUEUED, batch=None, updated_at=utcnow()))
+                                     .values(status=QUEUED, batch=None, provider_batch=None, send_at=None,
+                                             updated_at=utcnow()))
 
 
 def finish_if_done(session: Session, issue: IssueRow, now: Callable[[], datetime] = utcnow) -> bool:
@@ -396,6 +398,15 @@ def requeue_batch(session: Session, issue_id: int, provider_batch: str, from_sta
                 updated_at=utcnow())).rowcount or 0
 
 
+def record_batches(session: Session, batches: Sequence[tuple[str, int, Sequence[int]]]) -> None:
+    """Claimed readers whose request got a provider batch of its own (one claim, several requests): the
+    batch and send moment, recorded before the request goes out (the caller commits)."""
+    t = DELIVERIES
+    for batch, at, ids in batches:
+        session.connection().execute(update(t).where(t.c.id.in_(list(ids)), t.c.status == CLAIMED).values(
+            provider_batch=batch, send_at=datetime.fromtimestamp(at, UTC)))
+
+
 def note_batch(session: Session, issue_id: int, provider_batch: str, note: str) -> None:
     t = DELIVERIES
     session.connection().execute(update(t).where(t.c.issue_id == issue_id, t.c.provider_batch == provider_batch,
@@ -431,3 +442,29 @@ def sent_without_batch(session: Session, issue_id: int) -> int:
     """Readers submitted at once, without a scheduled batch: nothing can call their copy back."""
     return session.scalar(select(func.count()).where(
         Delivery.issue_id == issue_id, Delivery.status == SUBMITTED, Delivery.provider_batch.is_(None))) or 0
+
+
+def batch_send_at(session: Session, issue_id: int, provider_batch: str) -> datetime | None:
+    """The send moment recorded for a provider batch (its earliest, as SendGrid counts it)."""
+    return session.scalar(select(func.min(Delivery.send_at)).where(
+        Delivery.issue_id == issue_id, Delivery.provider_batch == provider_batch))
+
+
+# -- cancels SendGrid holds for us: 10 slots, each freed only once its batch's send_at has passed ----------
+
+
+def held_cancels(session: Session) -> dict[str, int]:
+    """Every cancel recorded as held at SendGrid: batch -> its send_at (UNIX seconds)."""
+    return {b: int(at.timestamp()) for b, at in session.execute(select(ProviderCancel.batch, ProviderCancel.send_at))}
+
+
+def record_cancels(session: Session, held: dict[str, int], lifted: Sequence[str]) -> None:
+    """Cancels now held (added if new) and cancels deleted at SendGrid (forgotten). The caller commits."""
+    known = set(session.scalars(select(ProviderCancel.batch)))
+    new = [{"batch": b, "send_at": datetime.fromtimestamp(at, UTC), "cancelled_at": utcnow()}
+           for b, at in held.items() if b not in known and b not in lifted]
+    if new:
+        session.connection().execute(insert(core_table(ProviderCancel)), new)
+    if lifted:
+        session.connection().execute(delete(core_table(ProviderCancel))
+                                     .where(core_table(ProviderCancel).c.batch.in_(list(lifted))))

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
-from digest.deliver.batches import recover_unknown
+from digest.deliver.batches import recover_unknown, sync_cancels
 from digest.deliver.ledger import (
     CLAIMED,
     QUEUED,
@@ -32,6 +32,7 @@ from digest.deliver.ledger import (
     mark,
     next_moment,
     note_editions,
+    record_batches,
     release,
     snapshot,
     waiting,
@@ -85,7 +86,8 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     snapshot(session, issue, list_id, home=local_home(settings, issue.send_at, now()))
     session.commit()
     local = has_moments(session, issue.id)  # local delivery: each reader is due at their zone's moment
-    if callable(getattr(transport, "cancel", None)):  # scheduled batches left of unknown fate by a dead run
+    recovering = callable(getattr(transport, "cancel", None))
+    if recovering:  # scheduled batches left of unknown fate by a dead run
         requeued, left = recover_unknown(session, issue.id, transport)  # type: ignore[arg-type]
         report.errors += left
     before = counts(session, issue.id)
@@ -149,6 +151,8 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             shown.pop(i, None)
         # what the transport did not answer for was not sent: back to the queue, in the same transaction
         release(session, [i for i in ids if i not in handled])
+        if recovering:  # cancels made for lost answers (or slots freed): recorded, so a later run frees them
+            sync_cancels(session, transport)  # type: ignore[arg-type]
         if utcnow() - last_beat > SEND_HEARTBEAT:
             beat_send_lock(session, issue_id, me)
             last_beat = utcnow()
@@ -191,6 +195,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                             raise
                         stop = e
                         break
+                    if getattr(work, "batches", None):  # one claim, several requests: each its own provider
+                        record_batches(session, work.batches)  # batch, recorded before any of them goes out
+                        session.commit()
                     if unbuilt:
                         report.failed += mark(session, claimed.batch, unbuilt, len(unbuilt))[1]
                         done += len(unbuilt)

@@ -20,8 +20,9 @@ import time
 import unicodedata
 import urllib.error
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from python_http_client.exceptions import HTTPError
@@ -53,27 +54,39 @@ MAX_RATE_WAIT = 300.0  # seconds: never trust a reset further away than this
 # Scheduled sends (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/mail-send, send_at;
 # https://www.twilio.com/docs/sendgrid/api-reference/cancel-scheduled-sends): send_at at most 72 hours
 # ahead; a batch can be cancelled only 10 minutes or more before its send_at; at most 10 batches
-# cancelled or paused at one time.
+# cancelled or paused at one time. A cancel holds its slot until it is deleted (DELETE
+# /v3/user/scheduled_sends/{batch_id}), and deleting it while send_at is still ahead un-cancels the
+# batch: so a slot is freed only once send_at has passed (the cancelled mail was dropped), with a margin.
 MAX_SCHEDULE_AHEAD = 72 * 3600
 CANCEL_NOTICE = 10 * 60
-MAX_CANCELS = 10  # per send: SendGrid's own limit, and a bound when every answer is lost
+MAX_CANCELS = 10  # SendGrid's slots: batches cancelled or paused at one time
+LIFT_AFTER = 10 * 60  # seconds after a cancelled batch's send_at before its cancel is deleted (slot freed)
 
 
 @dataclass
 class Prepared:
-    """A batch made ready to send: (JSON body, its messages) per request, and readers refused here."""
+    """A batch made ready to send: (JSON body, its messages, its provider batch id or None) per request, and
+    readers refused here. `batches`: the provider batches made here for the requests after the first (one
+    claim became several requests: editions, or the 30 MB cap), as (batch id, send_at, delivery ids), for
+    the loop to record in the ledger before `submit` sends anything."""
 
-    requests: list[tuple[str, list[Message]]]
+    requests: list[tuple[str, list[Message], str | None]]
     refused: list[Outcome]
+    batches: list[tuple[str, int, list[int]]] = field(default_factory=list)
 
 
 class BatchCancelled(SendStopped):
-    """A request's answer was lost, and its batch (every request of the claim) was cancelled in time: none of
-    it will go out, so its readers go back to the queue and are sent again in a new batch."""
+    """A request's answer was lost, and its batch (that request alone: each has its own) was cancelled in
+    time: none of it will go out, so its readers go back to the queue and are sent again in a new batch."""
 
 
 class PayloadError(SendStopped):
     """The request we built breaks a documented mail/send limit: a bug, stopped before sending."""
+
+
+class RequestTooLarge(PayloadError):
+    """A request over the 30 MB cap: split in two (each half its own request and batch) while it has more
+    than one reader; a single reader's copy that large is a bug."""
 
 
 def ascii_text(value: str) -> str:
@@ -177,7 +190,12 @@ class SendGridTransport:
         self.retry_unanswered = sg.retry_unanswered
         self.api_url = sg.api_url
         self.ahead = sg.schedule_ahead_minutes * 60
-        self.cancels = 0
+        self.cancels = 0  # cancels made by this transport
+        self._held: dict[str, int] = {}  # cancels SendGrid holds for us: batch -> its send_at (a slot each)
+        self._lifted: list[str] = []  # deleted since the last `cancels_held()`
+        self._held_changed = False
+        self._lost: set[str] = set()  # batches this send cancelled because their answer was lost
+        self._held_lock = threading.Lock()
         self.sleep, self.clock = sleep, clock
         self.retrying = retry.policy(
             attempts=self.max_retries + 1, first=self.backoff, retry_on=self._retryable, throttled=_throttled,
@@ -239,7 +257,7 @@ class SendGridTransport:
         body = f'{{"personalizations":{people},{shared[1:]}'
         size = len(people) + shared_size + len('{"personalizations":,')
         if size >= MAX_REQUEST_BYTES:
-            raise PayloadError(f"issue {messages[0].issue_number}: a request of {size / 1e6:.1f} MB is over "
+            raise RequestTooLarge(f"issue {messages[0].issue_number}: a request of {size / 1e6:.1f} MB is over "
                                f"SendGrid's 30 MB limit (is the HTML that large?)")
         return body, included, refused
 
@@ -252,20 +270,57 @@ class SendGridTransport:
             groups.setdefault(id(m.edition), []).append(m)
         prepared = Prepared([], [])
         for group in groups.values():
-            body, included, refused = self.build(group)
-            prepared.refused += refused
-            if included:
-                if included[0].scheduled is not None:
-                    batch, at = included[0].scheduled
-                    body = f'{body[:-1]},"batch_id":{json.dumps(batch)},"send_at":{at}}}'
-                prepared.requests.append((body, included))
+            self._add_requests(prepared, group)
         return prepared
+
+    def _add_requests(self, prepared: Prepared, group: list[Message]) -> None:
+        """One request for the group, or two halves if it is over the 30 MB cap. Scheduled: the first request
+        of the claim keeps the batch recorded with the claim; every other one gets a batch of its own
+        (POST /v3/mail/batch), listed in `prepared.batches` for the ledger, so a request whose answer is
+        lost is cancelled alone and never takes another request's readers with it."""
+        try:
+            body, included, refused = self.build(group)
+        except RequestTooLarge:
+            if len(group) < 2:
+                raise
+            half = len(group) // 2
+            self._add_requests(prepared, group[:half])
+            self._add_requests(prepared, group[half:])
+            return
+        prepared.refused += refused
+        if not included:
+            return
+        batch: str | None = None
+        if included[0].scheduled is not None:
+            batch, at = included[0].scheduled
+            if any(b == batch for _, _, b in prepared.requests):
+                batch = self.new_batch()
+                prepared.batches.append((batch, at, [m.delivery_id for m in included]))
+            body = f'{body[:-1]},"batch_id":{json.dumps(batch)},"send_at":{at}}}'
+        prepared.requests.append((body, included, batch))
 
     def schedule(self, issue_moment: datetime | None) -> tuple[str, int] | None:
         """A new batch id and the send_at for the next claim (recorded with it, before any request), or None
-        in the immediate mode (schedule_ahead_minutes = 0)."""
+        in the immediate mode (schedule_ahead_minutes = 0).
+
+        Each request in flight may need one of SendGrid's 10 cancel slots if its answer is lost. When this
+        send keeps losing answers (its own cancels hold slots) and fewer slots are free than requests could
+        be in flight, nothing more is sent: the send stops, the readers wait in the queue for the next
+        `digest send`. Slots held by others (earlier runs' recoveries, a recall's cancels until the recalled
+        issue's send moment) do not stop a send: a lost answer then is left for `resolve`, as SendGrid's
+        limit forces."""
         if not self.ahead:
             return None
+        self.lift_passed()
+        with self._held_lock:
+            held = dict(self._held)
+            losing = not self._lost.isdisjoint(held)
+        if losing and MAX_CANCELS - len(held) < self.concurrency:
+            free_at = datetime.fromtimestamp(min(held.values()) + LIFT_AFTER, UTC)
+            raise SendStopped(f"{len(held)} cancelled batches hold SendGrid's {MAX_CANCELS} cancel slots (the first "
+                              f"is freed after {free_at:%Y-%m-%d %H:%M} UTC): a lost answer now could not be "
+                              "cancelled, so nothing more is sent; the readers are queued for the next "
+                              "`digest send`")
         return self.new_batch(), self.send_moment(issue_moment)
 
     def send_moment(self, issue_moment: datetime | None) -> int:
@@ -279,13 +334,13 @@ class SendGridTransport:
 
     def submit(self, prepared: Prepared) -> list[Outcome]:
         outcomes = list(prepared.refused)
-        for body, included in prepared.requests:
+        for body, included, batch in prepared.requests:
             try:
-                message_id = self.post(body, included, included[0].scheduled and included[0].scheduled[0])
+                message_id = self.post(body, included, batch)
             except BatchCancelled:
-                # the batch held every request of this claim: none goes out; not answered for, the loop
-                # queues them again for a new batch
-                return list(prepared.refused)
+                # this request's own batch is cancelled: none of it goes out; not answered for, the loop
+                # queues its readers again for a new batch; the claim's other requests go on
+                continue
             except SendStopped as e:
                 raise SendStopped(str(e), outcomes + e.outcomes) from None
             outcomes += [Outcome(m.delivery_id, True, message_id=message_id) for m in included]
@@ -346,12 +401,11 @@ class SendGridTransport:
 
     def _stop(self, why: str, messages: list[Message], maybe_sent: bool, batch: str | None = None) -> SendStopped:
         if maybe_sent and batch is not None:
-            refused = self.cancel(batch)
+            scheduled = messages[0].scheduled
+            refused = self.cancel(batch, send_at=scheduled[1] if scheduled else None)
             if refused is None:
-                self.cancels += 1
-                if self.cancels > MAX_CANCELS:
-                    return SendStopped(f"{why}; its batch was cancelled, but {self.cancels} answers were lost in "
-                                       "this send: stopped; the readers are queued again for the next `digest send`")
+                with self._held_lock:
+                    self._lost.add(batch)
                 return BatchCancelled(f"{why}; batch {batch} cancelled: its readers are sent again")
             why = f"{why}; cancelling its batch {batch} failed ({refused})"
         if maybe_sent:
@@ -385,13 +439,16 @@ class SendGridTransport:
             raise SendStopped(f"SendGrid answered POST /v3/mail/batch without a batch_id: {answer!r}")
         return batch
 
-    def cancel(self, batch: str) -> str | None:
+    def cancel(self, batch: str, *, send_at: int | None = None) -> str | None:
         """Cancel a scheduled batch: None when SendGrid holds the cancel (nothing of the batch will go out),
-        else why not (too close to send_at, refused, the 10-batch limit, no answer)."""
+        else why not (too close to send_at, refused, the 10-batch limit, no answer). A held cancel is kept
+        (`cancels_held`) until its send_at has passed, when `lift_passed` frees its slot."""
+        self.lift_passed()
         sends = self._client.user.scheduled_sends
         try:
             self._call(f"the cancel of batch {batch}", lambda: sends.post(
                 request_body=json.dumps({"batch_id": batch, "status": "cancel"}), timeout=self.timeout))
+            self._hold(batch, send_at)
             return None
         except SendStopped as e:
             why = str(e)
@@ -401,8 +458,49 @@ class SendGridTransport:
         except SendStopped:
             return why
         if isinstance(held, list) and any(isinstance(h, dict) and h.get("status") == "cancel" for h in held):
+            self._hold(batch, send_at)
             return None
         return why
+
+    def _hold(self, batch: str, send_at: int | None) -> None:
+        with self._held_lock:
+            self.cancels += 1
+            # a send moment not known: SendGrid's furthest, so the slot is never freed too early
+            self._held[batch] = send_at if send_at is not None else int(self.clock()) + MAX_SCHEDULE_AHEAD
+            self._held_changed = True
+
+    def adopt(self, held: dict[str, int]) -> None:
+        """Cancels held at SendGrid for earlier runs (from the ledger): their slots are ours to free too."""
+        with self._held_lock:
+            for batch, at in held.items():
+                self._held.setdefault(batch, at)
+
+    def cancels_held(self) -> tuple[dict[str, int], list[str], bool]:
+        """(every cancel held now, the ones deleted since the last call, whether anything changed)."""
+        with self._held_lock:
+            lifted, self._lifted = self._lifted, []
+            changed, self._held_changed = self._held_changed or bool(lifted), False
+            return dict(self._held), lifted, changed
+
+    def lift_passed(self) -> None:
+        """Delete the cancels whose batch's send_at passed LIFT_AFTER ago: SendGrid dropped that mail at its
+        send_at, so the delete can no longer send it, and the slot is free for the next lost answer. A
+        delete that fails is tried again next time; a 404 means the cancel is already gone."""
+        now = self.clock()
+        with self._held_lock:
+            due = [b for b, at in self._held.items() if at + LIFT_AFTER <= now]
+        for batch in due:
+            entry = self._client.user.scheduled_sends._(batch)
+            try:
+                self.retrying(partial(entry.delete, timeout=self.timeout))
+            except HTTPError as e:
+                if e.status_code != 404:  # 404: the cancel is gone already; anything else: next time
+                    continue
+            except (OSError, http.client.HTTPException):
+                continue
+            with self._held_lock:
+                self._held.pop(batch, None)
+                self._lifted.append(batch)
 
     def _reset_delay(self, error: BaseException) -> float | None:
         """429: X-RateLimit-Reset is when the account may send again (epoch seconds), plus a little jitter

@@ -9,8 +9,8 @@ send with the server's words.
 
 The reply to the final dot after DATA is different: once the dot is out the server may have taken the
 message, and RFC 5321 §4.5.3.2.6 asks the client to wait 10 minutes for that reply (a busy server scans
-the message first). So that one reply waits `data_timeout_seconds`, and no reply in time makes that one
-message of unknown fate: never sent again without a decision
+the message first). So that one reply waits `data_timeout_seconds`, and no reply (in time, or a connection
+closed before it) makes that one message of unknown fate: never sent again without a decision
 (`digest deliveries resolve`). One reader per batch, so each outcome is recorded as it happens and a
 process stopped or killed mid-send leaves at most one message of unknown fate.
 """
@@ -75,12 +75,15 @@ def _patient_data(conn: _SMTP | _SMTPSSL, msg: Any) -> tuple[int, bytes]:
     try:
         return conn.getreply()
     except (smtplib.SMTPServerDisconnected, OSError) as e:
-        # Out of time: the server is still at it and may yet say 250, so the fate is unknown. A server
-        # that closed the connection instead has not taken the message (the 250 is where it accepts
-        # responsibility, §6.1): that one is retried as any lost connection.
+        # The whole message and its dot are out, and no reply came: out of time (the server is still at it
+        # and may yet say 250), or the connection closed. A close is no refusal either: the server may have
+        # committed the message and lost the connection before its 250 got out (RFC 5321 §6.1 makes the 250
+        # the moment of responsibility, but nothing says a server that took the message cannot die before
+        # saying so). Either way the fate of this one message is unknown: never sent again by itself.
         if isinstance(e, TimeoutError) or isinstance(e.__context__, TimeoutError):
             raise FinalReplyLost(f"no reply within {conn.data_timeout:g} s after the message's final dot") from None
-        raise
+        raise FinalReplyLost(f"the connection closed after the message's final dot, before any reply "
+                             f"({e.__class__.__name__}: {e})") from None
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(before)

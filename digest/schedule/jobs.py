@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from digest import issues
 from digest.config import Settings
 from digest.deliver.ledger import queued_zones
-from digest.deliver.protocol import SendReport, Transport
+from digest.deliver.protocol import SendInterrupted, SendReport, Transport
 from digest.issue_status import IssueStatus, add_note, move
 from digest.moments import describe, local_and_utc, local_delivery, next_moments, zone_moments
 from digest.notices import Notice, notify_editors
@@ -34,7 +34,7 @@ SEND_JOB = "digest-send"
 
 @dataclass
 class JobResult:
-    """What a job did: drafted | sent | held | skipped | missed | nothing, and in words."""
+    """What a job did: drafted | sent | stopped | held | skipped | missed | nothing, and in words."""
 
     action: str
     number: int | None
@@ -202,7 +202,15 @@ def run_send(settings: Settings, *, send_at: datetime, now: datetime | None = No
                 return _conclude(settings, number, "held", "not approved by the send time "
                                  "(if_not_approved = hold)", now, transport)
             move(row, IssueStatus.APPROVED, now=now, by="the schedule (if_not_approved = send)")
-    outcome = issues.send(settings, transport=transport, now=now)
+    try:
+        outcome = issues.send(settings, transport=transport, now=now)
+    except SendInterrupted as e:  # SIGTERM, SIGHUP or Ctrl-C stopped `digest schedule`: a stop, not a failure
+        stopped = e.report.issue_number if e.report else None
+        notice = Notice("failed", f"The send of issue {stopped} was stopped" if stopped else "The send was stopped",
+                        (f"{e}.", "Readers already sent to are recorded and are never sent to twice."), None,
+                        ("Resume it: `digest send` (or start `digest schedule` again).",))
+        return JobResult("stopped", stopped, f"send stopped: {e}",
+                         notify_editors(settings, notice, transport=transport), e.report)
     report = outcome.report
     if report is None:
         return JobResult("nothing", None, outcome.message)

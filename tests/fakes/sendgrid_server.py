@@ -12,10 +12,12 @@ Scheduled sends (https://www.twilio.com/docs/sendgrid/api-reference/cancel-sched
 `send_at` (UNIX seconds, at most 72 hours ahead; also per personalization); `POST
 /v3/user/scheduled_sends` `{"batch_id", "status": "cancel"|"pause"}` is honoured only 10 minutes or more
 before the batch's earliest `send_at`, for a batch id it handed out, with at most 10 batches cancelled or
-paused at one time (counted while the batch still has mail waiting: once its send moment has passed the
-cancelled mail is discarded and the slot is free), and `DELETE /v3/user/scheduled_sends/{batch_id}`
-lifts one. `recipients()` are who gets the mail: a cancelled batch's readers are not among them. The
-server's clock is `time.time() + clock_offset` (tests move it forward).
+paused at one time. Each cancel or pause holds its slot until `DELETE /v3/user/scheduled_sends/{batch_id}`
+deletes it, whether or not its send moment has passed; a delete while the batch still has mail waiting
+(send_at ahead) lifts the cancel and that mail goes out after all, while a cancel still held at a send_at
+has dropped that mail for good (a later delete only frees the slot). `recipients()` are who gets the
+mail: a cancelled batch's readers are not among them. The server's clock is `time.time() +
+clock_offset`: tests move it forward, or let every mail/send request move it `tick` seconds (a long send).
 
 Faults scripted with `script()` meet mail/send requests only; `script_cancel()` scripts the cancel calls.
 
@@ -289,7 +291,10 @@ class SendGridServer:
         self.unique: set[str] = set()
         self.clock_offset = 0.0
         self.batches: set[str] = set()  # handed out by POST /v3/mail/batch
-        self.scheduled: dict[str, str] = {}  # batch id -> "cancel" | "pause"
+        self.scheduled: dict[str, str] = {}  # batch id -> "cancel" | "pause": one slot each until deleted
+        self.dropped: set[str] = set()  # batches whose mail a cancel dropped at its send_at
+        self.lifted_early: list[str] = []  # cancels deleted while mail was waiting: that mail went out
+        self.tick = 0.0  # seconds the clock moves forward with each mail/send request
         self.cancel_faults: deque[Fault] = deque()
         self._server = _Quiet((host, port), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -331,7 +336,7 @@ class SendGridServer:
         """Who gets the mail: every recipient of an accepted request whose batch was not cancelled."""
         with self.lock:
             return [r for rec in self.received if self.scheduled.get(rec.batch_id or "") != "cancel"
-                    for r in rec.recipients]
+                    and rec.batch_id not in self.dropped for r in rec.recipients]
 
     def new_batch(self) -> str:
         with self.lock:
@@ -357,12 +362,23 @@ class SendGridServer:
             if sends and min(sends) - self.now() < CANCEL_NOTICE:
                 return 400, [("batch_id", "scheduled sends can only be cancelled or paused at least 10 minutes "
                                           "before their send_at")]
-            active = [b for b in self.scheduled if self.waiting(b)]
-            if len(active) >= MAX_CANCELLED:
+            if len(self.scheduled) >= MAX_CANCELLED:  # held until deleted, send_at passed or not
                 return 400, [("", f"the maximum of {MAX_CANCELLED} batches paused or cancelled at one time "
                                   "is reached")]
             self.scheduled[batch] = what
             return 201, []
+
+    def lift(self, batch: str) -> bool:
+        """DELETE /v3/user/scheduled_sends/{batch_id}: False if there is no such cancel or pause."""
+        with self.lock:
+            held = self.scheduled.pop(batch, None)
+            if held is None:
+                return False
+            if self.waiting(batch):
+                self.lifted_early.append(batch)  # un-cancelled: the waiting mail goes out at its send_at
+            elif held == "cancel":
+                self.dropped.add(batch)  # the cancel was held at send_at: that mail is gone for good
+            return True
 
     def stats(self) -> dict[str, int]:
         with self.lock:
@@ -374,6 +390,7 @@ class SendGridServer:
     def next_fault(self) -> Fault | None:
         with self.lock:
             self.requests += 1
+            self.clock_offset += self.tick
             return self.faults.popleft() if self.faults else None
 
     def schedule_errors(self, payload: dict[str, Any]) -> list[tuple[str, str]]:
@@ -472,9 +489,7 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
             if not self.path.startswith(prefix):
                 return self._answer(404, errors=[("", "not found")])
             if self._authorized():
-                with server.lock:
-                    found = server.scheduled.pop(self.path[len(prefix):], None)
-                if found:
+                if server.lift(self.path[len(prefix):]):
                     self._answer(204)
                 else:
                     self._answer(404, errors=[("", "not found")])

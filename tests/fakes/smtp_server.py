@@ -1,9 +1,10 @@
 """A real SMTP server for the tests (aiosmtpd), on a free port, that records every accepted message.
 
 Knobs for the failures a mail server really has: recipients it refuses (550) or defers (450 once), a
-connection it drops in the middle of a message (before accepting it), a final 250 held back after the
-message was taken (a slow scanner: the late reply of RFC 5321 §4.5.3.2.6), per-message delay (a slow
-server, for stopping a send midway), STARTTLS with a certificate made here, and AUTH with a password.
+connection it drops in the middle of a message (before accepting it), a connection closed right after
+it took a message (no reply to the final dot), a final 250 held back after the message was taken (a
+slow scanner: the late reply of RFC 5321 §4.5.3.2.6), per-message delay (a slow server, for stopping a
+send midway), STARTTLS with a certificate made here, and AUTH with a password.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Recorder:
 
     refuse: set[str] = field(default_factory=set)  # 550 at RCPT
     defer_once: set[str] = field(default_factory=set)  # 450 at RCPT, the first time only
-    drop_at: set[int] = field(default_factory=set)  # drop the connection during the n-th DATA (1-based)
+    drop_at: set[int] = field(default_factory=set)  # drop the connection at the n-th MAIL (1-based): mid-message
+    close_after_dot: set[int] = field(default_factory=set)  # take the n-th message, then close without a reply
     hold_at: set[int] = field(default_factory=set)  # take the n-th message, then hold its 250 back...
     hold_seconds: float = 0.0  # ...this long
     delay_seconds: float = 0.0  # every message: taken, then its 250 after this long
@@ -50,6 +52,7 @@ class Recorder:
     rcpt_attempts: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _data_seen: int = 0
+    _mail_seen: int = 0
 
     async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,  # noqa: N802
                           responses: list[str]) -> list[str]:
@@ -60,6 +63,17 @@ class Recorder:
                 session.number = self.connections
         session.host_name = hostname
         return responses
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
+                          mail_options: list[str]) -> str:
+        with self.lock:
+            self._mail_seen += 1
+            if self._mail_seen in self.drop_at:
+                server.transport.close()  # gone in the middle of the message, long before its final dot
+                return "421 gone"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
                           rcpt_options: list[str]) -> str:
@@ -76,11 +90,11 @@ class Recorder:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         with self.lock:
             self._data_seen += 1
-            if self._data_seen in self.drop_at:
-                server.transport.close()  # gone before saying 250: the message was not accepted
-                return "421 gone"
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
                                           getattr(session, "number", 0)))
+            if self._data_seen in self.close_after_dot:
+                server.transport.close()  # the message is taken, and the connection goes before the 250
+                return "421 gone"
             wait = self.delay_seconds + (self.hold_seconds if self._data_seen in self.hold_at else 0.0)
         if wait:
             await asyncio.sleep(wait)  # the message is taken; only the answer is late
