@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import datetime
 from functools import partial
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from digest import issues
 from digest.cli.common import ConfigOpt, console, settings_for
-from digest.config import Settings
-from digest.locks import scheduler_lock_state
-from digest.moments import describe, next_moments
-from digest.schedule.jobs import DRAFT_JOB, SEND_JOB
-from digest.schedule.runner import serve, stored_jobs
-from digest.store import session_scope, utcnow
+
+if TYPE_CHECKING:
+    from digest.config import Settings
 
 app = typer.Typer()
 
@@ -40,10 +35,14 @@ def schedule_command(
     = False,
 ) -> None:
     """Run the weekly schedule in the foreground: draft, notify the editors, send. Ctrl-C stops."""
+    from digest.schedule.runner import serve
+
     settings = settings_for(config, create_secret=True)
     if show_only:
         show(settings)
         return
+    import logging
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code = serve(settings, say=partial(console.print, soft_wrap=True, highlight=False))
@@ -55,6 +54,9 @@ def hold_command(number: Annotated[int | None, typer.Argument(help="Issue number
                  reason: Annotated[str, typer.Option(help="Why, for the issue's history.")] = "",
                  config: ConfigOpt = None) -> None:
     """Keep the draft (or approved issue) from going out at its send moment."""
+    from digest import issues
+    from digest.store import session_scope
+
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
         row = issues.hold(session, number, by=cli_user(), reason=reason)
@@ -65,6 +67,9 @@ def skip_command(number: Annotated[int | None, typer.Argument(help="Issue number
                  reason: Annotated[str, typer.Option(help="Why, for the issue's history.")] = "",
                  config: ConfigOpt = None) -> None:
     """Send nothing this time; the next draft reuses the issue's number."""
+    from digest import issues
+    from digest.store import session_scope
+
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
         row = issues.skip(session, number, by=cli_user(), reason=reason)
@@ -73,6 +78,13 @@ def skip_command(number: Annotated[int | None, typer.Argument(help="Issue number
 
 def show(settings: Settings, out: Console = console, now: datetime | None = None) -> None:
     """`digest schedule --show`: the next moments, local and UTC, and what the store and lock hold."""
+    from digest import issues
+    from digest.locks import scheduler_lock_state
+    from digest.moments import describe, next_moments
+    from digest.schedule.jobs import DRAFT_JOB, SEND_JOB
+    from digest.schedule.runner import stored_jobs
+    from digest.store import session_scope, utcnow
+
     now = now or utcnow()
     say = partial(out.print, soft_wrap=True, highlight=False)
     sc = settings.schedule
