@@ -58,6 +58,8 @@ class Personalizer:
         self.settings = settings
         self.links = ReaderLinks(settings)
         self.mailto = settings.publication.reply_to or settings.publication.from_email
+        self._mailto_part = f", <mailto:{self.mailto}?subject=unsubscribe>"
+        self._list_headers: dict[tuple[str, int], dict[str, str]] = {}  # the same for every reader of a send
 
     def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
         return self.links.unsubscribe_url(subscriber_id, list_id)
@@ -67,11 +69,12 @@ class Personalizer:
 
     def for_reader(self, subscriber_id: int, list_id: int, name: str, *, list_slug: str = "",
                    issue_number: int = 0) -> tuple[dict[str, str], dict[str, str]]:
-        unsub = self.unsubscribe_url(subscriber_id, list_id)
-        values = token_values(name, unsub, self.preferences_url(subscriber_id, list_id))
-        headers = {
-            "List-Unsubscribe": f"<{unsub}>, <mailto:{self.mailto}?subject=unsubscribe>",
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            **list_headers(self.settings, list_slug, issue_number),
-        }
+        unsub, preferences = self.links.reader_urls(subscriber_id, list_id)
+        values = token_values(name, unsub, preferences)
+        shared = self._list_headers.get((list_slug, issue_number))
+        if shared is None:
+            shared = self._list_headers[list_slug, issue_number] = {
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                **list_headers(self.settings, list_slug, issue_number)}
+        headers = {"List-Unsubscribe": f"<{unsub}>{self._mailto_part}", **shared}
         return values, headers
