@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,8 @@ def seed(folder: Path, n: int) -> Path:
     init(folder)
     config = folder / "digest.toml"
     text = config.read_text().replace('transport = "outbox"', 'transport = "sendgrid"')
+    # one-click unsubscribe needs an https public_url (RFC 8058); the sample's is a local http one
+    text = text.replace('public_url = "http://127.0.0.1:8000"', 'public_url = "https://news.example.com"')
     config.write_text(text)
     settings = load_settings(config)
     migrate(settings.database_url)
@@ -101,6 +104,94 @@ def child(config: str) -> None:
                       "submitted": r.submitted if r else 0, "failed": r.failed if r else 0}))
 
 
+# -- the baseline: the least a correct sender must do, written here with the standard library alone ---------
+
+
+def baseline(config: str, url: str, concurrency: int) -> None:
+    """A minimal correct sender, in its own process as `digest send` is: reads the issue and the active
+    readers of the list from the same SQLite file, signs one HMAC-SHA256 token per reader (its unsubscribe
+    and preferences links), builds mail/send bodies of up to 1,000 personalizations (to, substitutions,
+    the RFC 8058 one-click List-Unsubscribe headers, custom_args), the shared part encoded once, and POSTs
+    them over `concurrency` keep-alive connections to the same contract server. No ledger: it is the floor
+    of the CPU a sender needs, not a sender that can be stopped and resumed."""
+    import base64
+    import hashlib
+    import hmac
+    import http.client
+    import queue
+    import sqlite3
+    import threading
+    import tomllib
+    from urllib.parse import urlsplit
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg = tomllib.loads(Path(config).read_text(encoding="utf-8"))
+    pub = cfg["publication"]
+    db = sqlite3.connect(str(Path(config).parent / "digest.db"))
+    issue_id, number, subject, html, text = db.execute(
+        "SELECT id, number, subject, html, text FROM issues ORDER BY number DESC LIMIT 1").fetchone()
+    list_id = db.execute("SELECT id FROM lists WHERE slug = ?", (cfg["delivery"]["list"],)).fetchone()[0]
+    key = hashlib.sha256(os.environ["DIGEST_SECRET_KEY"].encode()).digest()
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+    shared = json.dumps({"from": {"email": pub["from_email"], "name": pub["from_name"]},
+                         "reply_to": {"email": pub["reply_to"]}, "subject": subject,
+                         "content": [{"type": "text/plain", "value": text}, {"type": "text/html", "value": html}],
+                         "categories": [pub["name"], f"{pub['name']} issue {number}"]},
+                        ensure_ascii=False, separators=(",", ":"))
+    post = {"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    mailto = f"<mailto:{pub['reply_to']}?subject=unsubscribe>"
+    public = pub["public_url"]
+    bodies: queue.Queue[bytes | None] = queue.Queue(maxsize=concurrency * 2)
+    errors: list[str] = []
+    parts = urlsplit(url)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)  # one keep-alive connection
+        while (body := bodies.get()) is not None:
+            conn.request("POST", "/v3/mail/send", body, headers)
+            answer = conn.getresponse()
+            detail = answer.read()
+            if answer.status != 202:
+                errors.append(f"mail/send answered {answer.status}: {detail[:300]!r}")
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    rows = db.execute("SELECT s.id, s.email, s.name FROM subscribers s JOIN memberships m ON m.subscriber_id = s.id "
+                      "WHERE m.list_id = ? AND m.status = 'active' ORDER BY s.id", (list_id,))
+    sent = 0
+    while batch := rows.fetchmany(1000):
+        people = []
+        for sid, email, name in batch:
+            value = f"{sid:x}.{list_id:x}".encode()
+            mac = keyed.copy()
+            mac.update(value)
+            token = f"{value.decode()}.{base64.urlsafe_b64encode(mac.digest()).rstrip(b'=').decode()}"
+            unsubscribe = f"{public}/u/{token}"
+            greeting = f"Hi {name}," if name else "Hello,"
+            people.append({"to": [{"email": email, "name": name}] if name else [{"email": email}],
+                           "substitutions": {"%%GREETING%%": greeting, "%%GREETING_HTML%%": greeting,
+                                             "%%UNSUBSCRIBE_URL%%": unsubscribe,
+                                             "%%PREFERENCES_URL%%": f"{public}/p/{token}"},
+                           "headers": {"List-Unsubscribe": f"<{unsubscribe}>, {mailto}", **post},
+                           "custom_args": {"digest_issue": str(issue_id), "digest_subscriber": str(sid),
+                                           "digest_list": str(list_id)}})
+        body = f'{{"personalizations":{json.dumps(people, separators=(",", ":"))},{shared[1:]}'
+        bodies.put(body.encode("utf-8"))
+        sent += len(batch)
+    for _ in threads:
+        bodies.put(None)
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if errors:
+        raise SystemExit(f"baseline: {len(errors)} request(s) refused, first: {errors[0]}")
+    print(json.dumps({"wall": wall, "cpu": cpu, "base_kb": 0, "peak_kb": peak_kb(), "heap_peak": 0,
+                      "submitted": sent, "failed": 0}))
+
+
 def start_server() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.sendgrid_server", "--key", KEY], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -108,61 +199,130 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-def send_once(n: int, concurrency: int, *, trace: bool = False) -> dict[str, float]:
-    """Seed a fresh folder, start the server, send from a child process; the child's and server's figures."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = seed(Path(tmp), n)
-        if concurrency:
-            text = config.read_text().replace("concurrency = 4", f"concurrency = {concurrency}")
-            config.write_text(text)
-        server, url = start_server()
-        try:
-            env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY, "DIGEST_SENDGRID_API_URL": url,
-                   "BENCH_TRACE": "1" if trace else ""}
-            t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, __file__, "--child", str(config)], env=env, cwd=ROOT,
-                                 capture_output=True, text=True, check=False)
-            process_wall = time.perf_counter() - t0
-            if out.returncode:
-                raise SystemExit(f"the send failed:\n{out.stderr}")
-            figures = json.loads(out.stdout.strip().splitlines()[-1])
-            stats = json.loads(urllib.request.urlopen(f"{url}/_stats").read())
-        finally:
-            server.kill()
-            server.wait()
-    assert stats["recipients"] == stats["unique"] == n == figures["submitted"], (stats, figures)
+def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | None = None) -> dict[str, float]:
+    """One send of the seeded issue by `which` ("digest" or "baseline") in a child process, against a fresh
+    contract server; the child's and the server's figures. Every reader exactly once, or it fails."""
+    n = int(config.with_name("readers").read_text())
+    concurrency = int(config.with_name("concurrency").read_text())
+    server, url = start_server()
+    try:
+        env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY, "DIGEST_SENDGRID_API_URL": url,
+               "BENCH_TRACE": "1" if trace else ""}
+        argv = [sys.executable, __file__, "--child", str(config)] if which == "digest" else \
+            [sys.executable, __file__, "--baseline", str(config), "--url", url, "--concurrency", str(concurrency)]
+        if callgrind is not None:
+            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *argv]
+        t0 = time.perf_counter()
+        out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+        process_wall = time.perf_counter() - t0
+        if out.returncode:
+            raise SystemExit(f"the {which} send failed:\n{out.stderr}")
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        stats = json.loads(urllib.request.urlopen(f"{url}/_stats").read())
+    finally:
+        server.kill()
+        server.wait()
+    assert stats["recipients"] == stats["unique"] == n == figures["submitted"], (which, stats, figures)
     return {**figures, "process": process_wall, **{f"server_{k}": v for k, v in stats.items()}}
 
 
-def run(n: int, concurrency: int) -> dict[str, float]:
-    f = send_once(n, concurrency)
-    heap = send_once(n, concurrency, trace=True)["heap_peak"]
+@contextlib.contextmanager
+def seeded(n: int, concurrency: int) -> Iterator[Path]:
+    """A fresh folder with n active readers and a built draft, used by both senders."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = seed(Path(tmp), n)
+        if concurrency:
+            config.write_text(config.read_text().replace("concurrency = 4", f"concurrency = {concurrency}"))
+        config.with_name("readers").write_text(str(n))
+        config.with_name("concurrency").write_text(str(concurrency or 4))
+        yield config
+
+
+def run(n: int, concurrency: int, heap: bool) -> dict[str, float]:
+    with seeded(n, concurrency) as config:
+        f = measure(config, "digest")
+        b = measure(config, "baseline")
+    heap_peak = 0.0
+    if heap:
+        with seeded(n, concurrency) as config:
+            heap_peak = measure(config, "digest", trace=True)["heap_peak"]
     return {"n": n, "wall": f["wall"], "cpu": f["cpu"], "process": f["process"], "rate": n / f["wall"],
             "peak_mb": f["peak_kb"] / 1024, "growth_mb": (f["peak_kb"] - f["base_kb"]) / 1024,
-            "heap_mb": heap / 2**20, "requests": f["server_accepted"], "max_in_flight": f["server_max_in_flight"],
-            "server_cpu": f["server_cpu"]}
+            "heap_mb": heap_peak / 2**20, "requests": f["server_accepted"], "max_in_flight": f["server_max_in_flight"],
+            "server_cpu": f["server_cpu"], "base_wall": b["wall"], "base_cpu": b["cpu"],
+            "base_peak_mb": b["peak_kb"] / 1024}
+
+
+def instructions(path: Path) -> int:
+    """The instructions callgrind counted (its `summary:` or `totals:` line)."""
+    for line in path.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise SystemExit(f"no instruction total in {path}")
+
+
+def callgrind(sizes: list[int], concurrency: int) -> None:
+    """Instructions of the whole send process, both senders, at two sizes: the difference over the
+    difference in readers is the marginal cost of one reader, start-up and fixed costs cancelled, and an
+    instruction count does not drift with the machine's load as a time does."""
+    small, large = sorted(sizes)[:2] if len(sizes) >= 2 else (5_000, 15_000)
+    counts: dict[tuple[str, int], int] = {}
+    for n in (small, large):
+        with seeded(n, concurrency) as config, tempfile.TemporaryDirectory() as out:
+            for which in ("digest", "baseline"):
+                path = Path(out) / f"{which}.out"
+                measure(config, which, callgrind=path)
+                counts[which, n] = instructions(path)
+                print(f"  {which:<8} {n:>7} readers: {counts[which, n]:>15,} instructions", flush=True)
+    per = {w: (counts[w, large] - counts[w, small]) / (large - small) for w in ("digest", "baseline")}
+    fixed = {w: counts[w, small] - per[w] * small for w in ("digest", "baseline")}
+    print(f"marginal instructions per reader ({small:,} -> {large:,}): digest {per['digest']:,.0f}, "
+          f"baseline {per['baseline']:,.0f}, ratio {per['digest'] / per['baseline']:.2f}x")
+    print(f"start-up and fixed cost: digest {fixed['digest'] / 1e9:.2f} billion instructions, "
+          f"baseline {fixed['baseline'] / 1e9:.2f} billion")
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="SendGrid send benchmark (local contract server)")
     parser.add_argument("-n", "--readers", type=int, action="append", help="readers (repeatable)")
     parser.add_argument("--concurrency", type=int, default=0, help="requests in flight (default: the config's 4)")
+    parser.add_argument("--no-heap", action="store_true", help="skip the tracemalloc run (a third send)")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="count instructions (valgrind) at two sizes (-n twice; default 5,000 and 15,000)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child)
+    if args.baseline:
+        return baseline(args.baseline, args.url, args.concurrency)
     os.environ.setdefault("DIGEST_SECRET_KEY", SECRET)
-    print(f"{'readers':>8} {'send s':>7} {'cpu s':>6} {'server cpu s':>12} {'process s':>9} {'readers/s':>10} "
-          f"{'peak RSS MB':>11} {'RSS growth MB':>13} {'heap growth MB':>14} {'requests':>8} {'in flight':>9}")
+    if args.callgrind:
+        print(f"callgrind ({load()})")
+        callgrind(args.readers or [], args.concurrency)
+        print(f"({load()} at the end)")
+        return
+    print(f"{'readers':>8} {'send s':>7} {'cpu s':>6} {'base s':>6} {'base cpu':>8} {'ratio':>6} {'cpu ratio':>9} "
+          f"{'server cpu s':>12} {'process s':>9} {'readers/s':>10} {'peak RSS MB':>11} {'RSS growth MB':>13} "
+          f"{'heap growth MB':>14} {'requests':>8} {'in flight':>9}")
     for n in args.readers or [10_000, 100_000]:
-        r = run(n, args.concurrency)
-        print(f"{r['n']:>8} {r['wall']:>7.2f} {r['cpu']:>6.2f} {r['server_cpu']:>12.2f} {r['process']:>9.2f} "
+        r = run(n, args.concurrency, heap=not args.no_heap)
+        print(f"{r['n']:>8} {r['wall']:>7.2f} {r['cpu']:>6.2f} {r['base_wall']:>6.2f} {r['base_cpu']:>8.2f} "
+              f"{r['wall'] / r['base_wall']:>5.2f}x {r['cpu'] / r['base_cpu']:>8.2f}x "
+              f"{r['server_cpu']:>12.2f} {r['process']:>9.2f} "
               f"{r['rate']:>10,.0f} {r['peak_mb']:>11.1f} {r['growth_mb']:>13.1f} {r['heap_mb']:>14.1f} "
-              f"{r['requests']:>8} {r['max_in_flight']:>9}", flush=True)
+              f"{r['requests']:>8} {r['max_in_flight']:>9}  ({load()})", flush=True)
     print("send s: wall time of issues.send (snapshot, claims, requests, marks); cpu s: the sender's CPU time; "
-          "process s: the whole `send` child, Python start-up included; RSS growth: peak resident memory during "
-          "the send above the resident size before it; heap growth: Python allocations' peak during the send "
-          "(tracemalloc, a separate run).")
+          "base s / base cpu: the same for the minimal sender written in this file (baseline), against the same "
+          "server, same readers; ratio: send s / base s (the goal: 1.3x or less); process s: the whole `send` "
+          "child, Python start-up included; RSS growth: peak resident memory during the send above the resident "
+          "size before it; heap growth: Python allocations' peak during the send (tracemalloc, a separate run).")
 
 
 if __name__ == "__main__":

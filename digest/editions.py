@@ -72,6 +72,13 @@ class Editions:
         self._topics = frozenset().union(*(folded(a.categories) for a in articles), *(folded(x.categories)
                                                                                        for x in issue.listings))
         self._issue_appeal = issue.appeal.key if issue.appeal else NO_APPEAL
+        # the appeal depends on the reader only through these (compose.appeal_for_reader): being a print
+        # subscriber, a recent click, and with rotate = "reader" the variant's slot (id + issue number)
+        # modulo the variants; decided once per combination, not once per reader (it builds the variants)
+        variants = len(settings.appeal.all_variants())
+        self._slots = variants if settings.appeal.rotate == "reader" else 0
+        self._appeals: dict[tuple[bool, bool, int | None], tuple[Appeal | None, str]] = {}
+        self._keys: dict[tuple[tuple[Any, ...], str], str] = {}
 
     def key(self, reader: Any | None) -> str:
         """The edition key of a reader (a Subscriber, or a row with id, attributes and categories).
@@ -80,19 +87,33 @@ class Editions:
         """
         if reader is None:
             return DEFAULT
-        prefs = getattr(reader, "categories", None)
-        wanted = folded(prefs) if isinstance(prefs, list | tuple) else frozenset()
-        matched: frozenset[str] | None = (wanted & self._topics) if wanted else None
         reader_id = getattr(reader, "id", None)
-        appeal = appeal_for_reader(self.settings, self.issue, reader_id,
-                                   print_subscriber=is_print_subscriber(getattr(reader, "attributes", None)),
-                                   clicked=reader_id in self.clicked)
-        appeal_key = appeal.key if appeal else NO_APPEAL
+        print_subscriber = is_print_subscriber(getattr(reader, "attributes", None))
+        clicked = reader_id in self.clicked
+        slot = (reader_id + self.issue.number) % self._slots if self._slots and reader_id is not None else None
+        decided = self._appeals.get((print_subscriber, clicked, slot))
+        if decided is None:
+            appeal = appeal_for_reader(self.settings, self.issue, reader_id, print_subscriber=print_subscriber,
+                                       clicked=clicked)
+            decided = self._appeals[print_subscriber, clicked, slot] = (appeal, appeal.key if appeal else NO_APPEAL)
+        appeal, appeal_key = decided
+        prefs = getattr(reader, "categories", None)
+        if not prefs and appeal_key == self._issue_appeal:
+            return DEFAULT
+        raw = tuple(prefs) if isinstance(prefs, list | tuple) else ()
+        known = self._keys.get((raw, appeal_key))  # readers share a handful of preference sets
+        if known is not None:
+            return known
+        wanted = folded(raw)
+        matched: frozenset[str] | None = (wanted & self._topics) if wanted else None
         if matched is None and appeal_key == self._issue_appeal:
+            self._keys[raw, appeal_key] = DEFAULT
             return DEFAULT
         key = json.dumps([sorted(matched) if matched is not None else None, appeal_key], ensure_ascii=False)
         if key not in self._specs:
             self._specs[key] = (matched, appeal)
+        if len(self._keys) < 4096:
+            self._keys[raw, appeal_key] = key
         return key
 
     def issue_for(self, key: str) -> Issue:

@@ -101,6 +101,10 @@ def wrap(value: str, width: int = 72, indent: str = "", first: str | None = None
         return ""
     width = min(width, TEXT_WIDTH)
     initial = indent if first is None else first
+    if not initial and not indent and len(value) <= width and value.isprintable() and value == value.strip():
+        # one line that fits, with no whitespace but single spaces (isprintable: no tab, no line break,
+        # no other separator): textwrap would return it as it is; a send asks this once per reader
+        return value
     return "\n".join(textwrap.wrap(value, width=width, initial_indent=initial, subsequent_indent=indent,
                                     break_on_hyphens=False, break_long_words=False))
 

@@ -136,6 +136,29 @@ def test_variants_rotate_per_issue_or_split_per_reader(cfg: Settings, issue: Iss
         editions.issue_for(editions.key(reader(1))).appeal.key  # each reader sees the variants in turn
 
 
+def test_a_key_decided_once_per_kind_of_reader_is_the_key_decided_afresh(cfg: Settings, issue: Issue,
+                                                                        workdir: Path) -> None:
+    """key() remembers its decisions by what they depend on (issue 16: it ran once per reader); every reader
+    still gets exactly the key a fresh Editions gives them, in both rotations, with clicks and preferences."""
+    topics = sorted(Editions(cfg, issue)._topics)
+    assert topics  # the sample issue has categories, so preferences change the edition
+    topic = topics[0]
+    readers = [reader(i, categories=[[], [topic], [topic.upper() + " "], ["nothing here"], ["", " "]][i % 5],
+                      **({"print_subscriber": "yes"} if i % 7 == 0 else {})) for i in range(1, 141)]
+    for rotate in ("issue", "reader"):
+        if rotate == "reader":
+            edit_config(workdir, 'quiet_issues_after_click = 2', 'quiet_issues_after_click = 2\nrotate = "reader"')
+        settings = load_settings(workdir / "digest.toml")
+        remembering = Editions(settings, issue, appeal_clicked={3, 11, 12})
+        keys = [remembering.key(r) for r in readers + readers]  # the second round from memory
+        fresh = [Editions(settings, issue, appeal_clicked={3, 11, 12}).key(r) for r in readers]
+        assert keys == fresh + fresh, rotate
+        for key, r in zip(keys, readers, strict=False):
+            alone = Editions(settings, issue, appeal_clicked={3, 11, 12})
+            assert remembering.issue_for(key) == alone.issue_for(alone.key(r)), (rotate, r)
+        assert len(set(keys)) > 3  # the readers were of several kinds
+
+
 def _issue_row(s, number: int, days_ago: int) -> IssueRow:  # type: ignore[no-untyped-def]
     at = utcnow() - timedelta(days=days_ago)
     row = IssueRow(number=number, subject=f"#{number}", content={}, status="sent", sent_at=at,

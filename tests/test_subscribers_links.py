@@ -149,3 +149,34 @@ def test_reader_links_are_made_and_read_in_one_place(settings: Settings) -> None
             ReaderLinks(settings).read("confirm", confirm)
         assert e.value.expired
         assert ReaderLinks(settings).read("unsubscribe", unsubscribe).subscriber_id == 1
+
+
+def test_one_reader_token_serves_both_links_of_a_copy_and_older_links_still_work(settings: Settings) -> None:
+    """Issue 16: a copy's unsubscribe and preferences links share one signature; links in copies sent
+    before (one token per purpose) keep working; neither kind confirms anything."""
+    links = ReaderLinks(settings)
+    unsubscribe, preferences = links.reader_urls(8, 3)
+    token = unsubscribe.rsplit("/u/", 1)[1]
+    assert preferences == f"{settings.publication.public_url}/p/{token}"
+    assert unsubscribe == links.unsubscribe_url(8, 3) and preferences == links.preferences_url(8, 3)
+    for purpose in ("unsubscribe", "preferences"):
+        assert (links.read(purpose, token).subscriber_id, links.read(purpose, token).list_id) == (8, 3)
+    with pytest.raises(TokenError):
+        links.read("confirm", token)
+    old = {p: links.tokens.make(p, 8, 3) for p in ("unsubscribe", "preferences")}
+    assert links.read("unsubscribe", old["unsubscribe"]).subscriber_id == 8
+    assert links.read("preferences", old["preferences"]).subscriber_id == 8
+    with pytest.raises(TokenError):  # an old per-purpose token is still good for its own purpose only
+        links.read("unsubscribe", old["preferences"])
+    with pytest.raises(TokenError):
+        links.read("unsubscribe", token[:-2] + ("AA" if token[-2:] != "AA" else "BA"))
+
+
+def test_an_expired_reader_token_says_so(settings: Settings) -> None:
+    sent = datetime(2025, 3, 1, tzinfo=UTC)
+    with time_machine.travel(sent, tick=False):
+        token = ReaderLinks(settings).reader_urls(1, 1)[0].rsplit("/", 1)[1]
+    with time_machine.travel(sent + timedelta(days=settings.subscribers.link_expiry_days, seconds=1), tick=False):
+        with pytest.raises(TokenError) as e:
+            ReaderLinks(settings).read("unsubscribe", token)
+        assert e.value.expired

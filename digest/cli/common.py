@@ -2,19 +2,26 @@
 
 Kept apart from digest.cli so area modules can import it at module level without an import cycle
 (Typer resolves the annotations of command functions from their module's globals).
+
+Start-up: `digest --help` imports every command module, so no module of digest.cli imports anything heavy
+(the database, the settings schema, APScheduler, the web app, HTTP clients) at module level; a command
+imports what it needs when it runs. tests/test_cli_startup.py holds them to it.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from digest.config import Settings, load_settings
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from digest.config import Settings
 
 console = Console()
 # printed to a file, a pipe or cron's mail, a line is not hard-wrapped at an assumed 80 columns (a wrap in
@@ -29,6 +36,7 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 
 def settings_for(config: Path | None, *, create_secret: bool = False) -> Settings:
     """Load settings and bring the database schema up to date (cheap when it already is)."""
+    from digest.config import load_settings
     from digest.store import migrate
 
     settings = load_settings(config, create_secret=create_secret)
@@ -38,6 +46,15 @@ def settings_for(config: Path | None, *, create_secret: bool = False) -> Setting
 
 def progress_bar(label: str) -> Progress:
     """A rich progress bar on stderr; silent when stderr is not a terminal (unless DIGEST_PROGRESS=1)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=err, transient=False,
                     disable=not err.is_terminal and os.environ.get("DIGEST_PROGRESS") != "1")
+
+
+def stamp(settings: Settings, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """digest.moments.stamp, imported when a command first prints a moment (digest.moments brings APScheduler)."""
+    from digest.moments import stamp as in_publication_zone
+
+    return in_publication_zone(settings, moment, fmt)

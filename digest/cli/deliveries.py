@@ -12,8 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from digest.cli.common import ConfigOpt, console, err, settings_for
-from digest.moments import stamp
+from digest.cli.common import ConfigOpt, console, err, settings_for, stamp
 from digest.wording import plural
 
 app = typer.Typer(help="The delivery ledger of an issue: counts, and batches of unknown fate.",

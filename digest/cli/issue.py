@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import webbrowser
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
-from digest.config import Settings
-from digest.moments import stamp
+from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for, stamp
 from digest.wording import plural
+
+if TYPE_CHECKING:
+    from digest.config import Settings
 
 app = typer.Typer()
 

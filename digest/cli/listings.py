@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from digest.cli.common import ConfigOpt, console, err, settings_for
-from digest.models import Listing
 from digest.wording import plural
-from subscribers.csv_safe import safe_row
+
+if TYPE_CHECKING:
+    from digest.models import Listing
 
 
 def _issues_text(numbers: tuple[int, ...], limit: int = 12) -> str:
@@ -61,6 +61,10 @@ def report(config: ConfigOpt = None,
                   "its link (sent issues only)", highlight=False)
     console.print(table)
     if csv_out:
+        import csv
+
+        from subscribers.csv_safe import safe_row
+
         with csv_out.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["supplier", "tier", "categories", "featured", "issues_considered", "last_issue",

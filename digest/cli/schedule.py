@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
 
-from digest import issues
 from digest.cli.common import ConfigOpt, console, settings_for
-from digest.config import Settings
-from digest.locks import scheduler_lock_state
-from digest.moments import describe, next_moments, zone_moments
-from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, reader_zones
-from digest.schedule.runner import serve, stored_jobs
-from digest.store import session_scope, utcnow
+
+if TYPE_CHECKING:
+    from digest.config import Settings
 
 app = typer.Typer()
 
@@ -41,10 +36,14 @@ def schedule_command(
     = False,
 ) -> None:
     """Run the weekly schedule in the foreground: draft, notify the editors, send. Ctrl-C stops."""
+    from digest.schedule.runner import serve
+
     settings = settings_for(config, create_secret=True)
     if show_only:
         show(settings)
         return
+    import logging
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code = serve(settings, say=partial(console.print, soft_wrap=True, highlight=False))
@@ -56,6 +55,9 @@ def hold_command(number: Annotated[int | None, typer.Argument(help="Issue number
                  reason: Annotated[str, typer.Option(help="Why, for the issue's history.")] = "",
                  config: ConfigOpt = None) -> None:
     """Keep the draft (or approved issue) from going out at its send moment."""
+    from digest import issues
+    from digest.store import session_scope
+
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
         row = issues.hold(session, number, by=cli_user(), reason=reason)
@@ -66,6 +68,9 @@ def skip_command(number: Annotated[int | None, typer.Argument(help="Issue number
                  reason: Annotated[str, typer.Option(help="Why, for the issue's history.")] = "",
                  config: ConfigOpt = None) -> None:
     """Send nothing this time; the next draft reuses the issue's number."""
+    from digest import issues
+    from digest.store import session_scope
+
     settings = settings_for(config)
     with session_scope(settings.database_url) as session:
         row = issues.skip(session, number, by=cli_user(), reason=reason)
@@ -76,12 +81,22 @@ def reader_zones_now(settings: Settings) -> dict[str, int]:
     """Local delivery: active readers per zone (none when it is off)."""
     if not settings.schedule.local_delivery:
         return {}
+    from digest.schedule.jobs import reader_zones
+    from digest.store import session_scope
+
     with session_scope(settings.database_url) as session:
         return reader_zones(session, settings)
 
 
 def show(settings: Settings, out: Console = console, now: datetime | None = None) -> None:
     """`digest schedule --show`: the next moments, local and UTC, and what the store and lock hold."""
+    from digest import issues
+    from digest.locks import scheduler_lock_state
+    from digest.moments import describe, next_moments, zone_moments
+    from digest.schedule.jobs import DRAFT_JOB, SEND_JOB
+    from digest.schedule.runner import stored_jobs
+    from digest.store import session_scope, utcnow
+
     now = now or utcnow()
     say = partial(out.print, soft_wrap=True, highlight=False)
     sc = settings.schedule

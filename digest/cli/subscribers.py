@@ -15,11 +15,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for
+from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for, stamp
 from digest.errors import DigestError
-from digest.moments import stamp
 from digest.wording import plural
-from subscribers.csv_import import BATCH_SIZE
 
 ListOpt = Annotated[str | None, typer.Option("--list", "-l", help="The list (default: the digest's list).",
                                              show_default=False)]
@@ -179,12 +177,14 @@ def import_cmd(file: Annotated[Path, typer.Argument(help="The CSV file (header w
                create_lists: Annotated[bool, typer.Option(
                    "--create-lists", help="Create lists named in the `lists` column that do not exist.")]
                = False,
-               batch_size: Annotated[int, typer.Option(help="Rows per transaction (all or nothing).")] = BATCH_SIZE,
+               batch_size: Annotated[int | None, typer.Option(
+                   help="Rows per transaction (all or nothing; default: 20,000).",
+                   show_default=False)] = None,
                config: ConfigOpt = None) -> None:
     """Import readers from CSV; bad rows go to FILE.rejects.csv with their row number and reason."""
     from digest.sources.categories import known_categories
     from digest.store import session_factory
-    from subscribers.csv_import import import_csv
+    from subscribers.csv_import import BATCH_SIZE, import_csv
     from subscribers.lifecycle import configured_list
 
     settings = settings_for(config, create_secret=True)
@@ -194,7 +194,7 @@ def import_cmd(file: Annotated[Path, typer.Argument(help="The CSV file (header w
         report = import_csv(session, file, list_slug=list_ or settings.delivery.list,
                             preconfirmed=preconfirmed, source=source, dry_run=dry_run,
                             create_lists=create_lists, categories=known_categories(settings),
-                            batch_size=max(1, batch_size),
+                            batch_size=max(1, BATCH_SIZE if batch_size is None else batch_size),
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(report.summary())
     if report.blank:

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from digest.cli.common import ConfigOpt, console, settings_for
-from digest.moments import stamp
+from digest.cli.common import ConfigOpt, console, settings_for, stamp
 
 app = typer.Typer(help="Editors and admins of the web pages (readers never log in).", no_args_is_help=True)
 

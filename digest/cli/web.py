@@ -8,11 +8,7 @@ readers to another server.
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import logging
-import socket
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 import typer
@@ -20,6 +16,9 @@ from rich.markup import escape
 
 from digest.cli.common import ConfigOpt, err, settings_for
 from digest.errors import DigestError
+
+if TYPE_CHECKING:
+    import socket
 
 app = typer.Typer()
 
@@ -29,6 +28,9 @@ _ANY = {"0.0.0.0", "::", ""}
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port, or a one-line DigestError naming what is wrong."""
+    import errno
+    import socket
+
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
@@ -52,6 +54,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _is_local(host: str) -> bool:
+    import ipaddress
+
     if host in _LOCAL_NAMES:
         return True
     try:
@@ -66,6 +70,8 @@ def address_warning(public_url: str, host: str, port: int) -> str | None:
     A public_url naming a host by a domain name is taken to be a reverse proxy in front of this server
     (https://news.example.com forwarding to 127.0.0.1:8000), so only an address public_url gives as an IP
     or as localhost is compared: then the links lead straight to host:port, and must match it."""
+    import ipaddress
+
     parts = urlsplit(public_url)
     public_host = (parts.hostname or "").lower()
     public_port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -89,6 +95,8 @@ def serve(config: ConfigOpt = None,
           host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
     """Serve the reader pages, the editors' and admins' pages and the webhooks (uvicorn)."""
+    import logging
+
     import uvicorn
 
     from digest.web.app import RedactTokens, create_app

@@ -199,14 +199,18 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     next_ids = (select(D.id).where(*queued).order_by(D.id).limit(size)
                 .scalar_subquery())
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
+    # a scheduled send's provider batch and send moment are committed with the claim, before any request:
+    # in the claiming UPDATE itself (one pass over the batch's rows and indexes, not two)
+    plan = {} if not scheduled else {"provider_batch": scheduled[0],
+                                     "send_at": datetime.fromtimestamp(scheduled[1], UTC)}
     conn.execute(update(DELIVERIES).where(D.id.in_(next_ids)).values(status=CLAIMED, batch=batch,
-                                                                                updated_at=now))
+                                                                                updated_at=now, **plan))
     # the JSON columns as their stored text, decoded once per distinct value (_JSONCache): a SQL CAST, as
     # psycopg decodes a PostgreSQL `json` value itself (a type_coerce would only change SQLAlchemy's view)
     rows = conn.execute(
         select(D.id, Subscriber.id, Subscriber.email, Subscriber.name,
                cast(Subscriber.attributes, Text), cast(Subscriber.categories, Text),
-               Membership.status)
+               cast(Membership.status, Text))  # the stored string: compared with a StrEnum, no Enum decoding
         .select_from(DELIVERIES)
         .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
         .join(Membership, and_(Membership.subscriber_id == D.subscriber_id, Membership.list_id == list_id),
@@ -223,12 +227,10 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
         else:
             readers.append(Reader(did, sid, email, name or "", _json[attributes] or {}, _json[categories] or []))
     if gone:
+        # skipped readers were in no request: no provider batch either
         conn.execute(update(DELIVERIES).where(D.id.in_(gone))
-                     .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now))
-    if scheduled and readers:
-        # a scheduled send's provider batch and send moment are committed with the claim, before any request
-        conn.execute(update(DELIVERIES).where(D.batch == batch, D.status == CLAIMED).values(
-            provider_batch=scheduled[0], send_at=datetime.fromtimestamp(scheduled[1], UTC)))
+                     .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now,
+                             **({"provider_batch": None, "send_at": None} if scheduled else {})))
     session.commit()
     return Claimed(batch, readers, len(gone))
 

@@ -58,6 +58,7 @@ class Personalizer:
         self.settings = settings
         self.links = ReaderLinks(settings)
         self.clicks = tracks_clicks(settings)  # one more signature per reader only when it is used
+        self._list_headers: dict[tuple[str, int], dict[str, str]] = {}  # the same for every reader of a send
 
     def unsubscribe_url(self, subscriber_id: int, list_id: int) -> str:
         return self.links.unsubscribe_url(subscriber_id, list_id)
@@ -67,15 +68,16 @@ class Personalizer:
 
     def for_reader(self, subscriber_id: int, list_id: int, name: str, *, list_slug: str = "",
                    issue_number: int = 0) -> tuple[dict[str, str], dict[str, str]]:
-        unsub = self.unsubscribe_url(subscriber_id, list_id)
+        unsub, preferences = self.links.reader_urls(subscriber_id, list_id)
         click = self.links.click_url(subscriber_id, issue_number) if self.clicks else ""
-        values = token_values(name, unsub, self.preferences_url(subscriber_id, list_id), click)
+        values = token_values(name, unsub, preferences, click)
+        shared = self._list_headers.get((list_slug, issue_number))
+        if shared is None:
+            shared = self._list_headers[list_slug, issue_number] = {
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                **list_headers(self.settings, list_slug, issue_number)}
         # the mailto: only when the unsubscribe mailbox acts on it (its address carries the reader's token and
         # SendGrid Inbound Parse posts it to /webhooks/inbound/...); a mailto: nothing reads is a broken promise
         mailto = self.links.unsubscribe_mailto(subscriber_id, list_id)
-        headers = {
-            "List-Unsubscribe": f"<{unsub}>" + (f", <{mailto}>" if mailto else ""),
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            **list_headers(self.settings, list_slug, issue_number),
-        }
+        headers = {"List-Unsubscribe": f"<{unsub}>" + (f", <{mailto}>" if mailto else ""), **shared}
         return values, headers
