@@ -25,7 +25,7 @@ from digest.web.auth import SESSION_COOKIE, login_redirect, session_key
 from digest.web.catalog import Catalog
 from digest.web.errors import Forbidden, LoginRequired
 from digest.web.pages import WEB_TEMPLATES, flash, render
-from digest.web.ratelimit import SlidingWindow
+from digest.web.ratelimit import SharedWindow
 from subscribers.links import TokenError
 
 log = logging.getLogger("digest.web")
@@ -55,8 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = session_factory(settings.database_url)
     app.state.catalog = Catalog(settings)
     app.state.personalizer = Personalizer(settings)
-    app.state.subscribe_limiter = SlidingWindow(settings.web.subscribe_limit, settings.web.subscribe_window_seconds)
-    app.state.login_limiter = SlidingWindow(settings.web.login_limit, settings.web.login_window_seconds)
+    # in the database, shared by every worker and node (`digest serve --workers N`, several web nodes)
+    url, web = settings.database_url, settings.web
+    app.state.subscribe_limiter = SharedWindow(url, "subscribe", web.subscribe_limit, web.subscribe_window_seconds)
+    app.state.login_limiter = SharedWindow(url, "login", web.login_limit, web.login_window_seconds)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
