@@ -4,9 +4,19 @@ a cookie signed with the shared secret; the user behind it is looked up in the d
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from datetime import timedelta
+from pathlib import Path
 
+import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -14,7 +24,8 @@ from digest.config import Settings, Web
 from digest.store import RateHit, session_scope, utcnow
 from digest.web.app import create_app
 from digest.web.ratelimit import SharedWindow
-from tests.test_web_support import ADMIN, csrf, login, make_users
+from tests.conftest import SECRET
+from tests.test_web_support import ADMIN, csrf, csrf_from, login, make_users
 
 
 def wrong_login(client: TestClient) -> int:
@@ -72,3 +83,44 @@ def test_the_shared_window_slides_and_prunes_keys_that_stopped(settings: Setting
     with session_scope(settings.database_url) as s:
         keys = set(s.scalars(select(RateHit.key)))
     assert keys == {"a"}, "the stale hits of b were pruned"
+
+
+@pytest.mark.slow
+def test_digest_serve_with_two_workers_shares_the_login_limit(settings: Settings, workdir: Path) -> None:
+    make_users(settings)
+    text = (workdir / "digest.toml").read_text()
+    (workdir / "digest.toml").write_text(text.replace("[web]", "[web]\nlogin_limit = 4", 1))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DIGEST_SECRET_KEY": SECRET}
+    proc = subprocess.Popen([sys.executable, "-m", "digest", "serve", "--port", str(port), "--workers", "2"],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/login", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "digest serve did not answer"
+                time.sleep(0.2)
+        codes = []
+        for _ in range(8):  # a new connection each time: the two processes share the answers
+            with httpx.Client(base_url=base, timeout=10) as c:
+                page = c.get("/login")
+                token = csrf_from(page.text)
+                codes.append(c.post("/login", data={"csrf_token": token, "email": ADMIN[0],
+                                                    "password": "wrong password", "next": "/admin"}).status_code)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    pids = set(re.findall(r"Started server process \[(\d+)\]", out))
+    assert len(pids) == 2, out
+    assert codes == [401] * 4 + [429] * 4, "the limit is 4 per address, whichever process answers"

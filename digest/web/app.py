@@ -7,6 +7,7 @@ what happened; a bug answers with a plain 500 page and its traceback goes to the
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from fastapi import FastAPI, Request
@@ -46,6 +47,18 @@ class RedactTokens(logging.Filter):
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
             record.args = (*args[:2], self._TOKEN_PATH.sub(r"\1[token]", args[2]), *args[3:])
         return True
+
+
+#: the config file of `digest serve --workers N`, for the app each worker process builds
+ENV_APP_CONFIG = "DIGEST_SERVE_CONFIG"
+
+
+def from_environment() -> FastAPI:
+    """The app of one `digest serve --workers N` process (uvicorn's factory), its access log redacted."""
+    from digest.config import load_settings
+
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    return create_app(load_settings(os.environ[ENV_APP_CONFIG]))
 
 
 def create_app(settings: Settings) -> FastAPI:
