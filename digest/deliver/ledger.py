@@ -274,6 +274,7 @@ def release(session: Session, ids: Sequence[int], batch: str | None = None) -> N
 def finish_if_done(session: Session, issue: IssueRow, now: Callable[[], datetime] = utcnow) -> bool:
     """An issue is sent when nobody is queued and no batch is of unknown fate. With several workers the
     issue's row is locked first (FOR UPDATE on PostgreSQL) and read again, so one of them moves it."""
+    session.flush()  # a refresh reloads the row: what this session changed in it must be written first
     session.refresh(issue, with_for_update=True)
     left = counts(session, issue.id)
     if left.get(QUEUED) or left.get(CLAIMED):

@@ -94,6 +94,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     """This thread claims, builds and marks (every database write, in order); the transport's workers
     send. (A separate builder thread was measured: the GIL made it slower, not faster.)"""
     report = SendReport(issue.number, issue.subject)
+    session.flush()
     session.refresh(issue, with_for_update=True)  # several workers start together: one snapshots
     snapshot(session, issue, list_id)
     session.commit()
