@@ -102,20 +102,21 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         on_sending(issue.number)
     recovering = callable(getattr(transport, "cancel", None))
 
-    def take_over() -> int:
-        """Reap the rows of dead workers; cancel and re-queue their scheduled batches of unknown fate.
-        Returns how many readers were queued again."""
+    def take_over(first: bool = False) -> int:
+        """Reap the rows of dead workers; cancel and re-queue their scheduled batches of unknown fate (at the
+        start, and when a worker's posted rows were just reaped: a cancel that failed is not retried every
+        poll). Returns how many readers were queued again."""
         _, dead = send_workers(session, issue.id, lease)
-        requeued, _ = reap(session, issue.id, [w.id for w in dead])
+        requeued, unknown = reap(session, issue.id, [w.id for w in dead])
         forget_workers(session, issue.id, dead)
         session.commit()
-        if recovering:  # scheduled batches left of unknown fate by a dead run or worker
+        if recovering and (first or unknown):  # scheduled batches left of unknown fate by a dead run or worker
             cancelled, left = recover_unknown(session, issue.id, transport, worker=me)  # type: ignore[arg-type]
             requeued += cancelled
             report.errors += left
         return requeued
 
-    take_over()
+    take_over(first=True)
     before = counts(session, issue.id)
     report.already = before.get(SUBMITTED, 0)
     report.unknown = unknown_count(session, issue.id)
