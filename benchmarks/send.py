@@ -2,6 +2,11 @@
 
     /work/venv/bin/python benchmarks/send.py                 # N = 10,000 and 100,000
     /work/venv/bin/python benchmarks/send.py -n 100000 --concurrency 8
+    /work/venv/bin/python benchmarks/send.py -n 100000 --postgresql --workers 1 --workers 2
+
+With --postgresql (a throwaway server started as tests/pgserver.py does) or --database-url (the admin URL
+of a PostgreSQL server), each run gets a fresh database there; --workers N runs `digest send --workers N`
+(N processes sharing the issue) and reports its wall time, Python start-up included.
 
 For each N: a fresh folder and SQLite file, N active readers seeded in bulk, the draft built; the strict
 mail/send server (tests/fakes/sendgrid_server.py) in its own process on loopback; then `issues.send` in a
@@ -32,7 +37,7 @@ KEY = "SG.benchmark-key"
 SECRET = "benchmark-secret-key-0123456789abcdef"
 
 
-def seed(folder: Path, n: int) -> Path:
+def seed(folder: Path, n: int) -> Path:  # the database: $DIGEST_DATABASE_URL when set
     """A digest folder whose list has n active readers, and a built draft."""
     from sqlalchemy import insert
 
@@ -199,6 +204,65 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
+def send_workers(n: int, concurrency: int, workers: int, admin_url: str) -> dict[str, float]:
+    """A fresh PostgreSQL database and folder, the server, then `digest send --workers N`: its wall time."""
+    from tests import pgserver
+
+    name = pgserver.new_name()
+    os.environ["DIGEST_DATABASE_URL"] = pgserver.create(admin_url, name)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            config = seed(Path(tmp), n)
+            seeded = time.perf_counter() - t0
+            text = config.read_text().replace("[delivery]\n", "[delivery]\nallow_http_public_url = true\n", 1)
+            if concurrency:  # the command checks the public URL; the local server is http
+                text = text.replace("concurrency = 4", f"concurrency = {concurrency}")
+            config.write_text(text)
+            server, url = start_server()
+            try:
+                env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY,
+                       "DIGEST_SENDGRID_API_URL": url}
+                t0 = time.perf_counter()
+                out = subprocess.run([sys.executable, "-m", "digest", "send", "--workers", str(workers), "--config",
+                                      str(config)], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+                wall = time.perf_counter() - t0
+                if out.returncode:
+                    raise SystemExit(f"the send failed:\n{out.stdout}\n{out.stderr}")
+                stats = json.loads(urllib.request.urlopen(f"{url}/_stats").read())
+            finally:
+                server.kill()
+                server.wait()
+    finally:
+        os.environ.pop("DIGEST_DATABASE_URL", None)
+        pgserver.drop(admin_url, name)
+    assert stats["recipients"] == stats["unique"] == n, stats
+    return {"n": n, "workers": workers, "wall": wall, "seed": seeded, "rate": n / wall,
+            "requests": stats["accepted"], "max_in_flight": stats["max_in_flight"], "server_cpu": stats["cpu"]}
+
+
+def run_workers(args: argparse.Namespace) -> None:
+    from tests import pgserver
+
+    server = pgserver.start() if args.postgresql else None
+    admin = server.url if server is not None else args.database_url
+    try:
+        print(f"{'readers':>8} {'workers':>7} {'send s':>7} {'readers/s':>10} {'seed s':>7} {'requests':>8} "
+              f"{'in flight':>9} {'server cpu s':>12}  load (1/5/15 min)")
+        for n in args.readers or [100_000]:
+            for w in args.workers:
+                r = send_workers(n, args.concurrency, w, admin)
+                load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+                print(f"{r['n']:>8} {r['workers']:>7} {r['wall']:>7.2f} {r['rate']:>10,.0f} {r['seed']:>7.1f} "
+                      f"{r['requests']:>8} {r['max_in_flight']:>9} {r['server_cpu']:>12.2f}  {load}", flush=True)
+        print("send s: wall time of `digest send --workers N` (Python start-up, the issue's start, snapshot, "
+              "claims, requests, marks, the other workers' start-up); every reader checked exactly once at the "
+              "server.")
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | None = None) -> dict[str, float]:
     """One send of the seeded issue by `which` ("digest" or "baseline") in a child process, against a fresh
     contract server; the child's and the server's figures. Every reader exactly once, or it fails."""
@@ -294,6 +358,9 @@ def main() -> None:
     parser.add_argument("--no-heap", action="store_true", help="skip the tracemalloc run (a third send)")
     parser.add_argument("--callgrind", action="store_true",
                         help="count instructions (valgrind) at two sizes (-n twice; default 5,000 and 15,000)")
+    parser.add_argument("--workers", type=int, action="append", help="send workers on PostgreSQL (repeatable)")
+    parser.add_argument("--postgresql", action="store_true", help="start a throwaway PostgreSQL server")
+    parser.add_argument("--database-url", help="admin URL of a PostgreSQL server (a fresh database per run)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -303,6 +370,9 @@ def main() -> None:
     if args.baseline:
         return baseline(args.baseline, args.url, args.concurrency)
     os.environ.setdefault("DIGEST_SECRET_KEY", SECRET)
+    if args.postgresql or args.database_url:
+        args.workers = args.workers or [1]
+        return run_workers(args)
     if args.callgrind:
         print(f"callgrind ({load()})")
         callgrind(args.readers or [], args.concurrency)

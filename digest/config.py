@@ -283,6 +283,10 @@ class Delivery(_Table):
     transport: Literal["outbox", "smtp", "sendgrid"] = Field(default="outbox", description="How the email goes out.")
     outbox_dir: str = Field(default="outbox", description='One .eml file per reader here (transport = "outbox").')
     list: str = Field(default="weekly", description="The list whose active members receive the digest.")
+    lease_seconds: int = Field(
+        default=60, ge=2,
+        description="A send worker's claim on its batches lasts this long and is renewed while it works; the "
+                    "batches of a worker silent longer are taken over by another (PostgreSQL, several workers).")
     allow_http_public_url: bool = Field(
         default=False,
         description="Let smtp or sendgrid send with an http:// publication.public_url: for a test setup only, since "
@@ -365,10 +369,11 @@ class Subscribers(_Table):
 
 
 class Web(_Table):
-    """`digest serve`: sessions of editors and admins, and the per-process limits on public forms."""
+    """`digest serve`: sessions of editors and admins, and the limits on public forms (counted in the
+    database, so shared by every worker and web node)."""
 
     session_hours: int = Field(default=12, ge=1, description="An editor's login lasts this long.")
-    subscribe_limit: int = Field(default=5, ge=1, description="Sign-ups per IP address (in-process sliding window) ...")
+    subscribe_limit: int = Field(default=5, ge=1, description="Sign-ups per IP address (shared by all workers) ...")
     subscribe_window_seconds: int = Field(default=600, ge=1, description="... within this window.")
     login_limit: int = Field(default=10, ge=1, description="Login attempts per IP address ...")
     login_window_seconds: int = Field(default=600, ge=1, description="... within this window.")

@@ -25,6 +25,7 @@ from digest.deliver.protocol import Message, SendReport, Transport
 from digest.editions import Editions, appeal_clickers
 from digest.errors import DigestError, NotFound
 from digest.issue_status import IN_PROGRESS, REBUILDABLE, IssueStatus, move
+from digest.locks import hold_send_start
 from digest.models import Collected, Issue
 from digest.moments import next_send_at
 from digest.render import Check, check_links, issue_links, personalize, public_values
@@ -277,12 +278,20 @@ class SendOutcome:
 
 
 def send(settings: Settings, *, transport: Transport | None = None, progress: Callable[[int, int], None] | None = None,
-         now: datetime | None = None, require_approval: bool = False) -> SendOutcome:
-    """Send the issue in progress (resuming one being sent), or build the next one and send it."""
+         now: datetime | None = None, require_approval: bool = False,
+         on_sending: Callable[[int], None] | None = None, join: bool = False) -> SendOutcome:
+    """Send the issue in progress (resuming one being sent), or build the next one and send it.
+    `join`: only help send an issue that is already being sent (never start or build one): another send
+    worker. `on_sending` is called with the issue's number once it is sending (snapshotted), while this
+    process delivers (`digest send --workers N` starts its other workers there)."""
     transport = transport or make_transport(settings)  # a missing key fails here, before anything changes
     factory = session_factory(settings.database_url)
     with factory() as session:
+        hold_send_start(session)  # several senders starting at once: one picks or builds the issue
         row = open_issue(session)
+        if join and (row is None or row.status != IssueStatus.SENDING):
+            session.rollback()
+            return SendOutcome(None, row, "no issue is being sent: nothing to join")
         newest = newest_issue(session)
         if row is None and newest is not None and newest.status == IssueStatus.HELD:
             return SendOutcome(None, newest, f"issue {newest.number} is held: approve it (`digest approve "
@@ -306,7 +315,7 @@ def send(settings: Settings, *, transport: Transport | None = None, progress: Ca
         clicked = appeal_clickers(session, settings, row.number)  # one query per send, not per reader
     editions = Editions(settings, issue, appeal_clicked=clicked)
     report = deliver(factory, settings, issue_id, transport, editions,
-                     list_id=list_id, progress=progress)
+                     list_id=list_id, progress=progress, on_sending=on_sending)
     with factory() as session:
         row = session.get(IssueRow, issue_id)
     return SendOutcome(report, row, "sent" if report.ok else "finished with problems", editions.renders)

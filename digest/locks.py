@@ -1,10 +1,12 @@
 """The two locks, both rows of the `locks` table with a heartbeat so a dead holder is found out.
 
-- The send lock (`send:<issue id>`): one sender per issue. A second sender would see the first one's
-  in-flight batches as of unknown fate. A holder on this host is checked by its pid; one elsewhere is
-  taken for dead after `SEND_LOCK_STALE` without a heartbeat.
-- The scheduler lock (`scheduler`): one `digest schedule` per database, as APScheduler 3 does not
-  coordinate several schedulers; it expires `lock_expiry_seconds` after the holder's last heartbeat.
+- The send workers (`send:<issue id>:<worker id>`): on PostgreSQL several workers send one issue, each
+  claiming its own batches under a lease (`digest.deliver.ledger`); on SQLite one sender per issue. A
+  worker on this host is checked by its pid; one elsewhere is taken for dead after its lease without a
+  heartbeat.
+- The scheduler lock (`scheduler`): one active `digest schedule` per database, as APScheduler 3 does not
+  coordinate several schedulers; it expires `lock_expiry_seconds` after the holder's last heartbeat, and a
+  standby polling it takes over then.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -37,14 +38,22 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-# -- the send lock: one sender per issue --------------------------------------------------------------
+# -- send workers: several per issue on PostgreSQL, one on SQLite ------------------------------------
+# Each running `digest send` (or each of `--workers N`) is a worker with a row `send:<issue>:<worker id>`
+# (owner `host:pid`) and a heartbeat. The readers it claims carry its id and a lease (digest.deliver.ledger).
+# A worker on this host is checked by its pid; one elsewhere is taken for dead when its heartbeat is older
+# than the lease.
 
 
 def _me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _holder_alive(owner: str, heartbeat: datetime) -> bool:
+def _holder_alive(owner: str, heartbeat: datetime, stale: timedelta = SEND_LOCK_STALE) -> bool:
+    """A holder is dead when silent longer than `stale`, and on this host as soon as its pid is gone (a
+    killed child not yet waited for still answers os.kill: the heartbeat is what finds it out)."""
+    if utcnow() - heartbeat >= stale:
+        return False
     host, _, pid = owner.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
         try:
@@ -54,65 +63,126 @@ def _holder_alive(owner: str, heartbeat: datetime) -> bool:
         except PermissionError:
             return True
         return True
-    return utcnow() - heartbeat < SEND_LOCK_STALE
+    return utcnow() - heartbeat < stale
 
 
-def send_lock_name(issue_id: int) -> str:
-    return f"send:{issue_id}"
+def send_lock_name(issue_id: int, worker: str = "") -> str:
+    """`send:<issue>:<worker>`; with no worker, the prefix of the issue's workers."""
+    return f"send:{issue_id}:{worker}"
 
 
-def _lock_row(session: Session, name: str) -> Any:
-    return session.execute(select(Lock.owner, Lock.acquired_at, Lock.heartbeat_at).where(Lock.name == name)).first()
+def _row_name(issue_id: int, worker: str) -> str:
+    return send_lock_name(issue_id, worker) if worker else f"send:{issue_id}"
+
+
+def several_senders(session: Session) -> bool:
+    """Whether this database lets several workers send one issue: PostgreSQL claims with `FOR UPDATE SKIP
+    LOCKED`; SQLite has one writer at a time and no row locks, so one sender per issue there."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A live send worker of an issue, as its lock row says."""
+
+    id: str
+    owner: str
+    acquired_at: datetime
+    heartbeat_at: datetime
+
+
+def _workers(session: Session, issue_id: int) -> list[Worker]:
+    """The issue's worker rows; `send:<issue>` without a worker id (id "") is a sender from before several
+    workers existed, which holds the whole issue."""
+    prefix = send_lock_name(issue_id)
+    rows = session.execute(select(Lock.name, Lock.owner, Lock.acquired_at, Lock.heartbeat_at).where(
+        or_(Lock.name.startswith(prefix, autoescape=True), Lock.name == prefix[:-1]))).all()
+    return [Worker(n[len(prefix):], o, a, h) for n, o, a, h in rows]
+
+
+def send_workers(session: Session, issue_id: int, stale: timedelta = SEND_LOCK_STALE) -> tuple[list[Worker],
+                                                                                                 list[Worker]]:
+    """The issue's workers: (alive, dead). Dead: a gone pid on this host, or silent longer than `stale`."""
+    alive: list[Worker] = []
+    dead: list[Worker] = []
+    for w in _workers(session, issue_id):
+        (alive if _holder_alive(w.owner, w.heartbeat_at, stale) else dead).append(w)
+    return alive, dead
 
 
 def sender_of(session: Session, issue_id: int) -> str | None:
-    """The process sending this issue now, if any (a dead holder does not count)."""
-    row = _lock_row(session, send_lock_name(issue_id))
-    if row is None or not _holder_alive(row.owner, row.heartbeat_at):
-        return None
-    return row.owner
+    """A process sending this issue now, if any (a dead worker does not count)."""
+    alive, _ = send_workers(session, issue_id)
+    return alive[0].owner if alive else None
 
 
-def take_send_lock(session: Session, issue_id: int, number: int) -> str:
-    """Take the issue's send lock, or raise a DeliveryError saying who holds it. Returns the owner."""
-    me, now, name = _me(), utcnow(), send_lock_name(issue_id)
-    row = _lock_row(session, name)
-    if row is None:
-        try:
-            session.execute(insert(Lock).values(name=name, owner=me, acquired_at=now, heartbeat_at=now))
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            return take_send_lock(session, issue_id, number)
-        return me
-    if row.owner != me and _holder_alive(row.owner, row.heartbeat_at):
-        raise DeliveryError(f"issue {number} is being sent by {row.owner} (since {row.acquired_at:%Y-%m-%d %H:%M} "
-                            "UTC): wait for it to finish")
-    taken = session.connection().execute(update(Lock).where(Lock.name == name, Lock.owner == row.owner)
-                            .values(owner=me, acquired_at=now, heartbeat_at=now)).rowcount
+def join_send(session: Session, issue_id: int, number: int, stale: timedelta = SEND_LOCK_STALE) -> str:
+    """Register this process as a send worker of the issue; returns its worker id. On SQLite a second
+    sender is refused with a DeliveryError saying who sends (one writer: see several_senders)."""
+    me, now, worker = _me(), utcnow(), uuid.uuid4().hex[:16]
+    alive, _ = send_workers(session, issue_id, stale)
+    exclusive = [w for w in alive if w.id == ""]  # an older sender that knows no leases: it holds the issue
+    if exclusive or not several_senders(session):
+        others = exclusive or [w for w in alive if w.owner != me]
+        if others:
+            w = others[0]
+            why = ("" if exclusive else "SQLite allows one sender per issue (several workers need PostgreSQL); ")
+            raise DeliveryError(f"issue {number} is being sent by {w.owner} (since {w.acquired_at:%Y-%m-%d %H:%M} "
+                                f"UTC): {why}wait for it to finish")
+    session.execute(insert(Lock).values(name=send_lock_name(issue_id, worker), owner=me, acquired_at=now,
+                                        heartbeat_at=now))
     session.commit()
-    if not taken:
-        return take_send_lock(session, issue_id, number)
-    return me
+    if not several_senders(session):  # two joined at once: the earlier row wins, the later one leaves
+        alive, _ = send_workers(session, issue_id, stale)
+        first = min(alive, key=lambda w: (w.acquired_at, w.id), default=None)
+        if first is not None and first.id != worker:
+            leave_send(session, issue_id, worker)
+            raise DeliveryError(f"issue {number} is being sent by {first.owner}: SQLite allows one sender per "
+                                "issue; wait for it to finish (several workers need PostgreSQL)")
+    return worker
 
 
-def beat_send_lock(session: Session, issue_id: int, me: str) -> None:
-    """Renew the send lock (the caller commits)."""
-    session.connection().execute(update(Lock).where(Lock.name == send_lock_name(issue_id), Lock.owner == me)
-                    .values(heartbeat_at=utcnow()))
+def beat_send_lock(session: Session, issue_id: int, worker: str) -> bool:
+    """Renew the worker's heartbeat (the caller commits); False if another worker took it for dead."""
+    return bool(session.connection().execute(update(Lock).where(Lock.name == send_lock_name(issue_id, worker))
+                                             .values(heartbeat_at=utcnow())).rowcount)
 
 
-def drop_send_lock(session: Session, issue_id: int, me: str) -> None:
+def forget_workers(session: Session, issue_id: int, workers: list[Worker]) -> None:
+    """Remove the rows of dead workers, each only if it is still as seen (a late heartbeat keeps it)."""
+    for w in workers:
+        session.connection().execute(delete(Lock).where(Lock.name == _row_name(issue_id, w.id),
+                                                        Lock.heartbeat_at == w.heartbeat_at))
+
+
+def leave_send(session: Session, issue_id: int, worker: str) -> None:
     session.rollback()
-    session.connection().execute(delete(Lock).where(Lock.name == send_lock_name(issue_id), Lock.owner == me))
+    session.connection().execute(delete(Lock).where(Lock.name == send_lock_name(issue_id, worker)))
     session.commit()
+
+
+#: the key of the advisory lock that serialises the start of a send (pick, build, start the issue)
+WORKFLOW_KEY = 0x64696765  # "dige"
+
+
+def hold_send_start(session: Session) -> None:
+    """On PostgreSQL, an advisory lock held until the transaction ends: several `digest send` processes
+    starting together pick (or build) and start the issue one after the other, so once. SQLite's single
+    writer and its one sender per issue need nothing more."""
+    if several_senders(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WORKFLOW_KEY})
 
 
 # -- the scheduler lock: one scheduler per database ----------------------------------------------------
 
 
 class LockHeld(DigestError):
-    """Another scheduler holds the lock on this database."""
+    """Another scheduler holds the lock on this database; `retry_in` seconds until it may be taken over."""
+
+    def __init__(self, message: str, retry_in: float = 0.0, holder: str = "") -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
+        self.holder = holder
 
 
 def default_owner() -> str:
@@ -156,7 +226,8 @@ class SchedulerLock:
         left = max(0.0, self.expiry.total_seconds() - age)
         raise LockHeld(f"another scheduler is running on {safe_url(self.url)} ({held.owner}, last heartbeat "
                        f"{age:.0f} s ago): only one may run. Stop it first; if it died, its lock expires "
-                       f"{self.expiry.total_seconds():.0f} s after its last heartbeat (in {left:.0f} s)")
+                       f"{self.expiry.total_seconds():.0f} s after its last heartbeat (in {left:.0f} s)",
+                       retry_in=left, holder=held.owner)
 
     def heartbeat(self, now: datetime | None = None) -> bool:
         """Renew the lock; False if it is no longer ours (taken over after we were silent too long)."""

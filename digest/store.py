@@ -129,6 +129,12 @@ class Delivery(Base):
     # the edition key (digest.editions) of the copy this reader was sent: which listings and which appeal
     # variant it showed, for the reports (a supplier's reach, the appeal per variant); None before 0005
     edition: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the lease of a claimed row (several send workers, digest.deliver.ledger): which worker holds it, until
+    # when (renewed while it works), and when its request was about to go out (NULL: never posted, so a
+    # dead worker's row is simply queued again; set: its fate is unknown)
+    worker: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class DeliveryEvent(Base):
@@ -231,6 +237,19 @@ class Lock(Base):
     owner: Mapped[str] = mapped_column(String(255))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RateHit(Base):
+    """One counted attempt at a rate-limited door (a login, a sign-up) by a key (an IP address), shared by
+    every `digest serve` worker through the database: see `digest.web.ratelimit`."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = (Index("ix_rate_hits_scope_key_at", "scope", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 #: APScheduler 3's SQLAlchemyJobStore table, declared here (as that store defines it) so Alembic owns it

@@ -4,6 +4,9 @@ status. Each calls digest.issues (and digest.issue_queries, digest.reports), as 
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import webbrowser
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,6 +15,7 @@ import typer
 from rich.table import Table
 
 from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for, stamp
+from digest.errors import DigestError
 from digest.wording import plural
 
 if TYPE_CHECKING:
@@ -215,12 +219,19 @@ def preview(config: ConfigOpt = None,
 def send(config: ConfigOpt = None,
          dry_run: Annotated[bool, typer.Option("--dry-run", help="Show who would get what; send nothing.")] = False,
          to: Annotated[str | None, typer.Option("--to", help="Send a test copy to this address only.")] = None,
+         workers: Annotated[int, typer.Option("--workers", min=1, help="Send processes on this host, sharing the "
+                                              "issue (PostgreSQL only; see docs/deployment.md).")] = 1,
+         join: Annotated[bool, typer.Option("--join", help="Only help send an issue already being sent (another "
+                                            "worker, e.g. on another host); never start one.")] = False,
          ) -> None:
     """Send to every active reader of the list: the issue being sent, else the approved one, else the draft
     (or a new one). A held issue is not sent until it is approved."""
     from digest import issues
 
     settings = settings_for(config, create_secret=True)
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        raise DigestError(f"--workers {workers}: SQLite allows one sender per issue (one writer, no row locks); "
+                          "several workers need PostgreSQL (database.url)")
     if to:
         console.print(issues.send_test(settings, to))
         return
@@ -230,22 +241,29 @@ def send(config: ConfigOpt = None,
     from digest import stopping
     from digest.deliver.protocol import SendInterrupted
 
+    started: list[subprocess.Popen[bytes]] = []
     try:
         # SIGTERM/SIGHUP (systemd, docker, `kill`, a closed terminal): stop as Ctrl-C would, with the
         # requests in flight answered and recorded; exit 128 + the signal (143, 129)
         with stopping.on_signals(), progress_bar("sending") as bar:
             task = bar.add_task("send", total=None)
             outcome = issues.send(settings, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                     total=total))
+                                                                                     total=total),
+                                  join=join, on_sending=lambda _number: started.extend(_start_workers(
+                                      settings, workers - 1)))
     except SendInterrupted as e:
+        _wait_workers(started)
         r = e.report
         if r is not None:
             console.print(f"issue {r.issue_number}: submitted {r.submitted}, failed {r.failed}, "
                           f"unknown {r.unknown} before stopping")
         err.print(f"[yellow]stopped:[/] {e}", highlight=False)
         raise typer.Exit(stopping.exit_code()) from None
+    except BaseException:
+        _wait_workers(started)
+        raise
     _print_send(outcome)
-    if outcome.report and not outcome.report.ok:
+    if not _wait_workers(started) or (outcome.report and not outcome.report.ok):
         raise typer.Exit(1)
 
 
@@ -258,6 +276,26 @@ def _zone_line(z) -> str:  # type: ignore[no-untyped-def]
     delivered = f"; delivered {z.delivered}" + (f" (last {z.delivered_at:%Y-%m-%d %H:%M} UTC)"
                                                 if z.delivered_at else "")
     return f"{z.zone}: due {due}; {plural(z.readers, 'reader')}: {', '.join(parts)}{out}{delivered}"
+
+
+def _start_workers(settings: Settings, n: int) -> list[subprocess.Popen[bytes]]:
+    """`digest send --join` n times: the other workers of `--workers`, started once the issue is sending."""
+    cmd = [sys.executable, "-m", "digest", "send", "--join", "--config", str(settings.path)]
+    return [subprocess.Popen(cmd) for _ in range(n)]
+
+
+def _wait_workers(started: list[subprocess.Popen[bytes]]) -> bool:
+    """Wait for the other workers; True when each ended well. One that died is reported: its batches are
+    taken over by the others when its lease runs out (docs/deployment.md)."""
+    ok = True
+    for proc in started:
+        code = proc.wait()
+        if code:
+            ok = False
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+            err.print(f"[yellow]worker {proc.pid} {how}[/]: its claimed batches are taken over after its lease",
+                      highlight=False)
+    return ok
 
 
 def _dry_run(settings: Settings) -> None:

@@ -34,6 +34,8 @@ def schedule_command(
     config: ConfigOpt = None,
     show_only: Annotated[bool, typer.Option("--show", help="Print the next draft and send moments; run nothing.")]
     = False,
+    standby: Annotated[bool, typer.Option("--standby", help="Wait as a standby while another scheduler is active, "
+                                          "even one on this host (on another host it always does).")] = False,
 ) -> None:
     """Run the weekly schedule in the foreground: draft, notify the editors, send. Ctrl-C stops."""
     from digest.schedule.runner import serve
@@ -46,7 +48,7 @@ def schedule_command(
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    code = serve(settings, say=partial(console.print, soft_wrap=True, highlight=False))
+    code = serve(settings, say=partial(console.print, soft_wrap=True, highlight=False), standby=standby)
     if code:
         raise typer.Exit(code)
 

@@ -93,13 +93,17 @@ def address_warning(public_url: str, host: str, port: int) -> str | None:
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
+          port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+          workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes sharing the port; "
+                                               "sessions and rate limits are shared through the database.")] = 1,
+          ) -> None:
     """Serve the reader pages, the editors' and admins' pages and the webhooks (uvicorn)."""
     import logging
+    import os
 
     import uvicorn
 
-    from digest.web.app import RedactTokens, create_app
+    from digest.web.app import ENV_APP_CONFIG, RedactTokens, create_app
 
     settings = settings_for(config, create_secret=True)
     sock = bind(host, port)
@@ -107,6 +111,17 @@ def serve(config: ConfigOpt = None,
     if warning:
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)  # `[publication]` is text
     forwarded = settings.web.forwarded_allow_ips
+    if workers > 1:
+        # uvicorn's own supervisor: each worker process imports the app from the config named here (the
+        # settings were loaded and the schema migrated once, above)
+        from uvicorn.supervisors import Multiprocess
+
+        os.environ[ENV_APP_CONFIG] = str(settings.path)
+        cfg = uvicorn.Config("digest.web.app:from_environment", factory=True, host=host, port=port,
+                             workers=workers, log_level="info", proxy_headers=bool(forwarded),
+                             forwarded_allow_ips=forwarded or None)
+        Multiprocess(cfg, sockets=[sock]).run()
+        return
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="info",
                                            proxy_headers=bool(forwarded), forwarded_allow_ips=forwarded or None))
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())  # after uvicorn set up its logging

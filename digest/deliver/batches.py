@@ -30,6 +30,7 @@ from digest.deliver.ledger import (
     CLAIMED,
     DeliveryStatus,
     ScheduledBatch,
+    adopt_batch,
     batch_send_at,
     held_cancels,
     note_batch,
@@ -108,12 +109,16 @@ def recall_preview(session: Session, issue_id: int, now: datetime | None = None
     return able, late, sent_without_batch(session, issue_id)
 
 
-def recover_unknown(session: Session, issue_id: int, cancels: Cancels) -> tuple[int, list[str]]:
+def recover_unknown(session: Session, issue_id: int, cancels: Cancels, *, worker: str | None = None,
+                    ) -> tuple[int, list[str]]:
     """Cancel each scheduled batch of unknown fate and queue its readers again (the caller's send then sends
-    them in a new batch). Returns (readers queued again, why each batch left unknown could not be)."""
+    them in a new batch). Returns (readers queued again, why each batch left unknown could not be).
+    With several workers, each batch is first adopted by one of them (`worker`), so it is cancelled once."""
     queued, left = 0, []
     free_slots(session, cancels)
     for batch in unknown_provider_batches(session, issue_id):
+        if not adopt_batch(session, issue_id, batch, worker):
+            continue
         why = cancels.cancel(batch, send_at=_stamp(batch_send_at(session, issue_id, batch)))
         sync_cancels(session, cancels)
         if why is None:

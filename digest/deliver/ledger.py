@@ -4,6 +4,14 @@ Exactly-once lives here, once: the recipients are snapshotted into `deliveries`;
 (committed) before its request and marked submitted or failed after it. A process killed between the
 two leaves `claimed` rows: their fate is unknown, so they are reported and never re-sent by themselves
 (`digest deliveries resolve` decides). The issue's own status is moved through `digest.issue_status`.
+
+Several workers (PostgreSQL): each claims with `SELECT ... FOR UPDATE SKIP LOCKED`, so two never take the
+same row, and its claimed rows carry a lease (worker id, `lease_until`) that it renews while it works.
+Before a batch's request goes out the worker stamps `posted_at`, only while its lease still holds. When a
+worker dies, another reaps its rows once the lease ran out: rows never posted are simply queued again;
+posted ones are of unknown fate, exactly as a single sender killed mid-request leaves them (SendGrid's
+scheduled batches are then cancelled and re-queued, `digest.deliver.batches`). Every one of these writes
+is conditional on the row's current state, so the row lock decides a race between owner and reaper.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -180,13 +188,16 @@ class _JSONCache(dict[str, Any]):
 
 def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled: tuple[str, int] | None = None,
           due_by: datetime | None = None, moment: datetime | None = None,
+          worker: str | None = None, lease: timedelta = timedelta(seconds=60),
           _json: _JSONCache = _JSONCache()) -> Claimed | None:  # noqa: B008  (one cache per process)
     """Claim the next batch in one write transaction; readers who left since the snapshot are skipped.
 
     The UPDATE comes first so the transaction takes SQLite's write lock at once: a concurrent unsubscribe
     either committed before (the reader is skipped) or waits until this claim is committed. Local delivery
     (`due_by`): only readers whose zone's moment has come; (`moment`): only readers due at that moment, so
-    a scheduled provider batch holds one zone moment and can be cancelled by its own send_at.
+    a scheduled provider batch holds one zone moment and can be cancelled by its own send_at. On PostgreSQL
+    the rows are picked `FOR UPDATE SKIP LOCKED`: a concurrent worker's claim passes over the rows being
+    claimed here instead of waiting for them (and then finding them claimed).
     """
     batch = f"{_batch_ids.getrandbits(128):032x}"  # not uuid4: os.urandom would yield the GIL per batch
     now = utcnow()
@@ -196,15 +207,21 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
         queued.append(or_(D.due_at.is_(None), D.due_at <= due_by))
     if moment is not None:
         queued.append(D.due_at == moment)
-    next_ids = (select(D.id).where(*queued).order_by(D.id).limit(size)
-                .scalar_subquery())
+    next_ids: Any = select(D.id).where(*queued).order_by(D.id).limit(size)
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
+    if conn.dialect.name == "postgresql":
+        # the ids first, locked: PostgreSQL may run a LIMIT ... SKIP LOCKED subquery inside an UPDATE more than
+        # once (each run skipping the rows the last one locked), so the UPDATE would take more than `size`
+        next_ids = list(conn.scalars(next_ids.with_for_update(skip_locked=True)))
+    else:
+        next_ids = next_ids.scalar_subquery()
     # a scheduled send's provider batch and send moment are committed with the claim, before any request:
     # in the claiming UPDATE itself (one pass over the batch's rows and indexes, not two)
     plan = {} if not scheduled else {"provider_batch": scheduled[0],
                                      "send_at": datetime.fromtimestamp(scheduled[1], UTC)}
-    conn.execute(update(DELIVERIES).where(D.id.in_(next_ids)).values(status=CLAIMED, batch=batch,
-                                                                                updated_at=now, **plan))
+    conn.execute(update(DELIVERIES).where(D.id.in_(next_ids), D.status == QUEUED).values(
+        status=CLAIMED, batch=batch, updated_at=now, worker=worker, lease_until=now + lease, posted_at=None,
+        **plan))
     # the JSON columns as their stored text, decoded once per distinct value (_JSONCache): a SQL CAST, as
     # psycopg decodes a PostgreSQL `json` value itself (a type_coerce would only change SQLAlchemy's view)
     rows = conn.execute(
@@ -235,6 +252,66 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     return Claimed(batch, readers, len(gone))
 
 
+def post(session: Session, batch: str, worker: str | None, size: int) -> bool:
+    """Stamp a claimed batch as about to go out, and commit: from here on its fate is unknown until
+    marked. Only while this worker's lease holds; False (nothing stamped) when another worker reaped the
+    batch meanwhile: then it must not go out."""
+    t = DELIVERIES
+    now = utcnow()
+    where = [t.c.batch == batch, t.c.status == CLAIMED, t.c.posted_at.is_(None)]
+    if worker is not None:
+        where += [t.c.worker == worker, t.c.lease_until >= now]
+    n = session.connection().execute(update(t).where(*where).values(posted_at=now)).rowcount
+    if n != size:  # some rows were reaped: none of the batch goes out (the reaper queued or kept them)
+        session.rollback()
+        return False
+    session.commit()
+    return True
+
+
+def renew(session: Session, worker: str, lease: timedelta) -> int:
+    """Extend the lease of this worker's claimed rows (the caller commits). Returns how many."""
+    t = DELIVERIES
+    return session.connection().execute(update(t).where(t.c.worker == worker, t.c.status == CLAIMED)
+                                        .values(lease_until=utcnow() + lease)).rowcount or 0
+
+
+def reap(session: Session, issue_id: int, dead: Sequence[str] = ()) -> tuple[int, int]:
+    """Take over the claimed rows of workers that died: those in `dead`, and any whose lease ran out.
+    Rows never posted go back to the queue; posted ones stay claimed, of unknown fate, without a worker
+    (`unknown_provider_batches`, `digest deliveries resolve`). Commits. Returns (queued again, unknown)."""
+    t = DELIVERIES
+    now = utcnow()
+    expired = t.c.lease_until < now
+    gone = or_(expired, t.c.worker.in_(list(dead))) if dead else expired
+    mine = [t.c.issue_id == issue_id, t.c.status == CLAIMED, t.c.worker.is_not(None), gone]
+    conn = session.connection()
+    queued = conn.execute(update(t).where(*mine, t.c.posted_at.is_(None)).values(
+        status=QUEUED, batch=None, worker=None, lease_until=None, provider_batch=None, send_at=None,
+        updated_at=now)).rowcount or 0
+    unknown = conn.execute(update(t).where(*mine, t.c.posted_at.is_not(None)).values(
+        worker=None, lease_until=None, updated_at=now,
+        error="fate unknown: its worker died (lease ran out) while the request was in flight")).rowcount or 0
+    session.commit()
+    return queued, unknown
+
+
+def held_elsewhere(session: Session, issue_id: int, worker: str | None) -> int:
+    """Rows other workers hold under a lease now: in flight, or to be reaped when the lease runs out."""
+    t = DELIVERIES
+    where = [t.c.issue_id == issue_id, t.c.status == CLAIMED, t.c.worker.is_not(None)]
+    if worker is not None:
+        where.append(t.c.worker != worker)
+    return session.scalar(select(func.count()).where(*where)) or 0
+
+
+def unknown_count(session: Session, issue_id: int) -> int:
+    """Readers of unknown fate: claimed, posted, and held by no live worker's lease."""
+    t = DELIVERIES
+    return session.scalar(select(func.count()).where(t.c.issue_id == issue_id, t.c.status == CLAIMED,
+                                                     t.c.worker.is_(None))) or 0
+
+
 def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -> tuple[int, int, int]:
     """Record what became of a batch of `size` readers (the caller commits). Returns (submitted, failed,
     unknown)."""
@@ -247,9 +324,11 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -
     if ok and len(ids) == 1 and len(ok) == len(outcomes) == size:
         # the common case (one provider request per batch): one statement for the whole batch
         session.connection().execute(update(t).where(t.c.batch == batch, t.c.status == CLAIMED)
-                                     .values(status=SUBMITTED, message_id=ok[0].message_id, updated_at=now))
+                                     .values(status=SUBMITTED, message_id=ok[0].message_id, updated_at=now,
+                                             worker=None, lease_until=None))
     else:
-        by_id = update(t).where(t.c.id == bindparam("b_id"), t.c.status == CLAIMED)
+        # by id and batch: a row reaped and claimed again by another worker is no longer this batch's
+        by_id = update(t).where(t.c.id == bindparam("b_id"), t.c.batch == batch, t.c.status == CLAIMED)
         if ok:
             session.connection().execute(by_id.values(status=SUBMITTED, message_id=bindparam("m"), updated_at=now),
                                          [{"b_id": o.delivery_id, "m": o.message_id} for o in ok])
@@ -258,7 +337,8 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -
                                          [{"b_id": o.delivery_id, "e": (o.error or "failed")[:2000]} for o in bad])
         if unknown:
             session.connection().execute(
-                by_id.values(error=bindparam("e"), updated_at=now),
+                by_id.values(error=bindparam("e"), updated_at=now, worker=None, lease_until=None),  # no lease:
+                # of unknown fate now, whoever looks
                 [{"b_id": o.delivery_id, "e": (o.error or "fate unknown")[:2000]} for o in unknown])
     return len(ok), len(bad), len(unknown)
 
@@ -278,18 +358,25 @@ def note_editions(session: Session, batch: str, editions: dict[int, str]) -> Non
         session.connection().execute(update(t).where(t.c.id.in_(ids)).values(edition=key))
 
 
-def release(session: Session, ids: Sequence[int]) -> None:
+def release(session: Session, ids: Sequence[int], batch: str | None = None) -> None:
     """Messages that were certainly not sent go back to the queue (the caller commits); a provider batch
-    they were in (cancelled, or never sent) is no longer theirs."""
+    they were in (cancelled, or never sent) is no longer theirs. With `batch`, only rows still in that
+    batch (not reaped and claimed again by another worker)."""
     if ids:
         t = DELIVERIES
-        session.connection().execute(update(t).where(t.c.id.in_(list(ids)), t.c.status == CLAIMED)
-                                     .values(status=QUEUED, batch=None, provider_batch=None, send_at=None,
-                                             updated_at=utcnow()))
+        where = [t.c.id.in_(list(ids)), t.c.status == CLAIMED]
+        if batch is not None:
+            where.append(t.c.batch == batch)
+        session.connection().execute(update(t).where(*where).values(
+            status=QUEUED, batch=None, provider_batch=None, send_at=None, worker=None, lease_until=None,
+            posted_at=None, updated_at=utcnow()))
 
 
 def finish_if_done(session: Session, issue: IssueRow, now: Callable[[], datetime] = utcnow) -> bool:
-    """An issue is sent when nobody is queued and no batch is of unknown fate."""
+    """An issue is sent when nobody is queued and no batch is of unknown fate. With several workers the
+    issue's row is locked first (FOR UPDATE on PostgreSQL) and read again, so one of them moves it."""
+    session.flush()  # a refresh reloads the row: what this session changed in it must be written first
+    session.refresh(issue, with_for_update=True)
     left = counts(session, issue.id)
     if left.get(QUEUED) or left.get(CLAIMED):
         return False
@@ -320,10 +407,15 @@ class UnknownBatch:
     error: str | None
 
 
+def _of_unknown_fate() -> Any:
+    """Claimed rows that may have gone out: posted, or from before leases (no worker)."""
+    return or_(Delivery.posted_at.is_not(None), Delivery.worker.is_(None))
+
+
 def unknown_batches(session: Session, issue_id: int) -> list[UnknownBatch]:
     rows = session.execute(
         select(Delivery.batch, func.count(), func.min(Delivery.updated_at), func.max(Delivery.error))
-        .where(Delivery.issue_id == issue_id, Delivery.status == CLAIMED)
+        .where(Delivery.issue_id == issue_id, Delivery.status == CLAIMED, _of_unknown_fate())
         .group_by(Delivery.batch).order_by(func.min(Delivery.id))).all()
     out = []
     for batch, n, at, error in rows:
@@ -354,10 +446,11 @@ def resolve(session: Session, issue: IssueRow, choice: str, *, batch: str | None
         where.append(t.c.batch == known.pop())
     now = utcnow()
     if choice == "submitted":
-        values: dict[str, Any] = {"status": SUBMITTED, "updated_at": now,
+        values: dict[str, Any] = {"status": SUBMITTED, "updated_at": now, "worker": None, "lease_until": None,
                                   "error": "fate unknown; resolved by the admin as submitted"}
     else:
-        values = {"status": QUEUED, "batch": None, "updated_at": now,
+        values = {"status": QUEUED, "batch": None, "updated_at": now, "worker": None, "lease_until": None,
+                  "posted_at": None,
                   "error": "fate unknown; resolved by the admin: send again"}
     n = session.connection().execute(update(t).where(*where).values(**values)).rowcount or 0
     finish_if_done(session, issue)
@@ -386,7 +479,8 @@ def requeue_failed(session: Session, issue: IssueRow) -> int:
 def unknown_provider_batches(session: Session, issue_id: int) -> list[str]:
     """Provider batches with readers of unknown fate (claimed, no answer recorded)."""
     return list(session.scalars(select(Delivery.provider_batch).where(
-        Delivery.issue_id == issue_id, Delivery.status == CLAIMED, Delivery.provider_batch.is_not(None))
+        Delivery.issue_id == issue_id, Delivery.status == CLAIMED, Delivery.provider_batch.is_not(None),
+        Delivery.worker.is_(None))  # a live worker's batch is in flight, not lost; a dead one's is reaped first
         .group_by(Delivery.provider_batch).order_by(func.min(Delivery.id))))
 
 
@@ -396,7 +490,8 @@ def requeue_batch(session: Session, issue_id: int, provider_batch: str, from_sta
     t = DELIVERIES
     return session.connection().execute(
         update(t).where(t.c.issue_id == issue_id, t.c.provider_batch == provider_batch, t.c.status == from_status)
-        .values(status=QUEUED, batch=None, provider_batch=None, send_at=None, error=note[:2000],
+        .values(status=QUEUED, batch=None, provider_batch=None, send_at=None, error=note[:2000], worker=None,
+                lease_until=None, posted_at=None,
                 updated_at=utcnow())).rowcount or 0
 
 
@@ -409,10 +504,26 @@ def record_batches(session: Session, batches: Sequence[tuple[str, int, Sequence[
             provider_batch=batch, send_at=datetime.fromtimestamp(at, UTC)))
 
 
+def adopt_batch(session: Session, issue_id: int, provider_batch: str, worker: str | None,
+                lease: timedelta = timedelta(seconds=60)) -> bool:
+    """Take an orphaned provider batch (unknown fate, no worker) to settle it, and commit: of several
+    workers starting together, one cancels it. False when another worker has it."""
+    if worker is None:
+        return True
+    t = DELIVERIES
+    n = session.connection().execute(update(t).where(
+        t.c.issue_id == issue_id, t.c.provider_batch == provider_batch, t.c.status == CLAIMED,
+        t.c.worker.is_(None)).values(worker=worker, lease_until=utcnow() + lease)).rowcount
+    session.commit()
+    return bool(n)
+
+
 def note_batch(session: Session, issue_id: int, provider_batch: str, note: str) -> None:
+    """Why a batch stays of unknown fate; it is left to nobody (adopt_batch gave it to this worker)."""
     t = DELIVERIES
     session.connection().execute(update(t).where(t.c.issue_id == issue_id, t.c.provider_batch == provider_batch,
-                                                 t.c.status == CLAIMED).values(error=note[:2000]))
+                                                 t.c.status == CLAIMED).values(error=note[:2000], worker=None,
+                                                                               lease_until=None))
 
 
 @dataclass(frozen=True)

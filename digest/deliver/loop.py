@@ -3,15 +3,22 @@
 Claim a batch in the ledger, build each reader's Message, hand the batch to the transport's workers,
 mark what came back; a restart resumes from the ledger. All database writes happen in the calling
 thread; worker threads only talk to the provider.
+
+Several such loops (processes, hosts) may send one issue on PostgreSQL: each registers as a worker
+(`digest.locks.join_send`), claims under a lease it renews, stamps a batch posted before its request, and
+when the queue is empty waits for the others' leased rows, reaping those of a worker that died (its
+never-posted rows are sent here; posted ones are of unknown fate). The issue-level moves (snapshot,
+sending -> sent) happen under the issue row's lock, so once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,7 +26,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.config import Settings
 from digest.deliver.batches import recover_unknown, sync_cancels
 from digest.deliver.ledger import (
-    CLAIMED,
     QUEUED,
     SKIPPED,
     SUBMITTED,
@@ -29,18 +35,23 @@ from digest.deliver.ledger import (
     failure_reasons,
     finish_if_done,
     has_moments,
+    held_elsewhere,
     mark,
     next_moment,
     note_editions,
+    post,
+    reap,
     record_batches,
     release,
+    renew,
     snapshot,
+    unknown_count,
     waiting,
 )
 from digest.deliver.personalizer import Personalizer
 from digest.deliver.protocol import Message, Outcome, SendInterrupted, SendReport, Transport
 from digest.errors import DeliveryError
-from digest.locks import SEND_HEARTBEAT, beat_send_lock, drop_send_lock, take_send_lock
+from digest.locks import beat_send_lock, forget_workers, join_send, leave_send, send_workers
 from digest.moments import local_home
 from digest.render import Rendered
 from digest.stopping import requested as stop_requested
@@ -51,7 +62,7 @@ from digest.store import IssueRow, utcnow
 def deliver(factory: sessionmaker[Session], settings: Settings, issue_id: int, transport: Transport,
             editions: Callable[[Any], Rendered], *, list_id: int,
             progress: Callable[[int, int], None] | None = None, now: Callable[[], datetime] = utcnow,
-            ) -> SendReport:
+            on_sending: Callable[[int], None] | None = None) -> SendReport:
     """Send an issue to its snapshot of readers, resuming where a previous run stopped.
 
     `editions` is called with each reader's row (id, email, name, attributes, categories) and returns
@@ -59,40 +70,63 @@ def deliver(factory: sessionmaker[Session], settings: Settings, issue_id: int, t
     batches already answered are recorded first.
     """
     personal = Personalizer(settings)
+    lease = timedelta(seconds=settings.delivery.lease_seconds)
     with factory() as session:
         issue = session.get(IssueRow, issue_id)
         assert issue is not None
-        me = take_send_lock(session, issue_id, issue.number)
+        me = join_send(session, issue_id, issue.number, lease)
         # A send makes millions of short-lived objects; every full collection would re-scan the hundred
         # thousand long-lived ones (modules, SQLAlchemy's registries) for nothing: 0.8 s of 4 in the
         # benchmark. Frozen objects are still freed by reference counting; unfrozen again after.
         gc.freeze()
         try:
-            return _run(session, settings, issue, transport, editions, personal, list_id, me, progress, now)
+            return _run(session, settings, issue, transport, editions, personal, list_id, me, lease, progress, now,
+                        on_sending)
         finally:
             gc.unfreeze()
             try:
                 transport.close()
             finally:
-                drop_send_lock(session, issue_id, me)
+                try:  # rows still claimed by this worker: never posted back to the queue, posted ones unknown
+                    reap(session, issue_id, [me])
+                finally:
+                    leave_send(session, issue_id, me)
 
 
 def _run(session: Session, settings: Settings, issue: IssueRow, transport: Transport,
-         editions: Callable[[Any], Rendered], personal: Personalizer, list_id: int, me: str,
-         progress: Callable[[int, int], None] | None, now: Callable[[], datetime]) -> SendReport:
+         editions: Callable[[Any], Rendered], personal: Personalizer, list_id: int, me: str, lease: timedelta,
+         progress: Callable[[int, int], None] | None, now: Callable[[], datetime],
+         on_sending: Callable[[int], None] | None = None) -> SendReport:
     """This thread claims, builds and marks (every database write, in order); the transport's workers
     send. (A separate builder thread was measured: the GIL made it slower, not faster.)"""
     report = SendReport(issue.number, issue.subject)
+    session.flush()
+    session.refresh(issue, with_for_update=True)  # several workers start together: one snapshots
     snapshot(session, issue, list_id, home=local_home(settings, issue.send_at, now()))
     session.commit()
     local = has_moments(session, issue.id)  # local delivery: each reader is due at their zone's moment
+    if on_sending is not None:  # the issue is sending and snapshotted: other workers may join now
+        on_sending(issue.number)
     recovering = callable(getattr(transport, "cancel", None))
-    if recovering:  # scheduled batches left of unknown fate by a dead run
-        requeued, left = recover_unknown(session, issue.id, transport)  # type: ignore[arg-type]
-        report.errors += left
+
+    def take_over(first: bool = False) -> int:
+        """Reap the rows of dead workers; cancel and re-queue their scheduled batches of unknown fate (at the
+        start, and when a worker's posted rows were just reaped: a cancel that failed is not retried every
+        poll). Returns how many readers were queued again."""
+        _, dead = send_workers(session, issue.id, lease)
+        requeued, unknown = reap(session, issue.id, [w.id for w in dead])
+        forget_workers(session, issue.id, dead)
+        session.commit()
+        if recovering and (first or unknown):  # scheduled batches left of unknown fate by a dead run or worker
+            cancelled, left = recover_unknown(session, issue.id, transport, worker=me)  # type: ignore[arg-type]
+            requeued += cancelled
+            report.errors += left
+        return requeued
+
+    take_over(first=True)
     before = counts(session, issue.id)
     report.already = before.get(SUBMITTED, 0)
-    report.unknown = before.get(CLAIMED, 0)
+    report.unknown = unknown_count(session, issue.id)
     if report.unknown:
         report.errors.append(f"{report.unknown} reader(s) in a batch of unknown fate from an earlier run: "
                              "see `digest deliveries show` and `digest deliveries resolve`")
@@ -128,6 +162,16 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     stop: DeliveryError | None = None
     pending: dict[Future[list[Outcome]], tuple[str, list[int]]] = {}  # out to the provider
     last_beat = utcnow()
+    beat_every = lease / 3
+
+    def beat() -> None:
+        """Renew this worker's heartbeat and its rows' lease (while requests are out, too)."""
+        nonlocal last_beat
+        if utcnow() - last_beat > beat_every:
+            beat_send_lock(session, issue_id, me)
+            renew(session, me, lease)
+            session.commit()
+            last_beat = utcnow()
 
     def settle(fut: Future[list[Outcome]]) -> None:
         nonlocal stop, done, last_beat
@@ -150,13 +194,11 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         for i in ids:
             shown.pop(i, None)
         # what the transport did not answer for was not sent: back to the queue, in the same transaction
-        release(session, [i for i in ids if i not in handled])
+        release(session, [i for i in ids if i not in handled], batch)
         if recovering:  # cancels made for lost answers (or slots freed): recorded, so a later run frees them
             sync_cancels(session, transport)  # type: ignore[arg-type]
-        if utcnow() - last_beat > SEND_HEARTBEAT:
-            beat_send_lock(session, issue_id, me)
-            last_beat = utcnow()
         session.commit()
+        beat()
         if progress:
             progress(done, total)
 
@@ -178,9 +220,11 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     # the readers whose moment has come (the scheduler comes back at the next zone's moment)
                     claimed = claim(session, issue_id, list_id, transport.batch_size, scheduled=plan,
                                     moment=moment if plan is not None else None,
-                                    due_by=now() if local and plan is None else None)
+                                    due_by=now() if local and plan is None else None, worker=me, lease=lease)
                     if claimed is None:
-                        break
+                        if pending or not _wait_for_others(session, issue_id, me, lease, take_over, beat):
+                            break
+                        continue
                     done += claimed.skipped
                     if not claimed.readers:
                         continue
@@ -207,12 +251,15 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                         session.commit()
                         if not ids:
                             continue
+                    if not post(session, claimed.batch, me, len(ids)):
+                        continue  # our lease ran out and another worker took the batch over: not ours to send
                     pending[pool.submit(submit, work)] = (claimed.batch, ids)
                 if not pending:
                     break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished, _ = wait(pending, timeout=beat_every.total_seconds(), return_when=FIRST_COMPLETED)
                 for fut in finished:
                     settle(fut)
+                beat()
         except BaseException:
             # Ctrl-C or a bug: claim nothing more, but record the requests already out before leaving
             for fut in list(pending):
@@ -222,15 +269,33 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             raise
     if stop is not None:
         if isinstance(stop, SendInterrupted):
-            report.unknown = counts(session, issue_id).get(CLAIMED, 0)
+            report.unknown = unknown_count(session, issue_id)
             stop.report = report
         raise stop
     final = counts(session, issue_id)
     if local:
         report.waiting, report.next_due = waiting(session, issue_id, now())
     report.skipped = final.get(SKIPPED, 0)
-    report.unknown = final.get(CLAIMED, 0)
+    report.unknown = unknown_count(session, issue_id)
     report.errors += failure_reasons(session, issue_id)
     finish_if_done(session, issue, now)
     session.commit()
     return report
+
+
+def _wait_for_others(session: Session, issue_id: int, me: str, lease: timedelta, take_over: Callable[[], int],
+                     beat: Callable[[], None]) -> bool:
+    """The queue is empty: while other workers hold rows under a lease, wait, reaping those of a worker
+    that died. True when rows came back to the queue (claim again); False when there is nothing left to
+    wait for (or a stop was asked)."""
+    poll = min(1.0, lease.total_seconds() / 4)
+    while held_elsewhere(session, issue_id, me):
+        session.commit()  # end the read: a fresh snapshot next time
+        if take_over():
+            return True
+        if stop_requested():
+            return False
+        beat()
+        time.sleep(poll)
+    session.commit()
+    return bool(take_over())

@@ -5,8 +5,11 @@ moment minus `review_hours`, and the send. Both coalesce, run one at a time, and
 time, so a scheduler back from downtime runs a missed moment once, and one missed by more than the
 grace is reported to the editors instead of being done late by surprise. APScheduler 3 does not
 coordinate several schedulers, so `serve` holds the scheduler lock (`digest.locks`) kept alive by a
-heartbeat. The job store keeps `draft_job` / `send_job` by reference ("digest.schedule.runner:send_job")
-and the triggers pickled (`digest.moments`): renaming either orphans the stored jobs.
+heartbeat; a second `serve` on another host is a standby: it polls the lock and takes over once the
+holder has been silent `lock_expiry_seconds`, so one scheduler is active at a time (a second one on the
+same host is refused, unless asked to stand by). The job store keeps `draft_job` / `send_job` by reference
+("digest.schedule.runner:send_job") and the triggers pickled (`digest.moments`): renaming either orphans
+the stored jobs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import io
 import logging
 import pickle
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -31,7 +35,7 @@ from sqlalchemy import select, update
 
 from digest import stopping
 from digest.config import Settings, load_settings
-from digest.locks import SchedulerLock, safe_url
+from digest.locks import LockHeld, SchedulerLock, safe_url
 from digest.moments import (
     describe,
     draft_grace,
@@ -220,23 +224,34 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: threading.Event | None = None,
-          heartbeat_seconds: float | None = None) -> int:
+          heartbeat_seconds: float | None = None, standby: bool = False) -> int:
     """Run the schedule until Ctrl-C / SIGTERM (or `stop` is set). Returns the exit code.
 
     `say` is told what the scheduler does, a line at a time (the CLI prints it; the default logs it).
+    While another scheduler holds the lock this one waits as a standby when the holder is on another host
+    (or `standby`); one on this host is refused with LockHeld (a duplicate here would fail with this host).
     """
     global _lock
     draft_trigger(settings)  # a bad [schedule] is reported before anything is taken
     scheduler = build_scheduler(settings)
     expiry = timedelta(seconds=settings.schedule.lock_expiry_seconds)
     lock = SchedulerLock(settings.database_url, expiry)
-    log.info("%s", lock.acquire())
-    _lock = lock
     stop = stop or threading.Event()
     stopping.reset()
     if threading.current_thread() is threading.main_thread():
         for signum in stopping.SIGNALS:  # systemd's stop, `kill`, a closed terminal: as Ctrl-C
             signal.signal(signum, _stop_on_signal)
+    interval = heartbeat_seconds or max(1.0, expiry.total_seconds() / 4)
+    try:
+        taken = _standby(lock, stop, interval, say, standby)
+    except KeyboardInterrupt:
+        say("standby stopped")
+        return 0
+    if taken is None:
+        say("standby stopped")
+        return 0
+    log.info("%s", taken)
+    _lock = lock
     try:
         scheduler.start(paused=True)
         for line in ensure_jobs(scheduler, settings, str(settings.path)):
@@ -248,7 +263,6 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
         for job_id, name in ((DRAFT_JOB, "next draft:"), (SEND_JOB, "next send: ")):
             if jobs.get(job_id) is not None:
                 say(f"{name} {describe(settings, jobs[job_id])}")
-        interval = heartbeat_seconds or max(1.0, expiry.total_seconds() / 4)
         zones = schedule_zones(settings)
         while not stop.wait(interval):
             try:
@@ -275,3 +289,27 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
             lock.release()
             _lock = None
             say("scheduler stopped")
+
+
+def _standby(lock: SchedulerLock, stop: threading.Event, interval: float, say: Callable[[str], None],
+             always: bool) -> str | None:
+    """Take the lock, or wait as a standby while another scheduler holds it: polled every `interval`, and
+    again just after the holder's lock would expire, so a dead holder is replaced within
+    `lock_expiry_seconds` of its last heartbeat. Returns what happened (None: stopped while waiting)."""
+    told = ""
+    while True:
+        try:
+            return lock.acquire()
+        except LockHeld as held:
+            if not always and not told and held.holder.split(":")[0] == socket.gethostname():
+                raise
+            if held.holder != told:
+                say(f"standby: {held.holder} is the active scheduler; this one ({lock.owner}) takes over if it "
+                    f"stays silent {lock.expiry.total_seconds():.0f} s")
+                told = held.holder
+            wait = min(interval, held.retry_in + 0.05)
+        except Exception as e:  # the database away for a moment: keep waiting
+            log.warning("standby: the lock could not be read: %s", e)
+            wait = interval
+        if stop.wait(max(0.05, wait)):
+            return None

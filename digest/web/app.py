@@ -7,6 +7,7 @@ what happened; a bug answers with a plain 500 page and its traceback goes to the
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from digest.web.bodyguard import BodyGuard
 from digest.web.catalog import Catalog
 from digest.web.errors import Forbidden, LoginRequired
 from digest.web.pages import WEB_TEMPLATES, flash, render
-from digest.web.ratelimit import SlidingWindow
+from digest.web.ratelimit import SharedWindow
 from subscribers.links import TokenError
 
 log = logging.getLogger("digest.web")
@@ -50,6 +51,18 @@ class RedactTokens(logging.Filter):
         return True
 
 
+#: the config file of `digest serve --workers N`, for the app each worker process builds
+ENV_APP_CONFIG = "DIGEST_SERVE_CONFIG"
+
+
+def from_environment() -> FastAPI:
+    """The app of one `digest serve --workers N` process (uvicorn's factory), its access log redacted."""
+    from digest.config import load_settings
+
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    return create_app(load_settings(os.environ[ENV_APP_CONFIG]))
+
+
 def create_app(settings: Settings) -> FastAPI:
     migrate(settings.database_url)
     app = FastAPI(title=f"{settings.publication.name} digest", docs_url=None, redoc_url=None, openapi_url=None)
@@ -57,8 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = session_factory(settings.database_url)
     app.state.catalog = Catalog(settings)
     app.state.personalizer = Personalizer(settings)
-    app.state.subscribe_limiter = SlidingWindow(settings.web.subscribe_limit, settings.web.subscribe_window_seconds)
-    app.state.login_limiter = SlidingWindow(settings.web.login_limit, settings.web.login_window_seconds)
+    # in the database, shared by every worker and node (`digest serve --workers N`, several web nodes)
+    url, web = settings.database_url, settings.web
+    app.state.subscribe_limiter = SharedWindow(url, "subscribe", web.subscribe_limit, web.subscribe_window_seconds)
+    app.state.login_limiter = SharedWindow(url, "login", web.login_limit, web.login_window_seconds)
 
     # the innermost middleware: inside the session (it needs it to see who is logged in) and inside the
     # security headers (its refusals carry them too)
