@@ -30,7 +30,7 @@ from subscribers.models import Subscriber
 from tests.conftest import edit_config, run_main
 from tests.fakes.readers import seed_readers, set_keys
 from tests.test_web_support import EDITOR, login, make_users
-from tests.test_webhooks_sendgrid import Signer, post
+from tests.test_webhooks_sendgrid import Signer, post, sent_with_webhook_key
 
 MAIN_URL = "https://news.example.com/subscribe"
 B_URL = f"{MAIN_URL}?variant=b"
@@ -68,17 +68,14 @@ def sent(workdir: Path, signer: Signer) -> Settings:
     edit_config(workdir, "#rotate = \"issue\"", 'rotate = "reader"')
     directory = workdir / "sample" / "directory.csv"
     directory.write_text(directory.read_text().replace("\nTidewell Systems,", f"\n{FORMULA_NAME},"))
-    set_keys(workdir, "delivery.sendgrid", webhook_public_key=signer.public, webhook_max_age_seconds=300)
-    settings = load_settings(workdir / "digest.toml")
-    migrate(settings.database_url)
-    make_users(settings)
-    seed_readers(settings, 6)
-    with session_factory(settings.database_url)() as s:
-        s.execute(update(Subscriber).where(Subscriber.id == 1).values(categories=["Fitness"]))
-        s.commit()
-    outcome = send(settings)
-    assert outcome.report is not None and outcome.report.submitted == 6
-    return settings
+
+    def fitness_only_reader_and_users(settings: Settings) -> None:
+        make_users(settings)
+        with session_factory(settings.database_url)() as s:
+            s.execute(update(Subscriber).where(Subscriber.id == 1).values(categories=["Fitness"]))
+            s.commit()
+
+    return sent_with_webhook_key(workdir, signer, 6, before_send=fitness_only_reader_and_users)
 
 
 @pytest.fixture

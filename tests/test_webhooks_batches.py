@@ -20,15 +20,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
-from digest.config import Settings, load_settings
+from digest.config import Settings
 from digest.deliver.events import CHUNK, apply_batch
-from digest.issues import send
 from digest.reports import issue_figures
-from digest.store import DeliveryEvent, engine_for, migrate, session_factory
+from digest.store import DeliveryEvent, engine_for, session_factory
 from subscribers.links import ReaderLinks
 from subscribers.models import Event, Membership, MembershipStatus, Subscriber
-from tests.fakes.readers import seed_readers, set_keys
-from tests.test_webhooks_sendgrid import Signer
+from tests.test_webhooks_sendgrid import Signer, sent_with_webhook_key
 
 READERS = 40  # 1-20 get the ordinary events, 21-40 the consent ones
 BIG = 20_000
@@ -43,13 +41,7 @@ def signer() -> Signer:
 @pytest.fixture
 def sent(workdir: Path, signer: Signer) -> Settings:
     """Issue 1 sent (outbox) to READERS readers; the webhook key configured."""
-    set_keys(workdir, "delivery.sendgrid", webhook_public_key=signer.public, webhook_max_age_seconds=300)
-    settings = load_settings(workdir / "digest.toml")
-    migrate(settings.database_url)
-    seed_readers(settings, READERS)
-    outcome = send(settings)
-    assert outcome.report is not None and outcome.report.submitted == READERS
-    return settings
+    return sent_with_webhook_key(workdir, signer, READERS)
 
 
 @pytest.fixture
@@ -81,6 +73,12 @@ BAD: dict[int, tuple[Any, str]] = {
     19_999: ("not an object", "not an object"),
 }
 DUPLICATES = (7_777, 8_888)  # the same sg_event_id twice in one batch: stored once
+#: what the web door (digest/web/webhook_input.py, issue 17) already mends before the events are applied:
+#: a timestamp no datetime holds (the time received stands in), ids that are no 64-bit ids (matched by
+#: address), an sg_event_id over 128 characters (stored as its sha256). Through HTTP these are stored;
+#: handed to apply_batch directly they are skipped like the rest of BAD.
+MENDED_AT_DOOR = (100, 5_000, 10_000, 15_000)
+SKIPPED_OVER_HTTP = {i: bad for i, bad in BAD.items() if i not in MENDED_AT_DOOR}
 
 
 def big_batch() -> list[Any]:
@@ -127,12 +125,13 @@ def test_a_big_signed_batch_with_bad_events_stores_the_good_ones_in_short_transa
         sa_event.remove(engine, "commit", listener)
     assert response.status_code == 200, response.text[:500]
     result = response.json()
-    good = BIG - len(BAD) - len(DUPLICATES)
+    good = BIG - len(SKIPPED_OVER_HTTP) - len(DUPLICATES)
     assert (result["received"], result["recorded"], result["duplicates"]) == (BIG, good, len(DUPLICATES))
     assert result["applied"] == len(CONSENT) and result["unmatched"] == 0
     # every bad event named by its index and what is wrong with it, in batch order
-    assert [line.split(":")[0] for line in result["invalid"]] == [f"event {i}" for i in sorted(BAD)]
-    for line, (_, words) in zip(result["invalid"], [BAD[i] for i in sorted(BAD)], strict=True):
+    skipped = sorted(SKIPPED_OVER_HTTP)
+    assert [line.split(":")[0] for line in result["invalid"]] == [f"event {i}" for i in skipped]
+    for line, (_, words) in zip(result["invalid"], [BAD[i] for i in skipped], strict=True):
         assert words in line, line
     assert stored(sent) == good
     # one transaction per chunk, not one for the batch
@@ -235,4 +234,4 @@ def test_a_one_click_unsubscribe_is_not_blocked_by_a_big_batch(client: TestClien
     assert statuses(sent)[20] == MembershipStatus.UNSUBSCRIBED
     assert answered < done["batch"], (f"the unsubscribe took {answered - asked:.2f} s and answered only after "
                                       "the batch was applied")
-    assert stored(sent) == BIG - len(BAD) - len(DUPLICATES)
+    assert stored(sent) == BIG - len(SKIPPED_OVER_HTTP) - len(DUPLICATES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,24 @@ def signer() -> Signer:
     return Signer()
 
 
-@pytest.fixture
-def sent(workdir: Path, signer: Signer) -> Settings:
-    """An issue sent (outbox) to 6 readers; the webhook key configured."""
+def sent_with_webhook_key(workdir: Path, signer: Signer, readers: int,
+                          before_send: Callable[[Settings], None] | None = None) -> Settings:
+    """Issue 1 sent (outbox) to `readers` readers, the webhook's verification key configured."""
     set_keys(workdir, "delivery.sendgrid", webhook_public_key=signer.public, webhook_max_age_seconds=300)
     settings = load_settings(workdir / "digest.toml")
     migrate(settings.database_url)
-    seed_readers(settings, 6)
+    seed_readers(settings, readers)
+    if before_send is not None:
+        before_send(settings)
     outcome = send(settings)
-    assert outcome.report is not None and outcome.report.submitted == 6
+    assert outcome.report is not None and outcome.report.submitted == readers
     return settings
+
+
+@pytest.fixture
+def sent(workdir: Path, signer: Signer) -> Settings:
+    """An issue sent (outbox) to 6 readers; the webhook key configured."""
+    return sent_with_webhook_key(workdir, signer, 6)
 
 
 @pytest.fixture
