@@ -122,6 +122,7 @@ def test_two_schedulers_one_active_the_standby_takes_over_after_sigkill(settings
         killed = time.monotonic()
         active = wait_seen(b_lines, "scheduler running", EXPIRY + 30)
         b_owner = owner_now(settings)
+        time.sleep(0.5)  # a few samples after the takeover: the sampler's last one may predate it (0.1 s apart)
         sampling.set()
         sampler.join(5)
     finally:
