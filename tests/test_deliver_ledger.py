@@ -22,7 +22,7 @@ from digest.errors import DeliveryError
 from digest.issues import send
 from digest.store import Delivery, IssueRow, Lock, migrate, session_factory
 from tests.conftest import SECRET, run_cli
-from tests.fakes.readers import seed_readers, set_keys
+from tests.fakes.readers import odd_even_editions, seed_readers, sending_issue, set_keys
 from tests.fakes.sendgrid_server import SendGridServer
 
 KEY = "SG.ledger-test-key"
@@ -210,8 +210,6 @@ def test_a_batch_stopped_halfway_records_what_went_and_requeues_the_rest(
     """Two editions in one batch are two requests: the first accepted, the second refused."""
     from digest.deliver.loop import deliver
     from digest.deliver.sendgrid import SendGridTransport
-    from digest.issues import build_draft, start_sending
-    from digest.render import Rendered
     from tests.fakes.sendgrid_server import delay, status
 
     with SendGridServer(KEY) as server:
@@ -220,17 +218,10 @@ def test_a_batch_stopped_halfway_records_what_went_and_requeues_the_rest(
         settings = configure(workdir, batch=10, concurrency=1)
         emails = seed_readers(settings, 10)
         factory = session_factory(settings.database_url)
-        with factory() as s:
-            issue = build_draft(settings, s).row
-            start_sending(s, issue)
-            s.commit()
-            issue_id = issue.id
-        odd = Rendered("Issue 1", "", "<p>odd %%GREETING%%</p>", "odd", [], "odd")
-        even = Rendered("Issue 1", "", "<p>even %%GREETING%%</p>", "even", [], "even")
+        issue_id = sending_issue(settings)
         server.script(delay(0), status(400, "The content value must be a string at least one character."))
         with pytest.raises(DeliveryError, match="at least one character"):
-            deliver(factory, settings, issue_id, SendGridTransport(settings),
-                    lambda r: odd if r.id % 2 else even, list_id=1)
+            deliver(factory, settings, issue_id, SendGridTransport(settings), odd_even_editions(), list_id=1)
         got = server.recipients()
     assert got == emails[0::2]
     with factory() as s:

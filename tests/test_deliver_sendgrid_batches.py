@@ -28,7 +28,7 @@ from digest.issue_status import IssueStatus
 from digest.issues import build_draft, send
 from digest.store import Delivery, IssueRow, migrate, session_factory
 from tests.conftest import SECRET, SENDGRID_KEY, run_cli, run_main
-from tests.fakes.readers import seed_readers, set_keys
+from tests.fakes.readers import odd_even_editions, seed_readers, sending_issue, set_keys
 from tests.fakes.sendgrid_server import (
     Fault,
     SendGridServer,
@@ -366,22 +366,13 @@ def test_each_request_of_a_claim_has_its_own_batch_so_a_lost_answer_cancels_that
     goes out); its answer is lost, so its batch alone is cancelled and its readers sent again; the first
     request's readers keep their copy, once."""
     from digest.deliver.loop import deliver
-    from digest.issues import start_sending
-    from digest.render import Rendered
 
     settings = configure(workdir, batch_size=50, concurrency=1)  # one request at a time: a known order
     emails = seed_readers(settings, 100)
     factory = session_factory(settings.database_url)
-    with factory() as s:
-        issue = build_draft(settings, s).row
-        start_sending(s, issue)
-        s.commit()
-        issue_id = issue.id
-    odd = Rendered("Issue 1", "", "<p>odd %%GREETING%%</p>", "odd", [], "odd")
-    even = Rendered("Issue 1", "", "<p>even %%GREETING%%</p>", "even", [], "even")
+    issue_id = sending_issue(settings)
     server.script(accept_plain(), accept_then_drop())  # the claim's second request: taken, answer lost
-    report = deliver(factory, settings, issue_id, SendGridTransport(settings),
-                     lambda r: odd if r.id % 2 else even, list_id=1)
+    report = deliver(factory, settings, issue_id, SendGridTransport(settings), odd_even_editions(), list_id=1)
     assert report.unknown == 0 and report.submitted == 100
     batches = [r.batch_id for r in server.received]
     assert all(batches) and len(set(batches)) == len(batches) >= 5, "every request its own batch"

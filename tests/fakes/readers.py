@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, insert, select
 
@@ -52,3 +54,23 @@ def set_keys(folder: Path, section: str, **values: object) -> None:
             lines.insert(end, text)
             end += 1
     path.write_text("\n".join(lines) + "\n")
+
+
+def sending_issue(settings: Settings) -> int:
+    """Issue 1 drafted and moved to sending, its send not begun: its id, for driving `deliver` directly."""
+    from digest.issues import build_draft, start_sending
+
+    with session_factory(settings.database_url)() as s:
+        issue = build_draft(settings, s).row
+        start_sending(s, issue)
+        s.commit()
+        return issue.id
+
+
+def odd_even_editions() -> Callable[[Any], Any]:
+    """Two one-line editions, one for odd reader ids and one for even: each claim becomes two requests."""
+    from digest.render import Rendered
+
+    odd = Rendered("Issue 1", "", "<p>odd %%GREETING%%</p>", "odd", [], "odd")
+    even = Rendered("Issue 1", "", "<p>even %%GREETING%%</p>", "even", [], "even")
+    return lambda r: odd if r.id % 2 else even
