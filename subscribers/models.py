@@ -84,7 +84,10 @@ class Membership(Base):
     __tablename__ = "memberships"
     __table_args__ = (
         UniqueConstraint("subscriber_id", "list_id", name="uq_membership_subscriber_list"),
-        Index("ix_memberships_list_status", "list_id", "status"),
+        # the admin's list/status filters read an index range already in subscriber order (keyset pages,
+        # capped counts: subscribers.search); migration 0008_admin_indexes
+        Index("ix_memberships_list_status_subscriber", "list_id", "status", "subscriber_id"),
+        Index("ix_memberships_status_subscriber", "status", "subscriber_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -124,7 +124,7 @@ def list_cmd(status: StatusOpt = None, list_: Annotated[str | None, typer.Option
         page = do_search(session, Query(q=search or "", status=status or "", list_slug=list_ or "", size=limit))
         if page.error:
             raise DigestError(page.error)
-        total = f"{page.count}{'+' if page.capped else ''}"
+        total = f"{'about ' if page.estimated else ''}{page.count}{'+' if page.capped else ''}"
         table = Table(title=f"Subscribers: {total} match" + ("" if total == "1" else "es"))
         for col in ("email", "name", "lists", "created"):
             table.add_column(col)
