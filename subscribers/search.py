@@ -13,7 +13,7 @@ load: the exact total of the unfiltered pages (`count(*)`: a parallel sequential
 without a list (no index began with the status) and a list+status page in the middle (the walk started at
 the newest membership and filtered down to the keyset bound). So the unfiltered total is counted up to
 COUNT_CAP and, above it, taken from PostgreSQL's own estimate of the table's size (`pg_class.reltuples`,
-kept by ANALYZE and autovacuum: https://www.postgresql.org/docs/current/row-estimation-examples.html) and
+kept by ANALYZE and autovacuum: https://www.postgresql.org/docs/current/catalog-pg-class.html) and
 shown as an estimate; the memberships have (list_id, status, subscriber_id) and (status, subscriber_id)
 indexes (migration 0008_admin_indexes), and the keyset bound is repeated inside the membership
 subquery, so every page reads an index range of about one page's length.
@@ -146,8 +146,11 @@ def search(session: Session, query: Query) -> Page:
             bounded = bounded.where(Membership.subscriber_id < query.before)
         if many:
             # most subscribers match: walk them newest first and probe each one's membership (stops
-            # after a page); IN (members) would first read every one of the many matches
-            page = base.where(bounded.where(Membership.subscriber_id == Subscriber.id).exists())
+            # after a page); IN (members) would first read every one of the many matches. The bound
+            # inside the probe only on PostgreSQL: SQLite (3.40) then probes the (status, subscriber_id)
+            # index by the range instead of the id (912 ms against 0.7 ms at 200,000 subscribers)
+            probe = bounded if session.get_bind().dialect.name == "postgresql" else f.members
+            page = base.where(probe.where(Membership.subscriber_id == Subscriber.id).exists())
             base = base.where(f.members.where(Membership.subscriber_id == Subscriber.id).exists())
         else:
             # few match (or a text search narrows it): read the matching memberships once
