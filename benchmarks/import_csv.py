@@ -130,7 +130,9 @@ def run_child(argv: list[str], *, cwd: Path | None = None, env: dict[str, str] |
               what: str = "import") -> tuple[float, float, str]:
     """One child process timed from outside, start-up included: (seconds, its own peak resident memory in
     MB, its output). wait4(2) gives this child's rusage alone (ru_maxrss: its peak RSS), not the largest
-    of all children so far as RUSAGE_CHILDREN would."""
+    of all children so far as RUSAGE_CHILDREN would. Linux carries the high-water mark over exec from the
+    forked copy of this process, so the figure is at least this benchmark's own size (a few tens of MB,
+    below every import's)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
