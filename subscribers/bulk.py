@@ -58,9 +58,20 @@ def _bind_processor(column_type: TypeEngine[Any], dialect: Dialect) -> Callable[
     return column_type.dialect_impl(dialect).bind_processor(dialect)
 
 
+def _json_processor(column_type: TypeEngine[Any], dialect: Dialect) -> Any:
+    """A JSON column's values as the bulk path sends them. On PostgreSQL that path is COPY in text format,
+    which takes the JSON text itself (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.2):
+    SQLAlchemy's own processor would wrap each value in psycopg's `Json`, whose dumper encodes it again
+    for every row, however often the value repeats; the text is what that dumper writes (json.dumps:
+    digest.store makes its engines without a json_serializer of their own)."""
+    if dialect.name == "postgresql":
+        return json.dumps
+    return _bind_processor(column_type, dialect)
+
+
 def json_converter(conn: Connection, table: Table, column: str) -> Any:
-    """The dialect's conversion of a JSON column's values (memoised), to run ahead of `insert_rows`."""
-    return _JSONMemo(_bind_processor(table.c[column].type, conn.dialect))
+    """The dialect's conversion of a JSON column's values (memoised), to run ahead of `load_rows`."""
+    return _JSONMemo(_json_processor(table.c[column].type, conn.dialect))
 
 
 def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
@@ -104,26 +115,29 @@ def copy_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Iter
     plan and answer (https://www.postgresql.org/docs/current/populate.html#POPULATE-COPY-FROM). The values
     go through the same bind processors as `insert_rows` (UTC datetimes, JSON), then psycopg's dumpers."""
     dialect = conn.dialect
-    processors: list[Callable[[Any], Any] | None] = []
-    for name in columns:
+    processors: list[tuple[int, Callable[[Any], Any]]] = []  # only the columns that need one (few)
+    for i, name in enumerate(columns):
         column_type = table.c[name].type
-        process = _bind_processor(column_type, dialect)
-        if process is None or name in converted:
-            processors.append(None)
-        else:
-            processors.append(_JSONMemo(process) if isinstance(column_type, JSON) else _Memo(process).__getitem__)
+        process = _json_processor(column_type, dialect) if isinstance(column_type, JSON) else \
+            _bind_processor(column_type, dialect)
+        if process is not None and name not in converted:
+            processors.append((i, _JSONMemo(process) if isinstance(column_type, JSON) else _Memo(process).__getitem__))
     preparer = dialect.identifier_preparer
     sql = (f"COPY {preparer.format_table(table)} ({', '.join(preparer.quote(c) for c in columns)}) "
            "FROM STDIN")
     driver = conn.connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(sql) as copy:
-        if any(processors):
+        write = copy.write_row
+        if processors:
             for row in rows:
-                copy.write_row([v if p is None else p(v) for p, v in zip(processors, row, strict=True)])
+                values = list(row)
+                for i, process in processors:
+                    values[i] = process(values[i])
+                write(values)
         else:
             for row in rows:
-                copy.write_row(row)
+                write(row)
 
 
 def load_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]], *,

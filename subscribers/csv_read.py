@@ -71,6 +71,7 @@ class Lines:
         self.text, self.path, self.limit = text, path, limit
         self.lines = 0
         self.record = 0  # characters of the record being read so far
+        self.chars = 0  # characters read in all
 
     def __iter__(self) -> Lines:
         return self
@@ -81,6 +82,7 @@ class Lines:
             raise StopIteration
         self.lines += 1
         self.record += len(line)
+        self.chars += len(line)
         if not line.endswith(("\n", "\r")) and len(line) >= self.limit:
             while line and not line.endswith(("\n", "\r")):  # the rest of the line, a piece at a time
                 line = self._read()
@@ -200,7 +202,7 @@ def read_chunks(text: TextIO, raw: io.BufferedReader, delimiter: str,
     reader = csv.reader(lines, delimiter=delimiter, doublequote=True, skipinitialspace=False, strict=False)
     chunk = Chunk([], [], 0, 0, 0)
     row = 1  # the header was row 1
-    chunk_start = raw.tell()
+    chunk_start = lines.chars
     while True:
         start = lines.lines + 1  # the record's first line
         lines.start_record()
@@ -214,13 +216,15 @@ def read_chunks(text: TextIO, raw: io.BufferedReader, delimiter: str,
         except csv.Error as e:
             fields, refused = [], f"cannot be read as CSV: {e}"
         else:
-            refused = _too_big(fields)
+            # a record shorter than MAX_FIELDS characters has neither too many fields nor too long a one
+            refused = None if lines.record < MAX_FIELDS else _too_big(fields)
         if refused is not None:  # one reject keeping only its reason: the record may be huge
             row += 1
             chunk.rows += 1
             chunk.rejects.append((row, start, refused, None))
         else:
-            fields = [restore(f) for f in fields]
+            if "'" in "".join(fields):  # only a cell starting with a quote can need restoring
+                fields = [restore(f) for f in fields]
             if not (fields and fields[0].strip()) and not any(f.strip() for f in fields):
                 chunk.blank += 1
                 continue
@@ -230,10 +234,10 @@ def read_chunks(text: TextIO, raw: io.BufferedReader, delimiter: str,
                 chunk.good.append(parse(fields, row, start))
             except RowRejected as e:
                 chunk.rejects.append((row, start, str(e), fields))
-        position = raw.tell()
         # mostly bad rows, or long ones: memory stays flat
-        if len(chunk.good) >= chunk_size or len(chunk.rejects) >= 20_000 or position - chunk_start > CHUNK_CHARS:
-            chunk.position = chunk_start = position
+        if len(chunk.good) >= chunk_size or len(chunk.rejects) >= 20_000 or lines.chars - chunk_start > CHUNK_CHARS:
+            chunk_start = lines.chars
+            chunk.position = raw.tell()
             yield chunk
             chunk = Chunk([], [], 0, 0, 0)
     chunk.position = raw.tell()

@@ -295,10 +295,10 @@ class Writer:
         rows = (select(ordered.c.email, ordered.c.email_key, ordered.c.name, ordered.c.attributes, ordered.c.categories,
                        func.coalesce(ordered.c.created_at, stamp), ordered.c.timezone)
                 .where(condition).order_by(ordered.c.email_key))
-        new_ids = list(session.scalars(
+        new_ids = session.scalars(  # .all(): one fetchall, not a fetchone per new reader
             dialect_insert(self.dialect, cast(Table, Subscriber.__table__))
             .from_select(["email", "email_key", "name", "attributes", "categories", "created_at", "timezone"], rows)
-            .on_conflict_do_nothing(index_elements=["email_key"]).returning(Subscriber.id)))
+            .on_conflict_do_nothing(index_elements=["email_key"]).returning(Subscriber.id)).all()
         report.added += len(new_ids)
         is_new: ColumnElement[bool] = false()
         if new_ids:

@@ -134,8 +134,12 @@ def test_a_folder_is_not_a_file(session: Session, tmp_path: Path) -> None:
         import_csv(session, tmp_path)
 
 
+# The child's own peak: VmHWM of its address space. Not getrusage's ru_maxrss, which Linux carries over
+# from the process before exec (exec_mmap keeps the old mm's high-water mark): subprocess starts the child
+# with vfork or fork, so ru_maxrss would include the pytest worker's own size at that moment.
 _PEAK = """
-import resource, sys
+import sys
+from pathlib import Path
 from digest.cli.main import main
 sys.argv = ["digest", *sys.argv[1:]]
 try:
@@ -143,7 +147,8 @@ try:
     code = 0
 except SystemExit as e:
     code = e.code
-print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code, file=sys.stderr)
+hwm = next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+print("PEAK", hwm, code, file=sys.stderr)
 """
 
 
