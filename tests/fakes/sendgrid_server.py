@@ -430,6 +430,10 @@ class SendGridServer:
 
 def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # persistent connections, as SendGrid's API keeps them (RFC 9112 §9.3): every answer has its
+        # Content-Length, and a request whose body is left unread closes its connection
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
 
@@ -524,8 +528,11 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
             fault = server.next_fault()
             length = self.headers.get("Content-Length")
             if length is None:
+                self.close_connection = True  # a body of unknown length: the connection cannot go on
                 return self._answer(411, errors=[("", "Content-Length required")])
             raw = self.rfile.read(int(length)) if int(length) <= MAX_BYTES + 1 else b""
+            if int(length) > MAX_BYTES + 1:
+                self.close_connection = True  # the body is left unread
             if len(raw) < int(length) and int(length) <= MAX_BYTES + 1:
                 return  # the client went away mid-request: nothing was received
             if fault is not None and fault.kind == "drop":
