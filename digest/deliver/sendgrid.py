@@ -180,7 +180,7 @@ def personalization(message: Message) -> dict[str, Any]:
 _TEMPLATES: dict[tuple[str, ...], str] = {}  # a mapping's JSON text with its values left out, per key tuple
 
 
-def _json_strings(mapping: dict[str, str], what: str) -> str:
+def _json_strings(mapping: dict[str, str]) -> str:
     """A mapping of strings as compact JSON text (what json.dumps writes, ASCII): its keys are encoded once
     per set of keys (every reader has the same few), its values by the C encoder; ValueError for a value
     that is not a string (mail/send takes strings only: substitutions, headers, custom_args)."""
@@ -188,14 +188,14 @@ def _json_strings(mapping: dict[str, str], what: str) -> str:
     template = _TEMPLATES.get(keys)
     if template is None:
         if not all(isinstance(k, str) for k in keys):
-            raise ValueError(f"{what}: every key must be a string")
+            raise ValueError("every key must be a string")
         template = "{" + ",".join(encode_basestring_ascii(k).replace("%", "%%") + ":%s" for k in keys) + "}"
         if len(_TEMPLATES) < 64:
             _TEMPLATES[keys] = template
     try:
         return template % tuple(map(encode_basestring_ascii, mapping.values()))
     except TypeError:
-        raise ValueError(f"{what}: every value must be a string") from None
+        raise ValueError("every value must be a string") from None
 
 
 def personalization_json(message: Message) -> str:
@@ -206,7 +206,10 @@ def personalization_json(message: Message) -> str:
     name = display_name(message.to_name)
     to_json = (f'[{{"email":{encode_basestring_ascii(to)},"name":{encode_basestring_ascii(name)}}}]' if name
                else f'[{{"email":{encode_basestring_ascii(to)}}}]')
-    substitutions = _json_strings(message.values, f"{email}: substitutions")
+    try:
+        substitutions = _json_strings(message.values)
+    except ValueError as e:
+        raise ValueError(f"{email}: substitutions: {e}") from None
     # the JSON text is at least as long as the UTF-8 bytes of its keys and values (quotes, colons, and a
     # non-ASCII character written \uXXXX is 6 characters for at most 4 bytes): exact only near the limit
     if len(substitutions) > MAX_SUBSTITUTION_BYTES and _size(message.values) > MAX_SUBSTITUTION_BYTES:
@@ -221,7 +224,7 @@ def personalization_json(message: Message) -> str:
     if "\r" in joined or "\n" in joined:
         check_headers(headers, email)  # raises, naming the header
         raise ValueError(f"{email}: a header must be a one-line string")
-    out = (f'{{"to":{to_json},"substitutions":{substitutions},"headers":{_json_strings(headers, email)},'
+    out = (f'{{"to":{to_json},"substitutions":{substitutions},"headers":{_json_strings(headers)},'
            f'"custom_args":{{"{ARG_ISSUE}":"{message.issue_id:d}","{ARG_SUBSCRIBER}":"{message.subscriber_id:d}",'
            f'"{ARG_LIST}":"{message.list_id:d}"}}')
     if message.scheduled is not None:  # see personalization(): the request's own send_at
