@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -20,7 +21,10 @@ from digest.deliver.sendgrid import (
     SendGridTransport,
     categories_for,
     check_shared,
+    personalization,
+    personalization_json,
 )
+from digest.deliver.wire import Wire
 from digest.errors import DeliveryError
 from digest.issues import send
 from digest.render import Rendered
@@ -33,6 +37,7 @@ from tests.fakes.readers import seed_readers
 from tests.fakes.sendgrid_server import (
     SendGridServer,
     accept_then_drop,
+    answer_then_close,
     delay,
     drop,
     rate_limited,
@@ -413,3 +418,68 @@ def test_outcomes_of_a_batch_stopped_halfway_are_kept(sg: Settings, server: Send
     kept: list[Outcome] = caught.value.outcomes  # type: ignore[attr-defined]
     assert [(o.delivery_id, o.ok) for o in kept] == [(1, True)]
     assert server.recipients() == ["r1@example.com"]
+
+
+def test_a_personalization_written_as_json_text_is_the_one_json_would_write() -> None:
+    """personalization_json (the send's fast path) against json.dumps of the personalization dict, for
+    readers whose data needs escaping: quotes, backslashes, non-ASCII, a '%' and an IDN domain."""
+    edition = Rendered("Issue 1", "", "<p>%%GREETING%%</p>", "%%GREETING%%", [], "default")
+    names = ["Reader 1", 'Ann "the" O\\Hara', "Zoë Ørsted 😀", "", "100% sure", "  spaced  ", "Smith, Ann; Jr"]
+    for i, name in enumerate(names, 1):
+        for scheduled in (None, ("b" * 32, 1_900_000_000)):
+            m = _message(i, edition, to_name=name, to_email=f"r{i}@bücher.example" if i % 2 else f"r{i}@example.com",
+                         values={"%%GREETING%%": f"Hi {name},", "%%GREETING_HTML%%": f"Hi {name} &amp;",
+                                 "%%UNSUBSCRIBE_URL%%": f"https://x.example/u/{i}.a.b"},
+                         headers={"List-Unsubscribe": f"<https://x.example/u/{i}>", "List-Id": "News <n.example>"},
+                         scheduled=scheduled)
+            text = personalization_json(m)
+            assert text.isascii(), "its length is its size in bytes"
+            assert json.loads(text) == personalization(m)
+            assert text == json.dumps(personalization(m), separators=(",", ":"))
+
+
+def test_the_json_text_refuses_what_the_dict_refused_and_a_line_break_in_any_header() -> None:
+    edition = Rendered("Issue 1", "", "<p>%%GREETING%%</p>", "%%GREETING%%", [], "default")
+    for changes, words in [
+        ({"headers": {"List-Unsubscribe": "<https://x>", "List-Id": "a\r\nBcc: victim@example.com"}}, "one-line"),
+        ({"headers": {"List-Unsubscribe": "<https://x>\nBcc: v@example.com"}}, "one-line"),
+        ({"headers": {"Subject": "x"}}, "reserved"),
+        ({"headers": {"X-Count": 5}}, "one-line"),
+        ({"values": {"%%GREETING%%": 5}}, "string"),
+        ({"values": {"%%GREETING%%": "é" * 5_000}}, "over 10000 bytes"),
+        ({"to_email": "zoë@example.com"}, "non-ASCII local part"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            personalization_json(_message(1, edition, **changes))
+    # a name with a line break is one line in `to` (display_name), never a header of its own
+    m = _message(1, edition, to_name="Eve\r\nBcc: x@example.com")
+    assert json.loads(personalization_json(m))["to"] == [{"email": "r1@example.com", "name": "Eve Bcc: x@example.com"}]
+
+
+def test_requests_go_over_one_kept_alive_connection(sg: Settings, server: SendGridServer) -> None:
+    edition = Rendered("Issue 1", "", "<p>%%GREETING%%</p>", "%%GREETING%%", [], "default")
+    transport = SendGridTransport(sg)
+    try:
+        for i in range(1, 6):
+            assert [o.ok for o in transport.send([_message(i, edition)])] == [True]
+    finally:
+        transport.close()
+    assert server.stats()["accepted"] == 5 and server.connections == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_opened_again_before_a_request(server: SendGridServer) -> None:
+    """A keep-alive connection closed by the server between two requests (an idle timeout) is noticed
+    before it is used: the next request goes out whole on a new connection and is answered, with no error
+    (no failed write to retry, no answer lost)."""
+    wire = Wire(server.url, {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, timeout=5)
+    body = json.dumps({"personalizations": [{"to": [{"email": "a@example.com"}]}], "from": {"email": "f@example.com"},
+                       "subject": "s", "content": [{"type": "text/plain", "value": "x"}]})
+    try:
+        server.script(answer_then_close())
+        assert wire.request("POST", "/v3/mail/send", body).status_code == 202
+        time.sleep(0.2)  # idle: the server's FIN has arrived
+        assert wire.request("POST", "/v3/mail/send", body).status_code == 202
+        assert wire.request("POST", "/v3/mail/send", body).status_code == 202
+    finally:
+        wire.close()
+    assert server.requests == 3 and server.connections == 2

@@ -312,34 +312,42 @@ def unknown_count(session: Session, issue_id: int) -> int:
                                                      t.c.worker.is_(None))) or 0
 
 
-def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int) -> tuple[int, int, int]:
+def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
+         editions: dict[int, str] | None = None) -> tuple[int, int, int]:
     """Record what became of a batch of `size` readers (the caller commits). Returns (submitted, failed,
-    unknown)."""
+    unknown). `editions`: which edition each delivery's copy was (`note_editions`), written with the marks."""
     now = utcnow()
     t = DELIVERIES
     ok = [o for o in outcomes if o.ok]
     bad = [o for o in outcomes if not o.ok and not o.unknown]
     unknown = [o for o in outcomes if o.unknown]
     ids = {o.message_id for o in ok}
+    shown = set(editions.values()) if editions else set()
     if ok and len(ids) == 1 and len(ok) == len(outcomes) == size:
-        # the common case (one provider request per batch): one statement for the whole batch
+        # the common case (one provider request per batch, one edition): one statement for the whole batch
+        edition = {"edition": shown.pop()} if len(shown) == 1 and editions is not None and len(editions) == size \
+            else {}
         session.connection().execute(update(t).where(t.c.batch == batch, t.c.status == CLAIMED)
                                      .values(status=SUBMITTED, message_id=ok[0].message_id, updated_at=now,
-                                             worker=None, lease_until=None))
-    else:
-        # by id and batch: a row reaped and claimed again by another worker is no longer this batch's
-        by_id = update(t).where(t.c.id == bindparam("b_id"), t.c.batch == batch, t.c.status == CLAIMED)
-        if ok:
-            session.connection().execute(by_id.values(status=SUBMITTED, message_id=bindparam("m"), updated_at=now),
-                                         [{"b_id": o.delivery_id, "m": o.message_id} for o in ok])
-        if bad:
-            session.connection().execute(by_id.values(status=FAILED, error=bindparam("e"), updated_at=now),
-                                         [{"b_id": o.delivery_id, "e": (o.error or "failed")[:2000]} for o in bad])
-        if unknown:
-            session.connection().execute(
-                by_id.values(error=bindparam("e"), updated_at=now, worker=None, lease_until=None),  # no lease:
-                # of unknown fate now, whoever looks
-                [{"b_id": o.delivery_id, "e": (o.error or "fate unknown")[:2000]} for o in unknown])
+                                             worker=None, lease_until=None, **edition))
+        if editions and not edition:
+            note_editions(session, batch, editions)
+        return len(ok), 0, 0
+    if editions:
+        note_editions(session, batch, editions)
+    # by id and batch: a row reaped and claimed again by another worker is no longer this batch's
+    by_id = update(t).where(t.c.id == bindparam("b_id"), t.c.batch == batch, t.c.status == CLAIMED)
+    if ok:
+        session.connection().execute(by_id.values(status=SUBMITTED, message_id=bindparam("m"), updated_at=now),
+                                     [{"b_id": o.delivery_id, "m": o.message_id} for o in ok])
+    if bad:
+        session.connection().execute(by_id.values(status=FAILED, error=bindparam("e"), updated_at=now),
+                                     [{"b_id": o.delivery_id, "e": (o.error or "failed")[:2000]} for o in bad])
+    if unknown:
+        session.connection().execute(
+            by_id.values(error=bindparam("e"), updated_at=now, worker=None, lease_until=None),  # no lease:
+            # of unknown fate now, whoever looks
+            [{"b_id": o.delivery_id, "e": (o.error or "fate unknown")[:2000]} for o in unknown])
     return len(ok), len(bad), len(unknown)
 
 

@@ -38,7 +38,6 @@ from digest.deliver.ledger import (
     held_elsewhere,
     mark,
     next_moment,
-    note_editions,
     post,
     reap,
     record_batches,
@@ -183,14 +182,14 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             stop = stop or e
         handled = {o.delivery_id for o in outcomes}
         if outcomes:
-            ok, bad, unknown = mark(session, batch, outcomes, len(ids))
+            # what each copy showed (listings, appeal variant), whatever its fate: the reports' reach; written
+            # by the statement that marks the batch when it is one edition (the common case)
+            ok, bad, unknown = mark(session, batch, outcomes, len(ids), {
+                o.delivery_id: shown[o.delivery_id] for o in outcomes if o.delivery_id in shown})
             report.submitted += ok
             report.failed += bad
             report.unknown += unknown
             done += ok + bad
-            # what each copy showed (listings, appeal variant), whatever its fate: the reports' reach
-            note_editions(session, batch, {o.delivery_id: shown[o.delivery_id] for o in outcomes
-                                           if o.delivery_id in shown})
         for i in ids:
             shown.pop(i, None)
         # what the transport did not answer for was not sent: back to the queue, in the same transaction

@@ -60,7 +60,7 @@ EMAIL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(\.[A-Za-z0-
 class Fault:
     """What to do with one incoming request instead of (or before) accepting it."""
 
-    kind: str  # "status" | "drop" | "accept_then_drop" | "delay"
+    kind: str  # "status" | "drop" | "accept_then_drop" | "delay" | "answer_then_close"
     status: int = 0
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -86,6 +86,12 @@ def drop() -> Fault:
 def accept_then_drop() -> Fault:
     """Accept and record the request, then close without answering: the client cannot know."""
     return Fault("accept_then_drop")
+
+
+def answer_then_close() -> Fault:
+    """Accept and answer the request, then close the connection (without `Connection: close`), as a server
+    closes a keep-alive connection it holds idle: the client's next request must not be lost on it."""
+    return Fault("answer_then_close")
 
 
 def delay(seconds: float) -> Fault:
@@ -286,6 +292,7 @@ class SendGridServer:
         self.refused: list[tuple[int, list[tuple[str, str]]]] = []  # (status, errors) answered
         self.requests = 0
         self.in_flight = self.max_in_flight = 0
+        self.connections = 0  # TCP connections accepted (keep-alive: one per client thread)
         self.lock = threading.Lock()
         self.recipient_count = 0
         self.unique: set[str] = set()
@@ -383,6 +390,7 @@ class SendGridServer:
     def stats(self) -> dict[str, int]:
         with self.lock:
             return {"requests": self.requests, "accepted": len(self.received), "refused": len(self.refused),
+                    "connections": self.connections,
                     "recipients": self.recipient_count, "unique": len(self.unique),
                     "max_in_flight": self.max_in_flight, "cpu": time.process_time()}
 
@@ -430,8 +438,17 @@ class SendGridServer:
 
 def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # persistent connections, as SendGrid's API keeps them (RFC 9112 §9.3): every answer has its
+        # Content-Length, and a request whose body is left unread closes its connection
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with server.lock:
+                server.connections += 1
 
         def _answer(self, code: int, body: dict[str, Any] | list[Any] | None = None,
                     headers: dict[str, str] | None = None, errors: list[tuple[str, str]] | None = None) -> None:
@@ -524,8 +541,11 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
             fault = server.next_fault()
             length = self.headers.get("Content-Length")
             if length is None:
+                self.close_connection = True  # a body of unknown length: the connection cannot go on
                 return self._answer(411, errors=[("", "Content-Length required")])
             raw = self.rfile.read(int(length)) if int(length) <= MAX_BYTES + 1 else b""
+            if int(length) > MAX_BYTES + 1:
+                self.close_connection = True  # the body is left unread
             if len(raw) < int(length) and int(length) <= MAX_BYTES + 1:
                 return  # the client went away mid-request: nothing was received
             if fault is not None and fault.kind == "drop":
@@ -565,6 +585,9 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.kind == "accept_then_drop":
                 return self._drop()
             self._answer(202, None, {"X-Message-Id": rec.message_id})
+            if fault is not None and fault.kind == "answer_then_close":
+                self.wfile.flush()
+                self._drop()
 
     return Handler
 
