@@ -10,7 +10,8 @@ Each command runs as a user runs it (the installed `digest` script next to this 
 of every command are interleaved, so a change in the machine's load hits all of them alike; the median is
 printed with its ratio to the `import typer` baseline (goal: 2x or less). `import sqlalchemy.orm` is
 printed as well: the floor of any command that reads the database (and `import sqlalchemy`, the floor of
-one that reads it through SQLAlchemy Core only).
+one that reads it through SQLAlchemy Core only), and pydantic's BaseModel, the floor of one that reads the
+settings (digest.config validates them with pydantic).
 
 Times on a shared 2-core machine drift with the load; `--instructions` counts the instructions each
 command executes instead (valgrind's callgrind, one run each: the count barely moves from run to run, and
@@ -93,6 +94,7 @@ def main() -> None:
             BASELINE: [sys.executable, "-c", "import typer"],
             "import sqlalchemy (floor: Core)": [sys.executable, "-c", "import sqlalchemy"],
             "import sqlalchemy.orm (floor: ORM)": [sys.executable, "-c", "import sqlalchemy.orm"],
+            "pydantic's BaseModel (floor: settings)": [sys.executable, "-c", "from pydantic import BaseModel"],
             "digest --help": [*digest, "--help"],
             "digest status": [*digest, "status"],
             "digest subscribers show": [*digest, "subscribers", "show", EMAIL],
