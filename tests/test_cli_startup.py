@@ -105,6 +105,9 @@ def test_status_on_a_current_schema_skips_alembic_and_the_scheduler(workdir: Pat
     assert "no issues yet" in text or "Issues" in text
     assert "sqlalchemy" in modules  # it did read the database
     assert _heavy(modules, ("alembic", "apscheduler", "fastapi", "uvicorn", "httpx", "sendgrid", "mjml")) == []
+    # the lazy root built `status` alone: no other command's module, nor Typer's help formatter
+    assert _heavy(modules, ("typer.rich_utils", "rich.markdown", "digest.moments", "subscribers.lifecycle",
+                            "digest.issues", "jinja2")) == []
 
 
 def test_a_new_database_is_still_migrated(workdir: Path) -> None:
