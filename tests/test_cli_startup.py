@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -103,6 +105,9 @@ def test_status_on_a_current_schema_skips_alembic_and_the_scheduler(workdir: Pat
     assert "no issues yet" in text or "Issues" in text
     assert "sqlalchemy" in modules  # it did read the database
     assert _heavy(modules, ("alembic", "apscheduler", "fastapi", "uvicorn", "httpx", "sendgrid", "mjml")) == []
+    # the lazy root built `status` alone: no other command's module, nor Typer's help formatter
+    assert _heavy(modules, ("typer.rich_utils", "rich.markdown", "digest.moments", "subscribers.lifecycle",
+                            "digest.issues", "jinja2")) == []
 
 
 def test_a_new_database_is_still_migrated(workdir: Path) -> None:
@@ -114,3 +119,91 @@ def test_a_new_database_is_still_migrated(workdir: Path) -> None:
 
     with engine_for(load_settings(workdir / "digest.toml").database_url).connect() as conn:
         assert _schema_version(conn) == migration_heads() != frozenset()
+
+
+# --- the lazy root (digest.cli.main._Root): the same commands as Typer's eager group, built on demand --------
+
+def _params(command: object) -> list[tuple[str, tuple[str, ...], str]]:
+    return [(p.name or "", tuple(p.opts), getattr(p, "help", None) or "") for p in command.params]  # type: ignore[attr-defined]
+
+
+@pytest.mark.nodb
+def test_the_lazy_root_has_typers_commands_with_the_same_parameters() -> None:
+    """`main()` runs `root()`, the tests' CliRunner runs `app` through Typer: both must be the same program."""
+    import typer.main
+    from typer import _click as click
+
+    from digest.cli.main import app, root
+
+    eager = typer.main.get_command(app)
+    assert isinstance(eager, typer.main.TyperGroup)
+    lazy = root()
+    ctx = click.Context(lazy)
+    assert lazy.list_commands(ctx) == list(eager.commands)  # same names, same order in --help
+    assert lazy.lazy.built == {}  # nothing built before it is asked for
+    for name, expected in eager.commands.items():
+        built = lazy.get_command(ctx, name)
+        assert built is not None and type(built) is type(expected), name
+        assert (built.name, built.help, _params(built)) == (expected.name, expected.help, _params(expected)), name
+        if isinstance(expected, typer.main.TyperGroup):
+            assert isinstance(built, typer.main.TyperGroup)
+            assert {n: _params(c) for n, c in built.commands.items()} == \
+                {n: _params(c) for n, c in expected.commands.items()}, name
+    assert lazy.get_command(ctx, "no-such-command") is None
+
+
+@pytest.mark.nodb
+def test_help_skips_typers_rich_formatter_and_builds_no_command() -> None:
+    """Typer's formatter module brings Markdown (markdown_it), tracebacks and syntax highlighting (pygments):
+    more instructions than `import typer` itself; the root's --help is drawn without it."""
+    text, modules = _imported("--help")
+    assert _heavy(modules, ("typer.rich_utils", "rich.markdown", "markdown_it", "rich.traceback", "rich.syntax",
+                            "pygments", "typer._adapters", "webbrowser")) == []
+    assert "Usage: digest [OPTIONS] COMMAND [ARGS]..." in text and "Build and send a weekly newsletter digest." in text
+    assert "--help" in text and "Show this message and exit." in text
+    # a summary is the first paragraph with its source line breaks joined (the docstring wraps at 110 columns)
+    assert "Write the current draft (or, if there is none, what one would hold) to files and show its status " \
+           "and checks." in " ".join(text.split()).replace("│ ", "").replace(" │", "")
+
+
+@pytest.mark.nodb
+def test_a_misspelt_command_is_still_a_usage_error_with_a_suggestion() -> None:
+    out = subprocess.run([sys.executable, "-m", "digest", "stauts"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "DIGEST_SECRET_KEY": SECRET, "COLUMNS": "200"}, cwd=ROOT)
+    assert out.returncode == 2
+    assert "No such command 'stauts'" in out.stderr and "status" in out.stderr
+
+
+def test_subscribers_show_imports_no_scheduler(workdir: Path) -> None:
+    """`subscribers show` prints its moments in the publication's zone without digest.moments (APScheduler)."""
+    from digest.config import load_settings
+    from digest.store import migrate
+
+    migrate(load_settings(workdir / "digest.toml").database_url)
+    added = subprocess.run([sys.executable, "-m", "digest", "subscribers", "add", "reader@example.com", "--confirmed",
+                            "--source", "test"], cwd=workdir, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "DIGEST_SECRET_KEY": SECRET})
+    assert added.returncode == 0, added.stderr
+    text, modules = _imported("subscribers", "show", "reader@example.com", cwd=workdir)
+    assert "reader@example.com" in text and "confirmed" in text
+    assert "sqlalchemy" in modules  # it did read the database
+    assert _heavy(modules, ("alembic", "apscheduler", "digest.moments", "fastapi", "uvicorn", "httpx", "sendgrid",
+                            "mjml", "jinja2", "typer.rich_utils")) == []
+
+
+@pytest.mark.nodb
+def test_the_cli_stamp_is_digest_moments_stamp() -> None:
+    """digest.cli.common.stamp repeats digest.moments.stamp's rule (to spare the scheduler's import): the same
+    text for every moment, across a daylight-saving change and in a zone west of UTC."""
+    from datetime import UTC, datetime, timedelta
+
+    from digest.cli.common import stamp
+    from digest.moments import stamp as moments_stamp
+
+    for zone in ("Australia/Sydney", "America/New_York", "UTC"):
+        settings = SimpleNamespace(publication=SimpleNamespace(tz=ZoneInfo(zone)))
+        assert stamp(settings, None) == moments_stamp(settings, None) == ""  # type: ignore[arg-type]
+        for hours in range(0, 24 * 200, 37):
+            moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=hours)
+            for fmt in ("%Y-%m-%d %H:%M", "%Y-%m-%d"):
+                assert stamp(settings, moment, fmt) == moments_stamp(settings, moment, fmt)  # type: ignore[arg-type]

@@ -54,7 +54,10 @@ def progress_bar(label: str) -> Progress:
 
 
 def stamp(settings: Settings, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    """digest.moments.stamp, imported when a command first prints a moment (digest.moments brings APScheduler)."""
-    from digest.moments import stamp as in_publication_zone
-
-    return in_publication_zone(settings, moment, fmt)
+    """A stored (UTC) moment in the publication's zone, the zone named: digest.moments.stamp's rule, written
+    here because digest.moments brings APScheduler, a sixth of `digest subscribers show`'s start-up (issue
+    16). tests/test_cli_startup.py holds the two to the same output."""
+    if moment is None:
+        return ""
+    local = moment.astimezone(settings.publication.tz)
+    return f"{local.strftime(fmt)} {local.tzname()}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import webbrowser
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -212,6 +211,8 @@ def preview(config: ConfigOpt = None,
         console.print("there is no draft yet: this is what one would hold (not kept; `digest draft` builds it)")
     _print_checks(summary.checks)
     if open_:
+        import webbrowser  # on demand: `digest --help` need not load it
+
         webbrowser.open(out.resolve().as_uri())
 
 

@@ -6,7 +6,6 @@ import sys
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Annotated
-from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -92,6 +91,8 @@ def reader_zones_now(settings: Settings) -> dict[str, int]:
 
 def show(settings: Settings, out: Console = console, now: datetime | None = None) -> None:
     """`digest schedule --show`: the next moments, local and UTC, and what the store and lock hold."""
+    from zoneinfo import ZoneInfo
+
     from digest import issues
     from digest.locks import scheduler_lock_state
     from digest.moments import describe, next_moments, zone_moments
