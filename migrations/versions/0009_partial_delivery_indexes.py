@@ -1,7 +1,7 @@
 """the ledger's batch, provider_batch and worker indexes only where set (partial indexes; issue 16)
 
-Revision ID: 0008_partial_delivery_indexes
-Revises: 0007_workers
+Revision ID: 0009_partial_delivery_indexes
+Revises: 0008_admin_indexes
 Create Date: 2026-12-02 17:10:00
 
 Those columns are NULL on every delivery but the ones in flight or scheduled, and every lookup is by a
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008_partial_delivery_indexes"
-down_revision: str | None = "0007_workers"
+revision: str = "0009_partial_delivery_indexes"
+down_revision: str | None = "0008_admin_indexes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
