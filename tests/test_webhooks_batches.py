@@ -308,3 +308,19 @@ def test_a_one_click_unsubscribe_is_answered_and_stored_while_a_big_batch_is_hel
     assert answers["batch"].status_code == 200, answers["batch"].text[:300]
     assert stored(sent) == BIG - len(SKIPPED_OVER_HTTP) - len(DUPLICATES)
     assert statuses(sent)[20] == MembershipStatus.UNSUBSCRIBED
+
+
+def test_a_server_process_freezes_what_its_start_up_built() -> None:
+    """`digest serve` calls settle_heap once the app is built: the start-up's objects leave the collector's
+    sight, so the full collections a big batch triggers walk only what came after (they stalled readers'
+    requests 100-270 ms each when they walked everything; benchmarks/webhook_batch.py)."""
+    import gc
+
+    from digest.web.app import settle_heap
+
+    before = gc.get_freeze_count()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
