@@ -106,6 +106,10 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
         Index("ix_deliveries_issue_status", "issue_id", "status"),
+        # each batch's rows are updated four times; free room in their pages lets PostgreSQL write the
+        # stamps that change no indexed column as heap-only tuples, without touching the seven indexes
+        # (migration 0008_deliveries_fillfactor, which measured it)
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
