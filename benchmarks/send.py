@@ -29,6 +29,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -114,7 +115,8 @@ def child(config: str) -> None:
 
 def baseline(config: str, url: str, concurrency: int) -> None:
     """A minimal correct sender, in its own process as `digest send` is: reads the issue and the active
-    readers of the list from the same SQLite file, signs one HMAC-SHA256 token per reader (its unsubscribe
+    readers of the list from the same database (the SQLite file, or with psycopg the PostgreSQL database
+    $DIGEST_DATABASE_URL names, as --postgresql runs set it), signs one HMAC-SHA256 token per reader (its unsubscribe
     and preferences links), builds mail/send bodies of up to 1,000 personalizations (to, substitutions,
     the RFC 8058 one-click List-Unsubscribe headers, custom_args), the shared part encoded once, and POSTs
     them over `concurrency` keep-alive connections to the same contract server. No ledger: it is the floor
@@ -132,10 +134,17 @@ def baseline(config: str, url: str, concurrency: int) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = tomllib.loads(Path(config).read_text(encoding="utf-8"))
     pub = cfg["publication"]
-    db = sqlite3.connect(str(Path(config).parent / "digest.db"))
+    pg_url = os.environ.get("DIGEST_DATABASE_URL", "")
+    if pg_url.startswith("postgresql"):
+        import psycopg
+
+        db: Any = psycopg.connect(pg_url.replace("+psycopg", "", 1))
+        mark = "%s"
+    else:
+        db, mark = sqlite3.connect(str(Path(config).parent / "digest.db")), "?"
     issue_id, number, subject, html, text = db.execute(
         "SELECT id, number, subject, html, text FROM issues ORDER BY number DESC LIMIT 1").fetchone()
-    list_id = db.execute("SELECT id FROM lists WHERE slug = ?", (cfg["delivery"]["list"],)).fetchone()[0]
+    list_id = db.execute(f"SELECT id FROM lists WHERE slug = {mark}", (cfg["delivery"]["list"],)).fetchone()[0]
     key = hashlib.sha256(os.environ["DIGEST_SECRET_KEY"].encode()).digest()
     keyed = hmac.new(key, digestmod=hashlib.sha256)
     shared = json.dumps({"from": {"email": pub["from_email"], "name": pub["from_name"]},
@@ -165,7 +174,7 @@ def baseline(config: str, url: str, concurrency: int) -> None:
     for t in threads:
         t.start()
     rows = db.execute("SELECT s.id, s.email, s.name FROM subscribers s JOIN memberships m ON m.subscriber_id = s.id "
-                      "WHERE m.list_id = ? AND m.status = 'active' ORDER BY s.id", (list_id,))
+                      f"WHERE m.list_id = {mark} AND m.status = 'active' ORDER BY s.id", (list_id,))
     sent = 0
     while batch := rows.fetchmany(1000):
         people = []
@@ -241,6 +250,20 @@ def send_workers(n: int, concurrency: int, workers: int, admin_url: str) -> dict
             "requests": stats["accepted"], "max_in_flight": stats["max_in_flight"], "server_cpu": stats["cpu"]}
 
 
+def send_baseline(n: int, concurrency: int, admin_url: str) -> dict[str, float]:
+    """The baseline sender (see `baseline`) on a fresh PostgreSQL database seeded as for the workers."""
+    from tests import pgserver
+
+    name = pgserver.new_name()
+    os.environ["DIGEST_DATABASE_URL"] = pgserver.create(admin_url, name)
+    try:
+        with seeded(n, concurrency) as config:
+            return measure(config, "baseline")
+    finally:
+        os.environ.pop("DIGEST_DATABASE_URL", None)
+        pgserver.drop(admin_url, name)
+
+
 def run_workers(args: argparse.Namespace) -> None:
     from tests import pgserver
 
@@ -250,14 +273,21 @@ def run_workers(args: argparse.Namespace) -> None:
         print(f"{'readers':>8} {'workers':>7} {'send s':>7} {'readers/s':>10} {'seed s':>7} {'requests':>8} "
               f"{'in flight':>9} {'server cpu s':>12}  load (1/5/15 min)")
         for n in args.readers or [100_000]:
+            b = send_baseline(n, args.concurrency, admin)
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            print(f"{n:>8} {'base':>7} {b['process']:>7.2f} {n / b['process']:>10,.0f} {'':>7} "
+                  f"{b['server_accepted']:>8} {b['server_max_in_flight']:>9} {b['server_cpu']:>12.2f}  {load}"
+                  f"  (baseline sender: {b['wall']:.2f} s without start-up)", flush=True)
             for w in args.workers:
                 r = send_workers(n, args.concurrency, w, admin)
                 load = " ".join(f"{x:.2f}" for x in os.getloadavg())
                 print(f"{r['n']:>8} {r['workers']:>7} {r['wall']:>7.2f} {r['rate']:>10,.0f} {r['seed']:>7.1f} "
-                      f"{r['requests']:>8} {r['max_in_flight']:>9} {r['server_cpu']:>12.2f}  {load}", flush=True)
+                      f"{r['requests']:>8} {r['max_in_flight']:>9} {r['server_cpu']:>12.2f}  {load}"
+                      f"  (ratio to the baseline {r['wall'] / b['process']:.2f}x)", flush=True)
         print("send s: wall time of `digest send --workers N` (Python start-up, the issue's start, snapshot, "
               "claims, requests, marks, the other workers' start-up); every reader checked exactly once at the "
-              "server.")
+              "server. base: the minimal sender written in this file (`baseline`), reading the same PostgreSQL "
+              "database with psycopg, start-up included; the ratio is send s over it.")
     finally:
         if server is not None:
             server.stop()

@@ -235,3 +235,96 @@ def test_a_one_click_unsubscribe_is_not_blocked_by_a_big_batch(client: TestClien
     assert answered < done["batch"], (f"the unsubscribe took {answered - asked:.2f} s and answered only after "
                                       "the batch was applied")
     assert stored(sent) == BIG - len(SKIPPED_OVER_HTTP) - len(DUPLICATES)
+
+
+def _after_first_chunk(original: Any, reached: threading.Event, hold: threading.Event) -> Any:
+    """_commit_chunk that stops once its first chunk is committed, until `hold` is set."""
+    calls = []
+
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            reached.set()
+            hold.wait(60)
+    return wrapper
+
+
+def _before(original: Any, reached: threading.Event, hold: threading.Event) -> Any:
+    """The step that stops before it starts, until `hold` is set."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        hold.wait(60)
+        return original(*args, **kwargs)
+    return wrapper
+
+
+#: where the batch is held while the reader unsubscribes: the ECDSA check and the parse of the body (CPU
+#: work that must not run on the event loop, or every other request of the worker waits for it), and between
+#: two chunks (no transaction may be left open there, or the reader's UPDATE waits for the whole batch)
+HOLDS = {"signature check": ("digest.web.webhooks", "check_signature", _before),
+         "JSON parse": ("digest.web.webhooks", "read_events", _before),
+         "between chunks": ("digest.deliver.events", "_commit_chunk", _after_first_chunk)}
+
+
+@pytest.mark.slow  # a 20,000-event batch, held mid-way
+@pytest.mark.parametrize("where", list(HOLDS))
+def test_a_one_click_unsubscribe_is_answered_and_stored_while_a_big_batch_is_held_mid_way(
+        client: TestClient, signer: Signer, sent: Settings, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Not a timing assertion: the batch is stopped at `where` until the reader's unsubscribe is answered and
+    stored, so this fails if the unsubscribe needs the batch (or the event loop the batch runs on) to finish."""
+    import importlib
+
+    module_name, name, hook = HOLDS[where]
+    module = importlib.import_module(module_name)
+    reached, hold = threading.Event(), threading.Event()
+    monkeypatch.setattr(module, name, hook(getattr(module, name), reached, hold))
+    with session_factory(sent.database_url)() as s:
+        list_id = s.scalar(select(Membership.list_id).where(Membership.subscriber_id == 20))
+    path = urlsplit(ReaderLinks(sent).unsubscribe_url(20, list_id)).path
+    answers: dict[str, Any] = {}
+    batch = threading.Thread(target=lambda: answers.update(batch=post(client, signer, big_batch())))
+    reader = threading.Thread(target=lambda: answers.update(
+        reader=client.post(path, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)))
+    batch.start()
+    try:
+        assert reached.wait(120), f"the batch never reached the {where}"
+        reader.start()
+        reader.join(timeout=30)
+        answered_while_held = not reader.is_alive()
+        status_while_held = statuses(sent)[20]
+        batch_running = batch.is_alive()
+        events_while_held = stored(sent)
+    finally:
+        hold.set()
+        batch.join(timeout=300)
+        reader.join(timeout=60)
+    assert answered_while_held, f"the unsubscribe did not answer while the batch was held at the {where}"
+    assert batch_running, "the batch finished before it was released"
+    assert answers["reader"].status_code == 200 and "You are unsubscribed" in answers["reader"].text
+    assert status_while_held == MembershipStatus.UNSUBSCRIBED
+    assert events_while_held == (CHUNK if where == "between chunks" else 0)
+    # and the batch, released, is stored whole
+    assert answers["batch"].status_code == 200, answers["batch"].text[:300]
+    assert stored(sent) == BIG - len(SKIPPED_OVER_HTTP) - len(DUPLICATES)
+    assert statuses(sent)[20] == MembershipStatus.UNSUBSCRIBED
+
+
+def test_a_server_process_freezes_what_its_start_up_built_and_switches_threads_sooner() -> None:
+    """`digest serve` calls prepare_to_serve once the app is built: the start-up's objects leave the
+    collector's sight (the full collections a big batch triggers walk only what came after: they stalled
+    readers' requests 100-270 ms each when they walked everything), and a thread waiting for the GIL gets
+    it within 1 ms (benchmarks/webhook_batch.py)."""
+    import gc
+    import sys
+
+    from digest.web.app import SWITCH_INTERVAL, prepare_to_serve
+
+    before, interval = gc.get_freeze_count(), sys.getswitchinterval()
+    try:
+        prepare_to_serve()
+        assert gc.get_freeze_count() > before
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL) and interval > SWITCH_INTERVAL
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(interval)

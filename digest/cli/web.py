@@ -103,7 +103,7 @@ def serve(config: ConfigOpt = None,
 
     import uvicorn
 
-    from digest.web.app import ENV_APP_CONFIG, RedactTokens, create_app
+    from digest.web.app import ENV_APP_CONFIG, RedactTokens, create_app, prepare_to_serve
 
     settings = settings_for(config, create_secret=True)
     sock = bind(host, port)
@@ -124,5 +124,6 @@ def serve(config: ConfigOpt = None,
         return
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="info",
                                            proxy_headers=bool(forwarded), forwarded_allow_ips=forwarded or None))
+    prepare_to_serve()
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())  # after uvicorn set up its logging
     server.run(sockets=[sock])
