@@ -227,3 +227,31 @@ def test_a_batch_stopped_halfway_records_what_went_and_requeues_the_rest(
     with factory() as s:
         rows = dict(s.execute(select(Delivery.email, Delivery.status)).all())
     assert rows == {e: ("submitted" if e in got else "queued") for e in emails}
+
+
+def test_a_claim_starts_past_the_last_one_and_rows_queued_again_below_it_are_claimed_after(workdir: Path) -> None:
+    """`after` (issue 16: on PostgreSQL each claim walked every row already sent): the next batch comes from
+    past the last claim; readers released below it are not lost, the claim that finds nothing past it starts
+    over and gets them."""
+    from digest.deliver.ledger import claim, release, snapshot
+
+    settings = configure(workdir, batch=10, concurrency=1)
+    seed_readers(settings, 25)
+    issue_id = sending_issue(settings)
+    with session_factory(settings.database_url)() as s:
+        assert snapshot(s, s.get_one(IssueRow, issue_id), 1) == 25
+        s.commit()
+        first = claim(s, issue_id, 1, 10)
+        assert first is not None
+        mine = [r.delivery_id for r in first.readers]
+        assert first.last == max(mine)
+        release(s, mine[:4], first.batch)  # not answered for: back to the queue, below the next claim
+        s.commit()
+        second = claim(s, issue_id, 1, 10, after=first.last)
+        assert second is not None and min(r.delivery_id for r in second.readers) > first.last
+        third = claim(s, issue_id, 1, 10, after=second.last)
+        assert third is not None and len(third.readers) == 5
+        assert claim(s, issue_id, 1, 10, after=third.last) is None
+        again = claim(s, issue_id, 1, 10)
+        assert again is not None and [r.delivery_id for r in again.readers] == mine[:4]
+        assert claim(s, issue_id, 1, 10) is None

@@ -159,6 +159,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         return prepare(msgs) if prepare is not None else msgs
 
     stop: DeliveryError | None = None
+    after = 0  # the last delivery id claimed (ledger.claim)
     pending: dict[Future[list[Outcome]], tuple[str, list[int]]] = {}  # out to the provider
     last_beat = utcnow()
     beat_every = lease / 3
@@ -219,12 +220,17 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     # the readers whose moment has come (the scheduler comes back at the next zone's moment)
                     claimed = claim(session, issue_id, list_id, transport.batch_size, scheduled=plan,
                                     moment=moment if plan is not None else None,
-                                    due_by=now() if local and plan is None else None, worker=me, lease=lease)
+                                    due_by=now() if local and plan is None else None, worker=me, lease=lease,
+                                    after=after)
+                    if claimed is None and after:  # nothing past the last claim: once more from the start
+                        after = 0
+                        continue
                     if claimed is None:
                         if pending or not _wait_for_others(session, issue_id, me, lease, take_over, beat):
                             break
                         continue
                     done += claimed.skipped
+                    after = claimed.last
                     if not claimed.readers:
                         continue
                     ids = [r.delivery_id for r in claimed.readers]
