@@ -221,7 +221,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     claimed = claim(session, issue_id, list_id, transport.batch_size, scheduled=plan,
                                     moment=moment if plan is not None else None,
                                     due_by=now() if local and plan is None else None, worker=me, lease=lease,
-                                    after=after)
+                                    after=0 if local else after)  # a zone's readers are spread over the ids
                     if claimed is None and after:  # nothing past the last claim: once more from the start
                         after = 0
                         continue
