@@ -366,6 +366,10 @@ class Subscribers(_Table):
                     "after the send: CAN-SPAM asks 30 days).")
     resend_confirm_minutes: Count = Field(
         default=60, description="A second sign-up within this time sends no second confirmation email.")
+    counts_refresh_minutes: int = Field(
+        default=5, ge=1,
+        description="The admin's list counts are recounted this often by `digest schedule` (and after an import); "
+                    "above 10,000 memberships the pages show the last count and its age.")
 
 
 class Web(_Table):

@@ -34,7 +34,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from digest.errors import DigestError
-from subscribers import lifecycle, staging
+from subscribers import counts, lifecycle, staging
 from subscribers.bulk import json_converter
 from subscribers.csv_read import Chunk, open_file, read_chunks, read_header
 from subscribers.csv_rows import RowParser
@@ -91,9 +91,12 @@ def import_csv(session: Session, path: Path, *, list_slug: str = lifecycle.DEFAU
         text.close()
         raise DigestError(f"importing needs SQLite or PostgreSQL (ON CONFLICT DO NOTHING), not {engine.dialect.name}")
     with _fewer_collections(), engine.connect() as conn, Session(bind=conn, expire_on_commit=False) as own:
-        return _import(own, path, raw, text, list_slug=list_slug, preconfirmed=preconfirmed, source=source,
-                       dry_run=dry_run, create_lists=create_lists, categories=categories, batch_size=batch_size,
-                       progress=progress)
+        report = _import(own, path, raw, text, list_slug=list_slug, preconfirmed=preconfirmed, source=source,
+                         dry_run=dry_run, create_lists=create_lists, categories=categories, batch_size=batch_size,
+                         progress=progress)
+    if not dry_run:
+        counts.refresh(session)  # the admin's list counts show the import now, not at the next refresh
+    return report
 
 
 def _import(session: Session, path: Path, raw: io.BufferedReader, text: io.TextIOWrapper, *, list_slug: str,

@@ -23,6 +23,7 @@ from digest.moments import describe, local_and_utc, local_delivery, next_moments
 from digest.notices import Notice, notify_editors
 from digest.store import session_scope, utcnow
 from digest.wording import plural
+from subscribers import counts
 from subscribers.queries import active_zones
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 #: the two jobs' ids in APScheduler's job store
 DRAFT_JOB = "digest-draft"
 SEND_JOB = "digest-send"
+#: the list counts' periodic refresh (kept in memory, not in the job store: a missed run matters to nobody)
+COUNTS_JOB = "digest-counts"
 
 
 @dataclass
@@ -252,3 +255,12 @@ def report_missed(settings: Settings, *, job_id: str, scheduled_at: datetime, no
     problems = notify_editors(settings, notice, transport=transport)
     log.warning("%s", note)
     return JobResult("missed", row.number if row is not None else None, note, problems)
+
+
+def refresh_counts(settings: Settings) -> JobResult:
+    """Recount the members of every list (subscribers.counts), for the admin's pages."""
+    with session_scope(settings.database_url) as session:
+        found = counts.refresh(session)
+    total = sum(c.total for c in found.lists)
+    return JobResult("counted", None, f"list counts refreshed: {plural(len(found.lists), 'list')}, "
+                     f"{plural(total, 'membership')}")

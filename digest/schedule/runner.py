@@ -9,7 +9,8 @@ heartbeat; a second `serve` on another host is a standby: it polls the lock and 
 holder has been silent `lock_expiry_seconds`, so one scheduler is active at a time (a second one on the
 same host is refused, unless asked to stand by). The job store keeps `draft_job` / `send_job` by reference
 ("digest.schedule.runner:send_job") and the triggers pickled (`digest.moments`): renaming either orphans
-the stored jobs.
+the stored jobs. A third job, in memory, recounts the members of every list every
+`counts_refresh_minutes` for the admin's pages (`subscribers.counts`), on a thread of its own.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select, update
 
 from digest import stopping
@@ -48,7 +51,16 @@ from digest.moments import (
     send_moment_of,
 )
 from digest.notices import Notice, notify_editors
-from digest.schedule.jobs import DRAFT_JOB, SEND_JOB, report_missed, run_draft, run_send, schedule_zones
+from digest.schedule.jobs import (
+    COUNTS_JOB,
+    DRAFT_JOB,
+    SEND_JOB,
+    refresh_counts,
+    report_missed,
+    run_draft,
+    run_send,
+    schedule_zones,
+)
 from digest.store import apscheduler_jobs, engine_for, utcnow
 
 log = logging.getLogger(__name__)
@@ -102,7 +114,17 @@ def send_job(config: str) -> None:
     log.info("send job: %s", run_send(settings, send_at=send_at, now=now))
 
 
+def counts_job(config: str) -> None:
+    """APScheduler entry point: recount the members of every list for the admin's pages."""
+    settings = load_settings(config)
+    if not _ours():
+        return
+    log.info("counts job: %s", refresh_counts(settings))
+
+
 def _on_missed(settings: Settings, event: JobExecutionEvent) -> None:
+    if event.job_id not in (DRAFT_JOB, SEND_JOB):
+        return
     try:
         report_missed(settings, job_id=event.job_id, scheduled_at=event.scheduled_run_time.astimezone(UTC))
     except Exception:
@@ -110,6 +132,8 @@ def _on_missed(settings: Settings, event: JobExecutionEvent) -> None:
 
 
 def _on_error(settings: Settings, event: JobExecutionEvent) -> None:
+    if event.job_id not in (DRAFT_JOB, SEND_JOB):  # the counts: APScheduler logs it; the next run tries again
+        return
     what = "send" if event.job_id == SEND_JOB else "draft"
     local, utc = local_and_utc(settings, event.scheduled_run_time)
     notice = Notice("failed", f"The scheduled {what} of {local} failed",
@@ -154,8 +178,10 @@ def build_scheduler(settings: Settings) -> BackgroundScheduler:
     if adopt_stored_jobs(settings):
         log.info("stored jobs moved to digest.schedule.runner")
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine_for(settings.database_url), tablename=JOBS_TABLE)},
-        executors={"default": ThreadPoolExecutor(max_workers=1)},
+        jobstores={"default": SQLAlchemyJobStore(engine=engine_for(settings.database_url), tablename=JOBS_TABLE),
+                   "memory": MemoryJobStore()},
+        # the counts' refresh has a thread of its own: a send may run for hours on the default one
+        executors={"default": ThreadPoolExecutor(max_workers=1), "counts": ThreadPoolExecutor(max_workers=1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": send_grace(settings)},
         timezone=settings.publication.tz,
     )
@@ -190,6 +216,18 @@ def ensure_jobs(scheduler: BackgroundScheduler, settings: Settings, config: str,
         scheduler.add_job(func, trigger, id=job_id, name=f"digest {name}", args=[config], replace_existing=True,
                           misfire_grace_time=grace, coalesce=True, max_instances=1)
     return lines
+
+
+def add_counts_job(scheduler: BackgroundScheduler, settings: Settings, config: str) -> str:
+    """The list counts' refresh (subscribers.counts): now, then every `counts_refresh_minutes`. In memory,
+    not the job store: a run missed while the scheduler was down needs no catching up, the next one counts
+    everything anyway. Returns what was done."""
+    minutes = settings.subscribers.counts_refresh_minutes
+    scheduler.add_job(counts_job, IntervalTrigger(minutes=minutes, timezone=UTC), id=COUNTS_JOB,
+                      name="digest list counts", args=[config], jobstore="memory", executor="counts",
+                      replace_existing=True, next_run_time=utcnow(), coalesce=True, max_instances=1,
+                      misfire_grace_time=None)
+    return f"list counts: recounted now and every {minutes} min"
 
 
 def _follow_zones(scheduler: BackgroundScheduler, settings: Settings, zones: tuple[str, ...],
@@ -256,6 +294,7 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
         scheduler.start(paused=True)
         for line in ensure_jobs(scheduler, settings, str(settings.path)):
             say(line)
+        say(add_counts_job(scheduler, settings, str(settings.path)))
         jobs = {job.id: job.next_run_time for job in scheduler.get_jobs()}
         scheduler.resume()
         say(f"scheduler running on {safe_url(settings.database_url)} as {lock.owner} "
