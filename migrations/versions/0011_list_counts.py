@@ -1,7 +1,7 @@
 """list counts kept in a table, refreshed every few minutes (the admin's list counts at a million members)
 
-Revision ID: 0009_list_counts
-Revises: 0008_admin_indexes
+Revision ID: 0011_list_counts
+Revises: 0010_deliveries_fillfactor
 Create Date: 2026-12-02 18:05:00
 
 An exact GROUP BY over 1,250,000 memberships took 270 ms on PostgreSQL (benchmarks/admin_search.py), on
@@ -17,8 +17,8 @@ from alembic import op
 
 import digest.store
 
-revision: str = "0009_list_counts"
-down_revision: str | None = "0008_admin_indexes"
+revision: str = "0011_list_counts"
+down_revision: str | None = "0010_deliveries_fillfactor"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
