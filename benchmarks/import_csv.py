@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import random
 import resource
@@ -22,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 SYLLABLES = ["an", "bo", "ca", "de", "el", "fi", "go", "ha", "is", "jo", "ka", "li", "mo", "na", "ol", "pe",
@@ -57,17 +59,46 @@ def generate(path: Path, rows: int, seed: int = 7) -> int:
     return bad
 
 
+@dataclass
+class Tally:
+    rows: int = 0
+    bad: int = 0
+
+
+def valid_people(csv_path: str, tally: Tally) -> Iterator[tuple[str, str, str, str]]:
+    """The baselines' reading of the file: each row's address validated (email-validator, as digest does),
+    the file's own duplicates dropped; yields (address, key, name, attributes as JSON)."""
+    from email_validator import EmailNotValidError, validate_email
+
+    seen: set[str] = set()
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        email_at, name_at = header.index("email"), header.index("name")
+        extra = [(i, h) for i, h in enumerate(header) if i not in (email_at, name_at)]
+        for record in reader:
+            tally.rows += 1
+            try:
+                address = validate_email(record[email_at], check_deliverability=False).normalized
+            except EmailNotValidError:
+                tally.bad += 1
+                continue
+            key = address.lower()
+            if key in seen:
+                tally.bad += 1
+                continue
+            seen.add(key)
+            yield address, key, record[name_at], json.dumps({h: record[i] for i, h in extra if record[i]})
+
+
 def baseline(db: str, csv_path: str, list_slug: str, batch: int) -> None:
     """The least an importer must do, with the standard library and email-validator alone, in its own
     process: parse the CSV, validate each address (email-validator, as digest does), drop the file's own
     duplicates, and insert subscribers and their memberships into the same tables, with the same unique
     indexes, `batch` rows per transaction. No staging, no consent events, no rejects file, no re-run
     logic: the floor of the work, not an importer to use. Prints its seconds and peak memory as JSON."""
-    import json
     import sqlite3
     from datetime import UTC, datetime
-
-    from email_validator import EmailNotValidError, validate_email
 
     start = time.perf_counter()
     conn = sqlite3.connect(db, isolation_level=None)
@@ -76,10 +107,8 @@ def baseline(db: str, csv_path: str, list_slug: str, batch: int) -> None:
     list_id = conn.execute("SELECT id FROM lists WHERE slug = ?", (list_slug,)).fetchone()[0]
     now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
     next_id = (conn.execute("SELECT max(id) FROM subscribers").fetchone()[0] or 0) + 1
-    seen: set[str] = set()
     people: list[tuple[object, ...]] = []
     members: list[tuple[object, ...]] = []
-    rows = bad = 0
 
     def flush() -> None:
         conn.execute("BEGIN")
@@ -91,32 +120,17 @@ def baseline(db: str, csv_path: str, list_slug: str, batch: int) -> None:
         people.clear()
         members.clear()
 
-    with open(csv_path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        email_at, name_at = header.index("email"), header.index("name")
-        extra = [(i, h) for i, h in enumerate(header) if i not in (email_at, name_at)]
-        for record in reader:
-            rows += 1
-            try:
-                address = validate_email(record[email_at], check_deliverability=False).normalized
-            except EmailNotValidError:
-                bad += 1
-                continue
-            key = address.lower()
-            if key in seen:
-                bad += 1
-                continue
-            seen.add(key)
-            attributes = json.dumps({h: record[i] for i, h in extra if record[i]})
-            people.append((next_id, address, key, record[name_at], attributes, "[]", now))
-            members.append((next_id, list_id, now, now))
-            next_id += 1
-            if len(people) >= batch:
-                flush()
+    tally = Tally()
+    for address, key, name, attributes in valid_people(csv_path, tally):
+        people.append((next_id, address, key, name, attributes, "[]", now))
+        members.append((next_id, list_id, now, now))
+        next_id += 1
+        if len(people) >= batch:
+            flush()
     if people:
         flush()
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_kb": _peak_kb(), "rows": rows, "bad": bad}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_kb": _peak_kb(), "rows": tally.rows,
+                      "bad": tally.bad}))
 
 
 def _peak_kb() -> int:

@@ -38,7 +38,7 @@ os.environ.setdefault("DIGEST_SECRET_KEY", "benchmark-secret-key-0123456789")
 import psycopg  # noqa: E402
 
 from benchmarks import pg  # noqa: E402
-from benchmarks.import_csv import generate, load, run_child  # noqa: E402
+from benchmarks.import_csv import Tally, generate, load, run_child, valid_people  # noqa: E402
 from tests import pgserver  # noqa: E402
 
 
@@ -46,10 +46,7 @@ def baseline(dsn: str, csv_path: str, list_slug: str, batch: int) -> None:
     """The minimal importer (see the module doc), in its own process; prints its seconds and peak memory
     as JSON. Ids are taken from the table's own sequence, a batch at a time (nextval over a series), so
     the memberships can name them without a round trip per row."""
-    import csv
     from datetime import UTC, datetime
-
-    from email_validator import EmailNotValidError, validate_email
 
     start = time.perf_counter()
     conn = psycopg.connect(dsn)
@@ -59,9 +56,7 @@ def baseline(dsn: str, csv_path: str, list_slug: str, batch: int) -> None:
     list_id = row[0]
     conn.commit()
     now = datetime.now(UTC).replace(tzinfo=None)
-    seen: set[str] = set()
     people: list[tuple[object, ...]] = []
-    rows = bad = 0
 
     def flush() -> None:
         with conn.transaction():
@@ -77,33 +72,18 @@ def baseline(dsn: str, csv_path: str, list_slug: str, batch: int) -> None:
                     copy.write_row((sid, list_id, "pending", now, now))
         people.clear()
 
-    with open(csv_path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        email_at, name_at = header.index("email"), header.index("name")
-        extra = [(i, h) for i, h in enumerate(header) if i not in (email_at, name_at)]
-        for record in reader:
-            rows += 1
-            try:
-                address = validate_email(record[email_at], check_deliverability=False).normalized
-            except EmailNotValidError:
-                bad += 1
-                continue
-            key = address.lower()
-            if key in seen:
-                bad += 1
-                continue
-            seen.add(key)
-            attributes = json.dumps({h: record[i] for i, h in extra if record[i]})
-            people.append((address, key, record[name_at], attributes, "[]", now))
-            if len(people) >= batch:
-                flush()
+    tally = Tally()
+    for person in valid_people(csv_path, tally):
+        people.append((*person, "[]", now))
+        if len(people) >= batch:
+            flush()
     if people:
         flush()
     conn.close()
     peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                 if line.startswith("VmHWM:"))
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_kb": peak, "rows": rows, "bad": bad}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_kb": peak, "rows": tally.rows,
+                      "bad": tally.bad}))
 
 
 def folder_on(url: str) -> Path:
