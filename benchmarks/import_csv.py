@@ -27,6 +27,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.callgrind import instructions, print_marginal  # noqa: E402
+
 SYLLABLES = ["an", "bo", "ca", "de", "el", "fi", "go", "ha", "is", "jo", "ka", "li", "mo", "na", "ol", "pe",
              "qu", "ra", "si", "ta", "ul", "vi", "wu", "xa", "yo", "ze"]
 REGIONS = ["NSW", "VIC", "QLD", "WA", "SA", "TAS", "ACT", "NT", "NZ"]
@@ -202,14 +206,6 @@ def load() -> str:
     return f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
 
 
-def instructions(path: Path) -> int:
-    """The instructions callgrind counted in a process (its `summary:` or `totals:` line)."""
-    for line in path.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise SystemExit(f"no instruction total in {path}")
-
-
 def callgrind(sizes: list[int]) -> None:
     """Instructions of the whole import process, digest's and the baseline's, at two sizes: the difference
     over the difference in rows is the marginal cost of one row, start-up and fixed costs cancelled; a count
@@ -231,12 +227,7 @@ def callgrind(sizes: list[int]) -> None:
                 print(f"  {which:<8} {n:>9,} rows: {counts[which, n]:>16,} instructions", flush=True)
         finally:
             shutil.rmtree(root)
-    per = {w: (counts[w, large] - counts[w, small]) / (large - small) for w in ("digest", "baseline")}
-    fixed = {w: counts[w, small] - per[w] * small for w in ("digest", "baseline")}
-    print(f"marginal instructions per row ({small:,} -> {large:,}): digest {per['digest']:,.0f}, "
-          f"baseline {per['baseline']:,.0f}, ratio {per['digest'] / per['baseline']:.2f}x (goal: 1.5x or less)")
-    print(f"start-up and fixed cost: digest {fixed['digest'] / 1e9:.2f} billion instructions, "
-          f"baseline {fixed['baseline'] / 1e9:.2f} billion")
+    print_marginal(counts, small, large, "row", "1.5x")
 
 
 def main() -> None:

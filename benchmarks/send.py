@@ -34,6 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.callgrind import instructions, print_marginal  # noqa: E402
+
 KEY = "SG.benchmark-key"
 SECRET = "benchmark-secret-key-0123456789abcdef"
 
@@ -347,14 +349,6 @@ def run(n: int, concurrency: int, heap: bool) -> dict[str, float]:
             "base_peak_mb": b["peak_kb"] / 1024}
 
 
-def instructions(path: Path) -> int:
-    """The instructions callgrind counted (its `summary:` or `totals:` line)."""
-    for line in path.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise SystemExit(f"no instruction total in {path}")
-
-
 def callgrind(sizes: list[int], concurrency: int) -> None:
     """Instructions of the whole send process, both senders, at two sizes: the difference over the
     difference in readers is the marginal cost of one reader, start-up and fixed costs cancelled, and an
@@ -368,12 +362,7 @@ def callgrind(sizes: list[int], concurrency: int) -> None:
                 measure(config, which, callgrind=path)
                 counts[which, n] = instructions(path)
                 print(f"  {which:<8} {n:>7} readers: {counts[which, n]:>15,} instructions", flush=True)
-    per = {w: (counts[w, large] - counts[w, small]) / (large - small) for w in ("digest", "baseline")}
-    fixed = {w: counts[w, small] - per[w] * small for w in ("digest", "baseline")}
-    print(f"marginal instructions per reader ({small:,} -> {large:,}): digest {per['digest']:,.0f}, "
-          f"baseline {per['baseline']:,.0f}, ratio {per['digest'] / per['baseline']:.2f}x")
-    print(f"start-up and fixed cost: digest {fixed['digest'] / 1e9:.2f} billion instructions, "
-          f"baseline {fixed['baseline'] / 1e9:.2f} billion")
+    print_marginal(counts, small, large, "reader", "1.3x")
 
 
 def load() -> str:

@@ -211,7 +211,8 @@ def personalization_json(message: Message) -> str:
     except ValueError as e:
         raise ValueError(f"{email}: substitutions: {e}") from None
     # the JSON text is at least as long as the UTF-8 bytes of its keys and values (quotes, colons, and a
-    # non-ASCII character written \uXXXX is 6 characters for at most 4 bytes): exact only near the limit
+    # non-ASCII character, escaped as `\u` and four hex digits, is 6 characters for at most 4 bytes):
+    # the exact size is computed only near the limit
     if len(substitutions) > MAX_SUBSTITUTION_BYTES and _size(message.values) > MAX_SUBSTITUTION_BYTES:
         raise ValueError(f"{message.to_email}: substitutions are over {MAX_SUBSTITUTION_BYTES} bytes")
     headers = message.headers
