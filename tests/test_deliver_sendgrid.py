@@ -21,7 +21,6 @@ from digest.deliver.sendgrid import (
     SendGridTransport,
     categories_for,
     check_shared,
-    personalization,
     personalization_json,
 )
 from digest.deliver.wire import Wire
@@ -33,6 +32,7 @@ from digest.store import Delivery, IssueRow, migrate, session_factory
 from subscribers import lifecycle
 from subscribers.links import ReaderLinks, TokenError
 from tests.conftest import SENDGRID_KEY, edit_config, run_cli
+from tests.fakes.personalization import personalization
 from tests.fakes.readers import seed_readers
 from tests.fakes.sendgrid_server import (
     SendGridServer,

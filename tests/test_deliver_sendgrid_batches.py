@@ -392,8 +392,8 @@ def test_a_claim_over_the_30_mb_cap_is_split_and_each_request_has_its_own_batch(
     """The cap is lowered to a few readers' worth (30 MB of JSON is slow to build on a test machine); the
     splitting is the same."""
     from digest.deliver import sendgrid
-    from digest.deliver.sendgrid import personalization
     from digest.render import Rendered
+    from tests.fakes.personalization import personalization
     from tests.test_deliver_sendgrid import _message
 
     edition = Rendered("Issue 1", "", "<p>%%GREETING%% the issue</p>", "%%GREETING%% the issue", [], "default")

@@ -156,27 +156,6 @@ def categories_for(settings: Settings, issue_number: int) -> list[str]:
     return list(dict.fromkeys([name, issue]))[:MAX_CATEGORIES]
 
 
-def personalization(message: Message) -> dict[str, Any]:
-    """One reader's personalization. ValueError names what in the reader's data breaks a limit."""
-    email = message.to_email
-    to: dict[str, str] = {"email": email if email.isascii() and len(email) <= MAX_ADDRESS_CHARS
-                          else ascii_address(email)}
-    name = display_name(message.to_name)
-    if name:
-        to["name"] = name
-    if _size(message.values) > MAX_SUBSTITUTION_BYTES:
-        raise ValueError(f"{message.to_email}: substitutions are over {MAX_SUBSTITUTION_BYTES} bytes")
-    check_headers(message.headers, message.to_email)
-    args = {ARG_ISSUE: str(message.issue_id), ARG_SUBSCRIBER: str(message.subscriber_id),
-            ARG_LIST: str(message.list_id)}
-    out: dict[str, Any] = {"to": [to], "substitutions": message.values, "headers": message.headers, "custom_args": args}
-    if message.scheduled is not None:
-        # the reader's own send_at (mail/send: personalizations[].send_at, at most 72 h ahead); with local
-        # delivery a request holds one zone moment, so it equals the request's, which the batch is cancelled by
-        out["send_at"] = message.scheduled[1]
-    return out
-
-
 _TEMPLATES: dict[tuple[str, ...], str] = {}  # a mapping's JSON text with its values left out, per key tuple
 
 
@@ -199,8 +178,9 @@ def _json_strings(mapping: dict[str, str]) -> str:
 
 
 def personalization_json(message: Message) -> str:
-    """`personalization(message)` as its JSON text, with the same checks and errors; ASCII (non-ASCII
-    escaped), so its length is its size in bytes."""
+    """One reader's personalization (to, substitutions, headers, custom_args, and send_at when scheduled) as
+    its compact JSON text, ASCII (non-ASCII escaped), so its length is its size in bytes. ValueError names
+    what in the reader's data breaks a limit."""
     email = message.to_email
     to = email if email.isascii() and len(email) <= MAX_ADDRESS_CHARS else ascii_address(email)
     name = display_name(message.to_name)
@@ -228,7 +208,9 @@ def personalization_json(message: Message) -> str:
     out = (f'{{"to":{to_json},"substitutions":{substitutions},"headers":{_json_strings(headers)},'
            f'"custom_args":{{"{ARG_ISSUE}":"{message.issue_id:d}","{ARG_SUBSCRIBER}":"{message.subscriber_id:d}",'
            f'"{ARG_LIST}":"{message.list_id:d}"}}')
-    if message.scheduled is not None:  # see personalization(): the request's own send_at
+    if message.scheduled is not None:
+        # the reader's own send_at (mail/send: personalizations[].send_at, at most 72 h ahead); with local
+        # delivery a request holds one zone moment, so it equals the request's, which the batch is cancelled by
         return f'{out},"send_at":{message.scheduled[1]:d}}}'
     return out + "}"
 
