@@ -144,11 +144,14 @@ def test_one_request_carries_each_readers_parts_within_the_contract(sg: Settings
 
 def test_batches_of_at_most_a_thousand_go_out_several_at_once(sg: Settings, server: SendGridServer) -> None:
     emails = seed_readers(sg, 2500)
-    server.delay = 0.3
+    # no timing: each request waits at the server until all three are out at once (concurrency 4); a
+    # client that sends them one by one would leave the first waiting out the hold's timeout
+    server.hold_until(3)
     outcome = send(sg)
     assert outcome.report is not None and outcome.report.submitted == 2500
     assert sorted(len(r.recipients) for r in server.received) == [500, 1000, 1000]
-    assert server.max_in_flight >= 2, "requests should overlap (concurrency 4)"
+    assert server.held_together == 3, (f"only {server.held_together} request(s) were out at once; the three "
+                                        "batches should all be (concurrency 4)")
     assert Counter(server.recipients()) == Counter(emails)
     assert ledger(sg) == {"submitted": 2500}
 
@@ -465,6 +468,23 @@ def test_requests_go_over_one_kept_alive_connection(sg: Settings, server: SendGr
     finally:
         transport.close()
     assert server.stats()["accepted"] == 5 and server.connections == 1
+
+
+def test_a_hold_that_is_never_met_lets_the_requests_through_and_counts_them(
+        sg: Settings, server: SendGridServer) -> None:
+    """The concurrency test's barrier can fail: a client with one request out at a time is answered once
+    the hold times out (not hung), and `held_together` says 1, which that test reports."""
+    edition = Rendered("Issue 1", "", "<p>%%GREETING%%</p>", "%%GREETING%%", [], "default")
+    server.hold_until(2, timeout=0.5)
+    transport = SendGridTransport(sg)
+    started = time.monotonic()
+    try:
+        for i in (1, 2):
+            assert [o.ok for o in transport.send([_message(i, edition)])] == [True]
+    finally:
+        transport.close()
+    assert server.held_together == 1 and server.stats()["accepted"] == 2
+    assert time.monotonic() - started >= 0.5, "the first request waited out the hold"
 
 
 def test_a_connection_the_server_closed_while_idle_is_opened_again_before_a_request(server: SendGridServer) -> None:

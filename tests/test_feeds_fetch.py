@@ -28,6 +28,11 @@ class Server:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        # /parallel*: each request waits until this many are held at once (or HOLD_TIMEOUT passes), so
+        # "read in parallel" is shown without a sleep-and-sample that a loaded machine can defeat
+        self.hold_for = 0
+        self.holding = self.held_together = 0
+        self.released = threading.Condition(self.lock)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -129,9 +134,28 @@ class Server:
         if path == "/relative":
             return self.send(h, 200, RELATIVE, rss)
         if path.startswith("/parallel"):
-            time.sleep(0.3)
+            self.hold()
             return self.send(h, 200, FEED, rss)
         return self.send(h, 404, b"unknown")
+
+
+    def hold(self) -> None:
+        """Wait until `hold_for` requests are held at once; then they, and every later one, go on."""
+        with self.lock:
+            self.holding += 1
+            self.held_together = max(self.held_together, self.holding)
+            if self.holding >= self.hold_for:
+                self.hold_for = 0
+                self.released.notify_all()
+            else:
+                self.released.wait_for(lambda: not self.hold_for, timeout=HOLD_TIMEOUT)
+                self.hold_for = 0  # timed out: nothing waits again, held_together tells the test
+            self.holding -= 1
+
+
+#: below read_feeds' whole-response timeout (10 s), so a client reading one feed at a time is answered
+#: (and the test fails on its count) rather than timed out
+HOLD_TIMEOUT = 8.0
 
 
 @pytest.fixture
@@ -239,8 +263,9 @@ def test_unreachable_and_malformed_addresses_are_named_not_raised(server: Server
 
 def test_several_feeds_are_read_in_parallel_in_order(server: Server) -> None:
     paths = [f"/parallel{i}" for i in range(4)] + ["/missing"]
+    server.hold_for = 4  # the four /parallel feeds wait for each other: all four workers busy at once
     results = read_feeds([server.url + p for p in paths], workers=4, backoff=0.01,
                          now=datetime(2025, 3, 10, tzinfo=UTC))
     assert [r.source for r in results] == [server.url + p for p in paths]
     assert [bool(r.problem) for r in results] == [False] * 4 + [True]
-    assert server.max_in_flight >= 2
+    assert server.held_together == 4, f"only {server.held_together} feed(s) were read at once (workers=4)"

@@ -21,6 +21,11 @@ clock_offset`: tests move it forward, or let every mail/send request move it `ti
 
 Faults scripted with `script()` meet mail/send requests only; `script_cancel()` scripts the cancel calls.
 
+Concurrency is shown without timing: `hold_until(n)` keeps each mail/send request (read, not yet checked
+or answered) waiting until `n` of them are held at once, then lets them all go on; `held_together` is the
+most that were. A sleep-and-sample check (a delay, then `max_in_flight`) fails on a loaded machine when the
+client takes longer to build its next request than the delay lasts; the hold cannot.
+
 Run alone (the benchmark does): `python -m tests.fakes.sendgrid_server --key SG.x` prints its URL;
 `GET /_stats` answers the counts.
 """
@@ -303,6 +308,10 @@ class SendGridServer:
         self.lifted_early: list[str] = []  # cancels deleted while mail was waiting: that mail went out
         self.tick = 0.0  # seconds the clock moves forward with each mail/send request
         self.cancel_faults: deque[Fault] = deque()
+        self.hold_for = 0  # hold_until(): mail/send requests wait until this many are held at once (0: none)
+        self.hold_timeout = 0.0
+        self.holding = self.held_together = 0
+        self._released = threading.Condition(self.lock)
         self._server = _Quiet((host, port), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="sendgrid-contract", daemon=True)
@@ -330,6 +339,30 @@ class SendGridServer:
         """The next requests meet these faults, in order, one each."""
         with self.lock:
             self.faults.extend(faults)
+
+    def hold_until(self, n: int, timeout: float = 20.0) -> None:
+        """Hold each mail/send request until `n` are held at once (then all go on, and later ones too).
+
+        `timeout` is generous and below the transport's read timeout (60 s by default): a client that never
+        has `n` requests out at once gets its answers that much later, and `held_together` says how many it
+        did have, for the test's message."""
+        with self.lock:
+            self.hold_for, self.hold_timeout, self.held_together = n, timeout, 0
+
+    def hold(self) -> None:
+        """Called by the handler for each mail/send request: wait at the barrier `hold_until` set, if any."""
+        with self.lock:
+            if not self.hold_for:
+                return
+            self.holding += 1
+            self.held_together = max(self.held_together, self.holding)
+            if self.holding >= self.hold_for:
+                self.hold_for = 0  # met: these go on, and so does every request after them
+                self._released.notify_all()
+            else:
+                self._released.wait_for(lambda: not self.hold_for, timeout=self.hold_timeout)
+                self.hold_for = 0  # met, or timed out: the test reads held_together, nothing waits again
+            self.holding -= 1
 
     def script_cancel(self, *faults: Fault) -> None:
         """The next POST /v3/user/scheduled_sends calls meet these faults, in order, one each."""
@@ -553,6 +586,8 @@ def _handler(server: SendGridServer) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.seconds)
                 fault = None
+            if path == "/v3/mail/send":
+                server.hold()
             if server.delay:
                 time.sleep(server.delay)
             if self.path.split("?")[0] != "/v3/mail/send":
