@@ -185,6 +185,8 @@ def test_11_12_an_event_timestamp_no_datetime_holds_is_the_time_received(hook, s
                                     hooks.event(2, "delivered", 2)])
     assert r.status_code == 200, r.text
     assert r.json()["recorded"] == 2 and r.json()["applied"] == 1
+    (mended,) = r.json()["mended"]  # said, not silent: the stored time is not SendGrid's
+    assert mended.startswith("event 0: timestamp ") and mended.endswith("; the time received stands in"), mended
     rows = _events(settings)
     assert [e for e, _, _ in rows] == ["evt-1", "evt-2"]
     at = rows[0][2]
@@ -199,6 +201,10 @@ def test_13_ids_of_10_to_the_20_are_matched_by_address(hook, signer) -> None:
     r = hooks.post(client, signer, [forged])
     assert r.status_code == 200, r.text
     assert r.json()["recorded"] == 1 and r.json()["applied"] == 1 and r.json()["unmatched"] == 0
+    (mended,) = r.json()["mended"]
+    for arg in ("digest_issue", "digest_subscriber", "digest_list"):
+        assert f"{arg} " in mended, mended
+    assert mended.count("is not an id (1 to 2**63-1); matched by address") == 3, mended
     assert hooks.statuses(settings)["reader1@example.com"] == "complained"
 
 
@@ -207,6 +213,7 @@ def test_14_an_sg_event_id_over_128_characters_is_still_a_duplicate_on_retry(hoo
     batch = [hooks.event(1, "unsubscribe", 1, sg_event_id="e" * 300), hooks.event(2, "delivered", 2)]
     first = hooks.post(client, signer, batch)
     assert first.status_code == 200 and first.json()["recorded"] == 2
+    assert first.json()["mended"] == ["event 0: sg_event_id is 300 characters, over 128; stored as its sha256"]
     again = hooks.post(client, signer, batch)  # SendGrid retries a batch it did not see answered
     assert again.status_code == 200, again.text
     assert again.json()["recorded"] == 0 and again.json()["duplicates"] == 2

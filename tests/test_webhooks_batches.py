@@ -73,10 +73,10 @@ BAD: dict[int, tuple[Any, str]] = {
     19_999: ("not an object", "not an object"),
 }
 DUPLICATES = (7_777, 8_888)  # the same sg_event_id twice in one batch: stored once
-#: what the web door (digest/web/webhook_input.py, issue 17) already mends before the events are applied:
-#: a timestamp no datetime holds (the time received stands in), ids that are no 64-bit ids (matched by
-#: address), an sg_event_id over 128 characters (stored as its sha256). Through HTTP these are stored;
-#: handed to apply_batch directly they are skipped like the rest of BAD.
+#: what the webhook asks digest.deliver.events to mend (issue 17; apply_batch(mend=True)): a timestamp no
+#: datetime holds (the time received stands in), ids that are no 64-bit ids (matched by address), an
+#: sg_event_id over 128 characters (stored as its sha256). Through HTTP these are stored and listed under
+#: `mended`; handed to apply_batch directly they are skipped like the rest of BAD.
 MENDED_AT_DOOR = (100, 5_000, 10_000, 15_000)
 SKIPPED_OVER_HTTP = {i: bad for i, bad in BAD.items() if i not in MENDED_AT_DOOR}
 
@@ -133,6 +133,10 @@ def test_a_big_signed_batch_with_bad_events_stores_the_good_ones_in_short_transa
     assert [line.split(":")[0] for line in result["invalid"]] == [f"event {i}" for i in skipped]
     for line, (_, words) in zip(result["invalid"], [BAD[i] for i in skipped], strict=True):
         assert words in line, line
+    # the mended ones named too, with the words a skip would have used
+    assert [line.split(":")[0] for line in result["mended"]] == [f"event {i}" for i in MENDED_AT_DOOR]
+    for line, i in zip(result["mended"], MENDED_AT_DOOR, strict=True):
+        assert BAD[i][1] in line, line
     assert stored(sent) == good
     # one transaction per chunk, not one for the batch
     assert len(commits) >= good // CHUNK, len(commits)
@@ -187,6 +191,35 @@ def test_bad_values_are_skipped_with_their_index_and_the_rest_applied(sent: Sett
     assert (result.recorded, result.applied) == (3, 3)
     found = statuses(sent)
     assert (found[1], found[2], found[3], found[4]) == ("bounced", "active", "complained", "bounced")
+
+
+def test_each_event_is_checked_once_by_the_events_module(sent: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The door reads the JSON and no more (its events are handed on as parsed); digest.deliver.events
+    checks each event once, and mends (webhook) or skips (strict) the fields the store cannot hold,
+    huge numbers included."""
+    from digest.deliver import events as module
+    from digest.web.webhook_input import read_events
+
+    bad = [{**ev(1, "open", 1), "timestamp": 10**400, "digest_issue": 10**400, "digest_list": "9" * 5000},
+           {**ev(2, "open", 2), "sg_event_id": "y" * 129}]
+    body = json.dumps(bad).encode()
+    assert read_events(body) == json.loads(body)  # nothing cleaned or dropped at the door
+    calls: list[int] = []
+    original = module.check
+    monkeypatch.setattr(module, "check", lambda i, e, *a: calls.append(i) or original(i, e, *a))
+    with session_factory(sent.database_url)() as s:
+        strict = apply_batch(s, bad)
+    assert calls == [0, 1] and strict.recorded == 0
+    assert [line.split(":")[0] for line in strict.invalid] == ["event 0", "event 1"]
+    assert "digest_issue 'a number of over 40 digits' is not an id" in strict.invalid[0]  # checked before the time
+    assert "over 128" in strict.invalid[1]
+    calls.clear()
+    with session_factory(sent.database_url)() as s:
+        mended = apply_batch(s, bad, mend=True)
+    assert calls == [0, 1] and mended.recorded == 2 and mended.invalid == [] and mended.unmatched == 0
+    first = mended.mended[0]
+    assert "timestamp a number of over 40 digits is not Unix seconds" in first and "digest_list '99999" in first
+    assert mended.mended[1] == "event 1: sg_event_id is 129 characters, over 128; stored as its sha256"
 
 
 @pytest.mark.slow  # two threads post the same batch at once

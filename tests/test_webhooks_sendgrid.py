@@ -108,7 +108,7 @@ def test_a_signed_batch_changes_statuses_once_and_counts_per_issue(client: TestC
     response = post(client, signer, BATCH)
     assert response.status_code == 200, response.text
     assert response.json() == {"received": 13, "recorded": 13, "duplicates": 0, "applied": 4, "unmatched": 0,
-                               "invalid": []}
+                               "invalid": [], "mended": []}
     assert statuses(sent) == {
         "reader1@example.com": "active", "reader2@example.com": "complained", "reader3@example.com": "unsubscribed",
         "reader4@example.com": "bounced", "reader5@example.com": "bounced", "reader6@example.com": "active"}

@@ -7,17 +7,26 @@ delivery of that issue to that subscriber at that address. Otherwise the event i
 A batch is applied in chunks of `CHUNK` events, each chunk its own short transaction: its reads first
 (which take no write lock), then one bulk insert and the few consent changes, then commit. So no lock is
 held for more than a moment whatever the batch size, and a reader's one-click unsubscribe (RFC 8058) is
-never queued behind a whole batch. Every event is checked before it touches the database: one that does
-not follow SendGrid's event format (a timestamp that is not Unix seconds, an id that is not a 64-bit
-integer, an `sg_event_id` over 128 characters, a field of the wrong type) is skipped and logged with its
-index, and the rest are applied. Replays (SendGrid retries a batch it did not see answered with a 2xx)
+never queued behind a whole batch. Replays (SendGrid retries a batch it did not see answered with a 2xx)
 change nothing twice: an event id already stored is skipped, so a batch that stopped half way is simply
 finished by the retry.
+
+This module is the one place an event is checked (`check`), once, before it touches the database; the
+webhook route only reads the body as a JSON array (digest/web/webhook_input.py). An event that does not
+follow SendGrid's event format (not an object, no `sg_event_id` or `event`, a text field that is not a
+string or holds a NUL) is skipped and logged with its index, and the rest are applied. A field the store
+cannot hold (a timestamp that is not Unix seconds, an id that is not a 64-bit integer, an `sg_event_id`
+over 128 characters) skips the event too, unless the caller asks to mend it (`mend=True`, the webhook: a
+signed batch is SendGrid's own, and a bounce is worth keeping without its timestamp): then the time
+received stands in for the timestamp, the reader is matched by address instead of the ids, the long id is
+stored as its sha256 (the same every time, so a retried batch is still a duplicate), and the answer lists
+what was mended, with the same words a skip would have used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -73,6 +82,7 @@ class EventsResult:
     applied: int = 0  # memberships whose status changed
     unmatched: int = 0  # no reader found for the event
     invalid: list[str] = field(default_factory=list)  # "event <index>: why", in batch order
+    mended: list[str] = field(default_factory=list)  # "event <index>: why; what stood in" (mend=True)
 
 
 class BadEvent(ValueError):
@@ -94,6 +104,14 @@ class Checked:
     message: str  # sg_message_id up to its first dot: the X-Message-Id SendGrid answered the send with
 
 
+def _shown(value: Any) -> str:
+    """A value for a message, at most 40 characters; a huge int is not turned into its digits (str() refuses
+    one of over 4,300 digits, and is slow well before that)."""
+    if isinstance(value, int) and not -(10**40) < value < 10**40:
+        return "a number of over 40 digits"
+    return str(value)[:40]
+
+
 def _id(event: dict[str, Any], key: str) -> int | None:
     """One of our custom_args: SendGrid hands them back as strings; absent or empty is None."""
     value = event.get(key)
@@ -101,8 +119,13 @@ def _id(event: dict[str, Any], key: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise BadEvent(f"{key} is a {type(value).__name__}, not an id")
-    text = str(value).strip()
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_ID:
+    if isinstance(value, int):  # compared as a number: str() of a huge int is refused (or slow)
+        if not 0 < value <= MAX_ID:
+            raise BadEvent(f"{key} {_shown(value)!r} is not an id (1 to 2**63-1)")
+        return value
+    text = value.strip()
+    # at most 19 digits before int(): 2**63-1 has 19, and int() of a long string is slow
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 0 < int(text) <= MAX_ID:
         raise BadEvent(f"{key} {text[:40]!r} is not an id (1 to 2**63-1)")
     return int(text)
 
@@ -117,13 +140,36 @@ def _timestamp(event: dict[str, Any]) -> datetime | None:
         seconds = float(value)
     except ValueError:
         raise BadEvent(f"timestamp {str(value)[:40]!r} is not a number") from None
+    except OverflowError:  # an int past a float's range (JSON numbers may have hundreds of digits)
+        seconds = math.inf
     if not math.isfinite(seconds) or not 0 <= seconds <= MAX_TIMESTAMP:
-        raise BadEvent(f"timestamp {str(value)[:40]} is not Unix seconds (0 to {MAX_TIMESTAMP})")
+        raise BadEvent(f"timestamp {_shown(value)} is not Unix seconds (0 to {MAX_TIMESTAMP})")
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def check(index: int, event: Any) -> Checked:
-    """The event's fields, checked; BadEvent says what is wrong with it."""
+def _mended(parse: Any, event: dict[str, Any], key: str, mended: list[str] | None, instead: str) -> Any:
+    """`parse(event, key)`; with `mended` (a list), a BadEvent leaves the field out (None) and says so."""
+    try:
+        return parse(event, key)
+    except BadEvent as e:
+        if mended is None:
+            raise
+        mended.append(f"{e}; {instead}")
+        return None
+
+
+def _long_id(event_id: str) -> str:
+    """A stand-in for an sg_event_id over MAX_EVENT_ID characters: the same long id always gives the same
+    short one, so a retried batch is still seen as a duplicate."""
+    return "sha256:" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check(index: int, event: Any, mended: list[str] | None = None) -> Checked:
+    """The event's fields, checked; BadEvent says what is wrong with it.
+
+    Given `mended` (a list), a field the store cannot hold (timestamp, our ids, an sg_event_id over 128
+    characters) does not refuse the event: it is left out or replaced (see the module's note) and why is
+    appended to `mended`."""
     if not isinstance(event, dict):
         raise BadEvent(f"a JSON {type(event).__name__}, not an object")
     for key in TEXT_FIELDS:
@@ -136,10 +182,17 @@ def check(index: int, event: Any) -> Checked:
     if not event_id or not name:
         raise BadEvent("not an object with sg_event_id and event")
     if len(event_id) > MAX_EVENT_ID:
-        raise BadEvent(f"sg_event_id is {len(event_id)} characters, over {MAX_EVENT_ID}")
+        why = f"sg_event_id is {len(event_id)} characters, over {MAX_EVENT_ID}"
+        if mended is None:
+            raise BadEvent(why)
+        event_id = _long_id(event_id)
+        mended.append(f"{why}; stored as its sha256")
+    by_address = "matched by address"
     return Checked(index=index, event_id=event_id, raw=event, email=(event.get("email") or "").strip(),
-                   issue_id=_id(event, ARG_ISSUE), subscriber_id=_id(event, ARG_SUBSCRIBER),
-                   list_id=_id(event, ARG_LIST), at=_timestamp(event),
+                   issue_id=_mended(_id, event, ARG_ISSUE, mended, by_address),
+                   subscriber_id=_mended(_id, event, ARG_SUBSCRIBER, mended, by_address),
+                   list_id=_mended(_id, event, ARG_LIST, mended, by_address),
+                   at=_mended(lambda e, _k: _timestamp(e), event, "timestamp", mended, "the time received stands in"),
                    message=(event.get("sg_message_id") or "").split(".")[0])
 
 
@@ -269,8 +322,11 @@ def _skip(result: EventsResult, index: int, why: str) -> None:
     result.invalid.append(f"event {index}: {why}")
 
 
-def apply_batch(session: Session, events: list[Any], *, chunk_size: int = CHUNK) -> EventsResult:
+def apply_batch(session: Session, events: list[Any], *, chunk_size: int = CHUNK, mend: bool = False) -> EventsResult:
     """Check every event, then store and apply the good ones, chunk by chunk, committing each chunk.
+
+    `mend`: a field the store cannot hold is mended rather than the event skipped (the module's note);
+    each such event is listed in `mended`.
 
     A chunk that collides with a concurrent delivery of the same batch (SendGrid may retry while the first
     delivery is still being applied) is retried once: it then sees the other's rows and skips them. A
@@ -283,10 +339,15 @@ def apply_batch(session: Session, events: list[Any], *, chunk_size: int = CHUNK)
     for i, raw in enumerate(events):
         if i % YIELD_EVERY == 0:
             time.sleep(0)
+        notes: list[str] | None = [] if mend else None
         try:
-            good.append(check(i, raw))
+            good.append(check(i, raw, notes))
         except BadEvent as e:
             _skip(result, i, str(e))
+            continue
+        if notes:
+            log.warning("sendgrid event %d mended: %s", i, "; ".join(notes))
+            result.mended.append(f"event {i}: " + "; ".join(notes))
     seen: set[str] = set()
     for chunk in _chunks(good, chunk_size):
         _commit_chunk(session, chunk, seen, result)
