@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
 from digest import issues
-from digest.store import session_scope
-from subscribers import lifecycle
+from digest.store import session_scope, utcnow
+from subscribers import counts, lifecycle
 from tests import test_browser_web
 from tests.axe import assert_accessible, describe, inject, violations, weak_focus_rings
 from tests.conftest import screenshots
+from tests.fakes.readers import seed_readers
 from tests.test_browser_web import Live, log_in, shoot
 from tests.test_web_support import ADMIN, EDITOR, messages
 
@@ -131,6 +133,32 @@ def test_every_editor_and_admin_page_passes_axe(page, live: Live, tmp_path) -> N
     page.get_by_role("button", name="Import").click()
     page.get_by_role("heading", name="Import of readers.csv").wait_for()
     audit(page, "import-result")
+
+
+def test_the_lists_page_of_a_large_database_and_its_count_now_button_pass_axe(  # type: ignore[no-untyped-def]
+        page, live: Live) -> None:
+    """Above EXACT_UP_TO memberships the lists page shows the stored counts, their age and a "Count now"
+    button (subscribers/counts.py), a state the audit of the other admin pages (a few readers) never
+    reaches. The database is really that large (bulk rows, about a second), so the page is the real one."""
+    large = counts.EXACT_UP_TO + 1
+    seed_readers(live.settings, large)
+    with session_scope(live.settings.database_url) as s:
+        counts.refresh(s, now=utcnow() - timedelta(minutes=7))
+    seed_readers(live.settings, 2)  # joined after that count: not in the stored figures until a recount
+    log_in(page, ADMIN)
+    page.goto("/admin/lists")
+    button = page.get_by_role("button", name="Count now")
+    button.wait_for()
+    hint = page.locator("form[action='/admin/lists/count'] .hint")
+    assert hint.inner_text().startswith("Counted 7 min ago"), hint.inner_text()
+    active = page.locator("table.counts tbody a[href$='status=active']")
+    assert active.inner_text() == f"{large:,}"
+    audit(page, "lists-stored-counts")  # axe, and the button's focus ring with the rest
+    button.click()
+    page.wait_for_url("**/admin/lists")
+    page.get_by_text("Counted less than a minute ago").wait_for()
+    assert active.inner_text() == f"{large + 2:,}", "the recount shows the two who joined after the last count"
+    audit(page, "lists-counted-now")
 
 
 def test_the_editor_skips_the_previews_to_the_adjust_form(page, live: Live) -> None:  # type: ignore[no-untyped-def]
