@@ -111,7 +111,11 @@ class Delivery(Base):
         # the claim's UPDATE was the send's costliest statement). Every lookup is `= value` (implies NOT
         # NULL) or `IS NOT NULL`, which both SQLite and PostgreSQL match to a partial index.
         *(Index(f"ix_deliveries_{c}", c, sqlite_where=text(f"{c} IS NOT NULL"),
-                postgresql_where=text(f"{c} IS NOT NULL")) for c in ("batch", "provider_batch", "worker")),
+                postgresql_where=text(f"{c} IS NOT NULL")) for c in ("provider_batch", "worker")),
+        # a batch is looked up while it is claimed (post, mark, release, the unknown ones): indexed only then,
+        # so marking a row, which keeps its batch, writes no entry here (migration 0012_send_batches)
+        Index("ix_deliveries_batch", "batch", sqlite_where=text("status = 'claimed'"),
+              postgresql_where=text("status = 'claimed'")),
         # each batch's rows are updated three times; free room in their pages lets PostgreSQL write the
         # stamps that change no indexed column as heap-only tuples, without touching its indexes
         # (migration 0010_deliveries_fillfactor, which measured it)

@@ -249,7 +249,7 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
         .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
         .join(Membership, and_(Membership.subscriber_id == D.subscriber_id, Membership.list_id == list_id),
               isouter=True)
-        .where(D.batch == batch).order_by(D.id)
+        .where(D.batch == batch, D.status == CLAIMED).order_by(D.id)  # both: the batch index is of claimed rows
     ).all()
     if not rows:
         session.commit()
@@ -372,11 +372,11 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
         # the common case (one provider request per batch, one edition): one statement for the whole batch
         edition = {"edition": shown.pop()} if len(shown) == 1 and editions is not None and len(editions) == size \
             else {}
+        if editions and not edition:  # before the mark: the rows are found by batch while claimed
+            note_editions(session, batch, editions)
         session.connection().execute(update(t).where(t.c.batch == batch, t.c.status == CLAIMED)
                                      .values(status=SUBMITTED, message_id=ok[0].message_id, updated_at=now,
                                              worker=None, lease_until=None, **edition))
-        if editions and not edition:
-            note_editions(session, batch, editions)
         return len(ok), 0, 0
     if editions:
         note_editions(session, batch, editions)
@@ -399,13 +399,14 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
 def note_editions(session: Session, batch: str, editions: dict[int, str]) -> None:
     """Record which edition (digest.editions key) each delivery's copy in a batch was, for the reports:
     one statement when the batch is one edition (the common case), else one per distinct edition (the
-    caller commits)."""
+    caller commits). Called before the batch's rows are marked: they are found by batch while claimed."""
     by_edition: dict[str, list[int]] = {}
     for delivery_id, key in editions.items():
         by_edition.setdefault(key, []).append(delivery_id)
     t = DELIVERIES
     if len(by_edition) == 1:
-        session.connection().execute(update(t).where(t.c.batch == batch).values(edition=next(iter(by_edition))))
+        session.connection().execute(update(t).where(t.c.batch == batch, t.c.status == CLAIMED)
+                                     .values(edition=next(iter(by_edition))))
         return
     for key, ids in by_edition.items():
         session.connection().execute(update(t).where(t.c.id.in_(ids)).values(edition=key))

@@ -7,8 +7,9 @@ Create Date: 2026-12-03 00:10:00
 Before each request the sender stamped `posted_at` on every claimed row of the batch: 1,000 row updates per
 batch, a sixth of the ledger's statement time on PostgreSQL. The stamp now lives in one row per batch
 (`send_batches`), which post and reap both write, so that row's lock orders them as the rows' locks did.
-Batches claimed before the upgrade keep their meaning: every batch with claimed rows gets its row, posted
-when any of its rows was (a crash under the old code leaves the same unknown fate after the upgrade).
+The batch index keeps only claimed rows, so a row's mark no longer writes an entry to it. Batches claimed
+before the upgrade keep their meaning: every batch with claimed rows gets its row, posted when any of its
+rows was (a crash under the old code leaves the same unknown fate after the upgrade).
 """
 
 from collections.abc import Sequence
@@ -39,9 +40,19 @@ def upgrade() -> None:
                "FROM deliveries WHERE status = 'claimed' AND batch IS NOT NULL GROUP BY batch")
     # SQLite 3.35+ drops a column that no index or constraint names in place, as PostgreSQL does
     op.execute("ALTER TABLE deliveries DROP COLUMN posted_at")
+    _batch_index("status = 'claimed'")
+
+
+def _batch_index(where: str) -> None:
+    """Every lookup by batch is of claimed rows (their status said with it): indexed only while claimed, a
+    row's mark (which keeps its batch) writes no entry to this index."""
+    op.drop_index("ix_deliveries_batch", table_name="deliveries")
+    op.create_index("ix_deliveries_batch", "deliveries", ["batch"], unique=False, sqlite_where=sa.text(where),
+                    postgresql_where=sa.text(where))
 
 
 def downgrade() -> None:
+    _batch_index("batch IS NOT NULL")
     op.add_column("deliveries", sa.Column("posted_at", digest.store.UTCDateTime(), nullable=True))
     op.execute("UPDATE deliveries SET posted_at = (SELECT posted_at FROM send_batches "
                "WHERE send_batches.batch = deliveries.batch) WHERE status = 'claimed'")
