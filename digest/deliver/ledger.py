@@ -461,16 +461,16 @@ class UnknownBatch:
     error: str | None
 
 
-def _of_unknown_fate() -> Any:
-    """Claimed rows that may have gone out: posted, or from before leases (no worker)."""
-    posted = select(SendBatch.batch).where(SendBatch.posted_at.is_not(None))
+def _of_unknown_fate(issue_id: int) -> Any:
+    """Claimed rows that may have gone out: their batch posted, or from before leases (no worker)."""
+    posted = select(SendBatch.batch).where(SendBatch.issue_id == issue_id, SendBatch.posted_at.is_not(None))
     return or_(Delivery.batch.in_(posted), Delivery.worker.is_(None))
 
 
 def unknown_batches(session: Session, issue_id: int) -> list[UnknownBatch]:
     rows = session.execute(
         select(Delivery.batch, func.count(), func.min(Delivery.updated_at), func.max(Delivery.error))
-        .where(Delivery.issue_id == issue_id, Delivery.status == CLAIMED, _of_unknown_fate())
+        .where(Delivery.issue_id == issue_id, Delivery.status == CLAIMED, _of_unknown_fate(issue_id))
         .group_by(Delivery.batch).order_by(func.min(Delivery.id))).all()
     out = []
     for batch, n, at, error in rows:
