@@ -111,8 +111,12 @@ class Delivery(Base):
         # the claim's UPDATE was the send's costliest statement). Every lookup is `= value` (implies NOT
         # NULL) or `IS NOT NULL`, which both SQLite and PostgreSQL match to a partial index.
         *(Index(f"ix_deliveries_{c}", c, sqlite_where=text(f"{c} IS NOT NULL"),
-                postgresql_where=text(f"{c} IS NOT NULL")) for c in ("batch", "provider_batch", "worker")),
-        # each batch's rows are updated four times; free room in their pages lets PostgreSQL write the
+                postgresql_where=text(f"{c} IS NOT NULL")) for c in ("provider_batch", "worker")),
+        # a batch is looked up while it is claimed (post, mark, release, the unknown ones): indexed only then,
+        # so marking a row, which keeps its batch, writes no entry here (migration 0012_send_batches)
+        Index("ix_deliveries_batch", "batch", sqlite_where=text("status = 'claimed'"),
+              postgresql_where=text("status = 'claimed'")),
+        # each batch's rows are updated three times; free room in their pages lets PostgreSQL write the
         # stamps that change no indexed column as heap-only tuples, without touching its indexes
         # (migration 0010_deliveries_fillfactor, which measured it)
         {"postgresql_with": {"fillfactor": 70}},
@@ -139,12 +143,28 @@ class Delivery(Base):
     # the edition key (digest.editions) of the copy this reader was sent: which listings and which appeal
     # variant it showed, for the reports (a supplier's reach, the appeal per variant); None before 0005
     edition: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # the lease of a claimed row (several send workers, digest.deliver.ledger): which worker holds it, until
-    # when (renewed while it works), and when its request was about to go out (NULL: never posted, so a
-    # dead worker's row is simply queued again; set: its fate is unknown)
+    # the lease of a claimed row (several send workers, digest.deliver.ledger): which worker holds it and
+    # until when (renewed while it works). Whether its request was about to go out is its batch's
+    # (SendBatch.posted_at): one row per batch, not a stamp on each reader's row
     worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SendBatch(Base):
+    """A claimed batch of the ledger (`Delivery.batch`): whether its request was about to go out.
+
+    Written once per batch instead of once per reader (migration 0012_send_batches, issue 16). `posted_at`
+    set: the request may have gone out, so readers of this batch still claimed when their worker is gone
+    are of unknown fate; NULL: they are queued again. `reaped_at`: another worker took the batch over; from
+    then on its owner may not post it. Post and reap both write this one row, so its row lock orders them
+    (digest.deliver.ledger.post / reap)."""
+
+    __tablename__ = "send_batches"
+
+    batch: Mapped[str] = mapped_column(String(64), primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), index=True)
     posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    reaped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class DeliveryEvent(Base):

@@ -21,7 +21,7 @@ from digest.config import Settings, load_settings
 from digest.deliver.ledger import claim, counts, post, reap, snapshot
 from digest.issues import build_draft, start_sending
 from digest.locks import join_send, send_workers
-from digest.store import Delivery, IssueRow, Lock, migrate, session_factory, utcnow
+from digest.store import Delivery, IssueRow, Lock, SendBatch, migrate, session_factory, utcnow
 from tests.conftest import SECRET, run_main
 from tests.fakes.readers import seed_readers, set_keys
 from tests.fakes.sendgrid_server import SendGridServer
@@ -44,7 +44,8 @@ def workers_of(settings: Settings) -> dict[str, int]:
 
 def rows(settings: Settings) -> list[tuple[str, str, str | None, object]]:
     with session_factory(settings.database_url)() as s:
-        return list(s.execute(select(Delivery.email, Delivery.status, Delivery.worker, Delivery.posted_at)))
+        return list(s.execute(select(Delivery.email, Delivery.status, Delivery.worker, SendBatch.posted_at)
+                              .join(SendBatch, SendBatch.batch == Delivery.batch, isouter=True)))
 
 
 def run_three_workers_and_kill_one(workdir: Path, settings: Settings, env: dict[str, str],
