@@ -29,6 +29,7 @@ from typer.models import CommandInfo, DefaultPlaceholder, TyperInfo
 
 from digest.cli import deliveries, issue, listings, recall, report, schedule, subscribers, users, web
 from digest.cli.common import err
+from digest.cli.params import plain
 from digest.errors import DigestError
 
 app = typer.Typer(help="Build and send a weekly newsletter digest.", no_args_is_help=True,
@@ -97,7 +98,8 @@ class _Commands(MutableMapping[str, click.Command]):
 
     def __getitem__(self, name: str) -> click.Command:
         if name not in self.built:
-            self.built[name] = self.entries[name].build()  # KeyError for an unknown name, as a dict
+            # KeyError for an unknown name, as a dict; str and Path parameters converted without pydantic
+            self.built[name] = plain(self.entries[name].build())
         return self.built[name]
 
     def __setitem__(self, name: str, command: click.Command) -> None:
@@ -166,9 +168,9 @@ def root(typer_app: typer.Typer = app) -> _Root:
     info = TyperInfo(typer_app)
     assert not typer_app.registered_callback and isinstance(info.callback, DefaultPlaceholder), \
         "a root callback would have to be built here too"
-    return _Root(_entries(typer_app), name="", help=typer.main.solve_typer_info_help(info),
-                 no_args_is_help=True, rich_markup_mode=typer_app.rich_markup_mode,
-                 suggest_commands=typer_app.suggest_commands)
+    return plain(_Root(_entries(typer_app), name="", help=typer.main.solve_typer_info_help(info),
+                       no_args_is_help=True, rich_markup_mode=typer_app.rich_markup_mode,
+                       suggest_commands=typer_app.suggest_commands))
 
 
 def main() -> None:
