@@ -19,7 +19,6 @@ The conventions are SQLAlchemy's, so both paths read and write the same values:
 
 from __future__ import annotations
 
-import json as _json
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -106,7 +105,11 @@ def utc(value: datetime | str | None) -> datetime | None:
 
 def json(value: Any) -> Any:
     """A JSON column's value: SQLite gives its text, psycopg the decoded value."""
-    return _json.loads(value) if isinstance(value, str | bytes) else value
+    if not isinstance(value, str | bytes):
+        return value
+    import json as _json  # only the commands that read a JSON column pay for the module
+
+    return _json.loads(value)
 
 
 def reader(db: Reader | Session) -> Reader:
