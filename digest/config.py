@@ -34,11 +34,15 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+# where the file and the database are: their rules live in digest.config_file (read without pydantic by
+# `digest status` and `digest subscribers show`), named here too for every other reader of the settings
 from digest import config_file
-from digest.config_file import DEFAULT_CONFIG, ENV_CONFIG, ENV_DATABASE_URL, config_path
+from digest.config_file import DEFAULT_CONFIG as DEFAULT_CONFIG
+from digest.config_file import ENV_CONFIG as ENV_CONFIG
+from digest.config_file import ENV_DATABASE_URL as ENV_DATABASE_URL
+from digest.config_file import config_path as config_path
 from digest.errors import ConfigError
 
-__all__ = ["DEFAULT_CONFIG", "ENV_CONFIG", "ENV_DATABASE_URL", "config_path"]  # their rules: digest.config_file
 ENV_SECRET_KEY = "DIGEST_SECRET_KEY"
 ENV_SENDGRID_API_KEY = "SENDGRID_API_KEY"
 ENV_SENDGRID_API_URL = "DIGEST_SENDGRID_API_URL"

@@ -126,8 +126,10 @@ def reader(db: Reader | Session) -> Reader:
 def readable(url: str) -> bool:
     """Whether `connect` opens this URL: an SQLite file or PostgreSQL through psycopg, with no options in
     the URL's query (any other URL is read through SQLAlchemy, which knows them all)."""
+    if "?" in url:  # options SQLAlchemy reads (and passes on its own way): left to it
+        return False
     if url.startswith(_SQLITE_PREFIX):
-        return "?" not in url and url != _SQLITE_PREFIX + ":memory:"
+        return url != _SQLITE_PREFIX + ":memory:"
     return url.startswith(_PSYCOPG_PREFIX)
 
 

@@ -255,3 +255,15 @@ def test_status_and_show_print_the_same_on_both_paths(settings, monkeypatch: pyt
         heavy = [run_cli(*a, cwd=folder, env=env) for a in (("status",), ("subscribers", "show", "ana@example.com"))]
         assert [r.stdout for r in heavy] == [r.stdout for r in light]
     assert os.environ.get(ENV_DATABASE_URL) is None
+
+
+@pytest.mark.nodb
+def test_the_runner_opens_plain_sqlite_files_and_psycopg_urls_only() -> None:
+    """Anything else (options in the URL, another driver, an in-memory database) is read through SQLAlchemy."""
+    assert dbapi.readable("sqlite:////var/lib/digest/digest.db")
+    assert dbapi.readable("postgresql+psycopg://digest:pw@localhost/digest")
+    for url in ("sqlite:///digest.db?timeout=5", "sqlite:///:memory:", "postgresql://u@h/db",
+                "postgresql+psycopg://u@h/db?sslmode=require", "mysql+pymysql://u@h/db"):
+        assert not dbapi.readable(url), url
+        with pytest.raises(ValueError, match="not a database URL digest.dbapi reads"), dbapi.connect(url):
+            pass

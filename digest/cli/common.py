@@ -15,18 +15,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Protocol
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: `digest --help` imports this module, and start-up counts (issue 16)
+    from typing import Protocol
+    from zoneinfo import ZoneInfo
+
     from rich.progress import Progress
 
     from digest.config import Settings
     from digest.config_file import Basics
     from digest.dbapi import Reader
+
+    class _Zoned(Protocol):
+        @property
+        def tz(self) -> ZoneInfo: ...
+
+    class _Published(Protocol):
+        @property
+        def publication(self) -> _Zoned: ...
 
 console = Console()
 # printed to a file, a pipe or cron's mail, a line is not hard-wrapped at an assumed 80 columns (a wrap in
@@ -81,16 +91,6 @@ def progress_bar(label: str) -> Progress:
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=err, transient=False,
                     disable=not err.is_terminal and os.environ.get("DIGEST_PROGRESS") != "1")
-
-
-class _Zoned(Protocol):
-    @property
-    def tz(self) -> ZoneInfo: ...
-
-
-class _Published(Protocol):
-    @property
-    def publication(self) -> _Zoned: ...
 
 
 def stamp(settings: _Published | Basics, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:

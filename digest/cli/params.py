@@ -13,7 +13,6 @@ tests/test_cli_startup.py holds it to Typer's results and errors. Pinned with Ty
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from typer._param_types import coerce_cli_path, lenient_issubclass
 from typer.core import _TyperParameter
 
 
-@dataclass(frozen=True)
 class _Text(RuntimeParam):
     """A `str` parameter: argv's text as it is (Typer's `_parse_cli_str` for a str)."""
 
@@ -33,7 +31,6 @@ class _Text(RuntimeParam):
         return _typers(param)._coerce_value(value, param=param, ctx=ctx)  # bytes and the like: Typer's
 
 
-@dataclass(frozen=True)
 class _Flag(RuntimeParam):
     """A `bool` flag (--help among them): the bool click gives as it is (Typer skips converting it too; a
     flag not given is None, returned by RuntimeParam.coerce before any conversion)."""
@@ -44,7 +41,6 @@ class _Flag(RuntimeParam):
         return _typers(param)._coerce_value(value, param=param, ctx=ctx)  # "yes", "0" from an env var: Typer's
 
 
-@dataclass(frozen=True)
 class _Path(RuntimeParam):
     """A `Path` parameter: Typer's own path checks, given the Path its adapter would have made."""
 
