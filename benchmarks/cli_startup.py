@@ -8,10 +8,11 @@ show`, against the least a Typer program can take (`python -c "import typer"`). 
 Each command runs as a user runs it (the installed `digest` script next to this Python, else
 `python -m digest`) in a fresh folder from `digest init` with one reader and a current schema. The runs
 of every command are interleaved, so a change in the machine's load hits all of them alike; the median is
-printed with its ratio to the `import typer` baseline (goal: 2x or less). `import sqlalchemy.orm` is
-printed as well: the floor of any command that reads the database (and `import sqlalchemy`, the floor of
-one that reads it through SQLAlchemy Core only), and pydantic's BaseModel, the floor of one that reads the
-settings (digest.config validates them with pydantic).
+printed with its ratio to the `import typer` baseline (goal: 2x or less). `import sqlalchemy.orm`,
+`import sqlalchemy` (Core only) and pydantic's BaseModel are printed as well: the floor of a command that
+reads the database through SQLAlchemy, or the settings through digest.config's pydantic schema. `status`
+and `subscribers show` do neither (digest.dbapi, digest.config_file: README "Start-up"), which is why they
+can start within 2x; the database here is current, so they take that light path.
 
 Times on a shared 2-core machine drift with the load; `--instructions` counts the instructions each
 command executes instead (valgrind's callgrind, one run each: the count barely moves from run to run, and

@@ -15,11 +15,10 @@ import os
 import re
 import secrets
 import textwrap
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args, get_origin
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import annotated_types
 from pydantic import (
@@ -35,11 +34,15 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+# where the file and the database are: their rules live in digest.config_file (read without pydantic by
+# `digest status` and `digest subscribers show`), named here too for every other reader of the settings
+from digest import config_file
+from digest.config_file import DEFAULT_CONFIG as DEFAULT_CONFIG
+from digest.config_file import ENV_CONFIG as ENV_CONFIG
+from digest.config_file import ENV_DATABASE_URL as ENV_DATABASE_URL
+from digest.config_file import config_path as config_path
 from digest.errors import ConfigError
 
-DEFAULT_CONFIG = "digest.toml"
-ENV_CONFIG = "DIGEST_CONFIG"
-ENV_DATABASE_URL = "DIGEST_DATABASE_URL"
 ENV_SECRET_KEY = "DIGEST_SECRET_KEY"
 ENV_SENDGRID_API_KEY = "SENDGRID_API_KEY"
 ENV_SENDGRID_API_URL = "DIGEST_SENDGRID_API_URL"
@@ -76,10 +79,9 @@ def _email(value: str) -> str:
 
 def _time_zone(value: str) -> str:
     try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise _Invalid(f"{value!r} is not a known time zone") from None
-    return value
+        return config_file.time_zone(value)  # the rule `digest status` reads it by, without pydantic
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
 
 
 HttpURL = Annotated[str, AfterValidator(_http_url)]
@@ -127,7 +129,7 @@ class Publication(_Table):
     postal_address: str = Field(
         description="Sender identification, required in every email's footer (Spam Act 2003, CAN-SPAM).")
     timezone: TimeZone = Field(
-        default="UTC",
+        default=config_file.DEFAULT_TIMEZONE,
         description="The publication's time zone (IANA name): the schedule and the dates in the email are in it.")
 
     @model_validator(mode="before")
@@ -390,7 +392,9 @@ class Web(_Table):
 
 
 class Database(_Table):
-    url: str = Field(default="sqlite:///digest.db",
+    # validate_default: the default is a relative path too, resolved against the config file's folder like
+    # any other (without it, an empty or absent url put the database in the working folder)
+    url: str = Field(default=config_file.DEFAULT_DATABASE_URL, validate_default=True,
                      description="SQLAlchemy URL: sqlite:///relative/to/this/file.db or "
                                  "postgresql+psycopg://user@host/db.",
                      json_schema_extra={"env": ENV_DATABASE_URL})
@@ -398,13 +402,10 @@ class Database(_Table):
     @field_validator("url")
     @classmethod
     def _database_url(cls, url: str, info: ValidationInfo) -> str:
-        if "://" not in url:
-            raise _Invalid(f"{url!r} is not a database URL (e.g. sqlite:///digest.db)")
-        base = (info.context or {}).get("base_dir")
-        if base and url.startswith("sqlite:///") and not url.startswith("sqlite:////") \
-                and url != "sqlite:///:memory:":
-            url = "sqlite:///" + str((Path(base) / url.removeprefix("sqlite:///")).resolve())
-        return url
+        try:  # the rule lives in digest.config_file: `digest status` finds the database by it, without pydantic
+            return config_file.database_url(url, (info.context or {}).get("base_dir"))
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
 
 
 class DigestFile(_Table):
@@ -457,20 +458,9 @@ def public_url_problem(settings: Settings) -> str:
             f"delivery.allow_http_public_url = true for a test setup")
 
 
-def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    return Path(explicit or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
-
-
 def load_settings(path: str | os.PathLike[str] | None = None, *, create_secret: bool = False) -> Settings:
     """Read and validate the config file, with the environment's overrides and the signing key."""
-    cfg = config_path(path)
-    if not cfg.exists():
-        raise ConfigError(f"{cfg}: config file not found (run `digest init` to write one, or pass --config)")
-    try:
-        data = tomllib.loads(cfg.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{cfg}: not valid TOML: {e}") from None
-    cfg = cfg.resolve()
+    cfg, data = config_file.read(path)
     data.setdefault("database", {})  # validated with the context below even when absent (relative sqlite)
     try:
         parsed = DigestFile.model_validate(data, context={"base_dir": cfg.parent})

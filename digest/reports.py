@@ -9,15 +9,17 @@ who opens twice is one opener, and a reader both bounced and dropped is one boun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from digest import dbapi
 
-from digest.models import Listing
-from digest.store import Delivery, DeliveryEvent, IssueRow, ListingFeature, utcnow
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from digest.dbapi import Reader
+    from digest.models import Listing
 
 #: stored event kind -> column. `dropped` is stored only for a bad address (see deliver/events.py);
 #: `blocked` (a soft bounce) and other drops are kept but counted nowhere.
@@ -27,43 +29,74 @@ EVENT_FIGURES = ("delivered", "bounced", "complained", "opened", "clicked")
 LEDGER = {"submitted": "submitted", "failed": "failed", "skipped": "skipped", "claimed": "unknown",
           "queued": "queued"}
 
+# The queries, as SQL text valid on SQLite and PostgreSQL (digest.dbapi runs them over a connection of its
+# own for `digest status`, which must start within 2x of `import typer` without SQLAlchemy (issue 16), and
+# over a session's connection for the admin pages and the tests): one definition each.
+ISSUES = """SELECT id, number, status, subject, sent_at, recalled_at, recalled_by
+FROM issues ORDER BY number DESC LIMIT :limit"""
 
-def issue_figures(session: Session, limit: int = 52) -> list[dict[str, Any]]:
-    """Newest first: issue, status, subject, readers, submitted, failed, skipped, unknown, queued,
-    delivered, bounced, complained, opened, clicked."""
-    issues = session.scalars(select(IssueRow).order_by(IssueRow.number.desc()).limit(limit)).all()
-    ids = [i.id for i in issues]
+LEDGER_COUNTS = """SELECT issue_id, status, count(*) FROM deliveries
+WHERE issue_id IN (:ids) GROUP BY issue_id, status"""
+
+_EVENT_COLUMN = "CASE kind " + " ".join(f"WHEN '{k}' THEN '{c}'" for k, c in EVENT_COLUMNS.items()) + " END"
+#: readers, not events: a reader who opens twice is one opener, one both bounced and dropped one bounce
+EVENT_COUNTS = f"""SELECT issue_id, {_EVENT_COLUMN} AS figure, count(DISTINCT subscriber_id) FROM delivery_events
+WHERE issue_id IN (:ids) AND kind IN (:kinds) GROUP BY issue_id, {_EVENT_COLUMN}"""
+
+#: SendGrid's scheduled batches: readers whose copy waits at SendGrid for its send_at, and the moment the
+#: issue reaches (reached) the readers
+SCHEDULED = """SELECT issue_id, sum(CASE WHEN send_at > :now THEN 1 ELSE 0 END), max(send_at) FROM deliveries
+WHERE issue_id IN (:ids) AND status = 'submitted' GROUP BY issue_id"""
+
+
+@dataclass(frozen=True)
+class IssueFigures:
+    """One issue's figures: the ledger's (readers, submitted, failed, skipped, unknown: claimed by a batch
+    of unknown fate, queued) and the provider events' (delivered ... clicked, in readers)."""
+
+    issue: int
+    status: str
+    subject: str
+    readers: int
+    submitted: int
+    failed: int
+    skipped: int
+    unknown: int
+    queued: int
+    delivered: int
+    bounced: int
+    complained: int
+    opened: int
+    clicked: int
+    scheduled: int  # readers whose copy waits at SendGrid for a send_at still ahead
+    delivered_at: datetime | None  # the last send_at, else when the issue was sent
+    recalled_at: datetime | None
+    recalled_by: str | None
+
+
+def issue_figures(db: Reader | Session, limit: int = 52, now: datetime | None = None) -> list[IssueFigures]:
+    """The newest `limit` issues, newest first, with their figures."""
+    read = dbapi.reader(db)
+    issues = read.rows(ISSUES, limit=limit)
+    ids = [row[0] for row in issues]
     ledger: dict[int, dict[str, int]] = {}
-    for issue_id, status, n in session.execute(
-            select(Delivery.issue_id, Delivery.status, func.count()).where(Delivery.issue_id.in_(ids))
-            .group_by(Delivery.issue_id, Delivery.status)):
-        ledger.setdefault(issue_id, {})[status] = n
-    column = case(EVENT_COLUMNS, value=DeliveryEvent.kind)
+    for issue_id, status, n in read.rows(LEDGER_COUNTS, ids=ids):
+        ledger.setdefault(issue_id, {})[status] = int(n)
     events: dict[int, dict[str, int]] = {}
-    for issue_id, col, n in session.execute(
-            select(DeliveryEvent.issue_id, column, func.count(func.distinct(DeliveryEvent.subscriber_id)))
-            .where(DeliveryEvent.issue_id.in_(ids), DeliveryEvent.kind.in_(list(EVENT_COLUMNS)))
-            .group_by(DeliveryEvent.issue_id, column)):
-        events.setdefault(issue_id, {})[col] = n
-    # SendGrid's scheduled batches: readers whose copy waits at SendGrid for its send_at, and the moment
-    # the issue reaches (reached) the readers
-    now = utcnow()
+    for issue_id, figure, n in read.rows(EVENT_COUNTS, ids=ids, kinds=list(EVENT_COLUMNS)):
+        events.setdefault(issue_id, {})[figure] = int(n)
     scheduled: dict[int, tuple[int, datetime | None]] = {}
-    for issue_id, waiting, last in session.execute(
-            select(Delivery.issue_id, func.sum(case((Delivery.send_at > now, 1), else_=0)), func.max(Delivery.send_at))
-            .where(Delivery.issue_id.in_(ids), Delivery.status == "submitted").group_by(Delivery.issue_id)):
-        scheduled[issue_id] = (int(waiting or 0), last)
+    for issue_id, waiting, last in read.rows(SCHEDULED, ids=ids, now=now or datetime.now(UTC)):
+        scheduled[issue_id] = (int(waiting or 0), dbapi.utc(last))
     rows = []
-    for i in issues:
-        led, ev = ledger.get(i.id, {}), events.get(i.id, {})
-        waiting, last = scheduled.get(i.id, (0, None))
-        rows.append({
-            "issue": i.number, "status": i.status, "subject": i.subject, "readers": sum(led.values()),
-            **{name: led.get(status, 0) for status, name in LEDGER.items()},
-            **{c: ev.get(c, 0) for c in EVENT_FIGURES},
-            "scheduled": waiting, "delivered_at": last or i.sent_at,
-            "recalled_at": i.recalled_at, "recalled_by": i.recalled_by,
-        })
+    for issue_id, number, status, subject, sent_at, recalled_at, recalled_by in issues:
+        led, ev = ledger.get(issue_id, {}), events.get(issue_id, {})
+        waiting, last = scheduled.get(issue_id, (0, None))
+        counts = {name: led.get(status_, 0) for status_, name in LEDGER.items()}
+        rows.append(IssueFigures(
+            issue=number, status=status, subject=subject, readers=sum(led.values()), **counts,
+            **{c: ev.get(c, 0) for c in EVENT_FIGURES}, scheduled=waiting,
+            delivered_at=last or dbapi.utc(sent_at), recalled_at=dbapi.utc(recalled_at), recalled_by=recalled_by))
     return rows
 
 
@@ -96,18 +129,27 @@ class ZoneProgress:
         return f"{local:%a %d %b %H:%M} {local.tzname()}"
 
 
-def zone_progress(session: Session, numbers: list[int], now: datetime | None = None) -> dict[int, list[ZoneProgress]]:
+ISSUE_IDS = "SELECT id, number FROM issues WHERE number IN (:numbers)"
+
+ZONE_GROUPS = """SELECT issue_id, zone, due_at, status, count(*), sum(CASE WHEN send_at > :now THEN 1 ELSE 0 END),
+max(coalesce(send_at, updated_at)) FROM deliveries
+WHERE issue_id IN (:ids) AND zone IS NOT NULL GROUP BY issue_id, zone, due_at, status"""
+
+ZONE_DELIVERED = """SELECT d.issue_id, d.zone, count(DISTINCT e.subscriber_id), max(e.at)
+FROM deliveries d JOIN delivery_events e ON e.issue_id = d.issue_id AND e.subscriber_id = d.subscriber_id
+WHERE d.issue_id IN (:ids) AND d.zone IS NOT NULL AND e.kind = 'delivered' GROUP BY d.issue_id, d.zone"""
+
+
+def zone_progress(db: Reader | Session, numbers: list[int], now: datetime | None = None
+                  ) -> dict[int, list[ZoneProgress]]:
     """Per issue number, its zones' progress (earliest moment first); an issue sent without local delivery
     has none."""
-    now = now or utcnow()
-    ids = {i: n for i, n in session.execute(select(IssueRow.id, IssueRow.number).where(IssueRow.number.in_(numbers)))}
+    read = dbapi.reader(db)
+    now = now or datetime.now(UTC)
+    ids = {int(i): int(n) for i, n in read.rows(ISSUE_IDS, numbers=numbers)}
     groups: dict[tuple[int, str], ZoneProgress] = {}
-    for issue_id, zone, due_at, status, n, ahead, out_at in session.execute(
-            select(Delivery.issue_id, Delivery.zone, Delivery.due_at, Delivery.status, func.count(),
-                   func.sum(case((Delivery.send_at > now, 1), else_=0)),
-                   func.max(func.coalesce(Delivery.send_at, Delivery.updated_at)))
-            .where(Delivery.issue_id.in_(list(ids)), Delivery.zone.is_not(None))
-            .group_by(Delivery.issue_id, Delivery.zone, Delivery.due_at, Delivery.status)):
+    for issue_id, zone, due, status, n, ahead, last_out in read.rows(ZONE_GROUPS, ids=list(ids), now=now):
+        due_at, out_at, n = dbapi.utc(due), dbapi.utc(last_out), int(n)
         g = groups.setdefault((issue_id, zone or ""), ZoneProgress(zone or "", due_at))
         g.readers += n
         name = LEDGER.get(status, status)
@@ -117,16 +159,10 @@ def zone_progress(session: Session, numbers: list[int], now: datetime | None = N
         if status == "submitted":
             g.scheduled += int(ahead or 0)
             g.out_at = out_at if g.out_at is None or (out_at and out_at > g.out_at) else g.out_at
-    for issue_id, zone, n, last in session.execute(
-            select(Delivery.issue_id, Delivery.zone, func.count(func.distinct(DeliveryEvent.subscriber_id)),
-                   func.max(DeliveryEvent.at))
-            .join(DeliveryEvent, (DeliveryEvent.issue_id == Delivery.issue_id)
-                  & (DeliveryEvent.subscriber_id == Delivery.subscriber_id))
-            .where(Delivery.issue_id.in_(list(ids)), Delivery.zone.is_not(None), DeliveryEvent.kind == "delivered")
-            .group_by(Delivery.issue_id, Delivery.zone)):
+    for issue_id, zone, n, last in read.rows(ZONE_DELIVERED, ids=list(ids)):
         group = groups.get((issue_id, zone or ""))
         if group is not None:
-            group.delivered, group.delivered_at = n, last
+            group.delivered, group.delivered_at = int(n), dbapi.utc(last)
     out: dict[int, list[ZoneProgress]] = {}
     for (issue_id, _), g in sorted(groups.items(), key=lambda kv: (kv[1].due_at or now, kv[1].zone)):
         out.setdefault(ids[issue_id], []).append(g)
@@ -149,18 +185,23 @@ class FeatureCount:
         return self.issues[-1] if self.issues else None
 
 
-def feature_report(session: Session, listings: list[Listing], *, last: int | None = None
+NEWEST_FEATURED = "SELECT max(issue_number) FROM listing_features"
+FEATURES = "SELECT issue_number, listing_key, name FROM listing_features ORDER BY issue_number, id"
+FEATURES_SINCE = """SELECT issue_number, listing_key, name FROM listing_features WHERE issue_number > :after
+ORDER BY issue_number, id"""
+
+
+def feature_report(db: Reader | Session, listings: list[Listing], *, last: int | None = None
                    ) -> tuple[list[FeatureCount], list[int]]:
     """Every supplier in the directory (and any featured earlier but gone from it) with the issues that
     featured it, over all issues or the `last` N; and the issue numbers considered. Most featured first."""
-    newest = session.scalar(select(func.max(ListingFeature.issue_number))) or 0
-    query = select(ListingFeature.issue_number, ListingFeature.listing_key, ListingFeature.name)
-    if last:
-        query = query.where(ListingFeature.issue_number > newest - last)
+    read = dbapi.reader(db)
+    newest = read.rows(NEWEST_FEATURED)[0][0] or 0
+    found = read.rows(FEATURES_SINCE, after=newest - last) if last else read.rows(FEATURES)
     features: dict[str, list[int]] = {}
     names: dict[str, str] = {}
     considered: set[int] = set()
-    for number, key, name in session.execute(query.order_by(ListingFeature.issue_number)):
+    for number, key, name in found:
         features.setdefault(key, []).append(number)
         names.setdefault(key, name)
         considered.add(number)

@@ -8,12 +8,14 @@ level up, at the top of the repository.
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 
 def _find(name: str) -> Path:
-    package = Path(str(files("digest")))  # installed as plain files, never zipped: Jinja and Alembic need paths
+    # installed as plain files, never zipped (Jinja and Alembic need paths): the package is this file's folder,
+    # found without importlib.resources (with zipfile and tempfile, a tenth of `import typer`, which every
+    # command that checks the schema would pay: issue 16)
+    package = Path(__file__).resolve().parent
     for candidate in (package / name, package.parent / name):
         if candidate.is_dir():
             return candidate

@@ -6,8 +6,6 @@ by Alembic (`migrations/`), never by `create_all`, so what tests run is what pro
 
 from __future__ import annotations
 
-import ast
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,6 +37,7 @@ from sqlalchemy.types import TypeDecorator
 
 from digest.issue_status import IssueStatus
 from digest.resources import MIGRATIONS
+from digest.revisions import migration_heads
 
 
 def utcnow() -> datetime:
@@ -360,24 +359,6 @@ def alembic_config(url: str) -> Any:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
-
-
-_REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=\s*(.+?)\s*$", re.MULTILINE)
-
-
-@lru_cache(maxsize=1)
-def migration_heads() -> frozenset[str]:
-    """The newest revisions of migrations/versions, read from the files' `revision` and `down_revision`
-    lines as text: a command that finds the schema current need not import Alembic (a third of a
-    second, every time a user types a command). Alembic itself still runs whenever they differ."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (MIGRATIONS / "versions").glob("*.py"):
-        for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
-            found = ast.literal_eval(value)
-            names = {found} if isinstance(found, str) else set(found or ())
-            (revisions if name == "revision" else parents).update(names)
-    return frozenset(revisions - parents)
 
 
 def _schema_version(conn: Connection) -> frozenset[str] | None:

@@ -6,96 +6,30 @@ turned back to `active` by an import or the API: only the reader's own fresh dou
 
 from __future__ import annotations
 
-import hashlib
 import re
 import typing
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from email_validator import EmailNotValidError, validate_email
-from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from sqlalchemy import Select, String, Table, case, cast, delete, insert, literal, null, select, update
 from sqlalchemy.orm import Session
 
 from digest.errors import DigestError, NotFound
 from digest.store import UTCDateTime, utcnow
+from subscribers.addresses import Address as Address
+from subscribers.addresses import InvalidEmail as InvalidEmail
+from subscribers.addresses import normalize as normalize
 from subscribers.bulk import insert_rows
+from subscribers.email_key import email_key
 from subscribers.models import WITHDRAWN, Event, MailingList, Membership, MembershipStatus, Subscriber, Suppression
 from subscribers.names import checked_name
 
 DEFAULT_LIST = "weekly"
 
 
-class InvalidEmail(DigestError):
-    pass
-
-
 class Suppressed(DigestError):
     """The address was erased on request and must not be added again."""
-
-
-class Address(NamedTuple):
-    """A validated address (a tuple: an import makes a million of them)."""
-
-    email: str  # as given, with the domain normalised (IDN -> Unicode form, lower case)
-    key: str  # the identity: case-folded
-
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(self.key.encode("utf-8")).hexdigest()
-
-
-def normalize(raw: str) -> Address:
-    """Validate syntax (no DNS) and normalise; raises InvalidEmail with the validator's reason.
-
-    Most addresses take a fast path that gives exactly what email-validator gives (a plain ASCII local
-    part and a domain validated once per import): a million-row import spends its time on rows, not
-    on re-validating the same few thousand domains. Anything unusual goes through the validator itself.
-    """
-    text = raw.strip()
-    fast = _fast_normalize(text)
-    if fast is not None:
-        return fast
-    try:
-        result = validate_email(text, check_deliverability=False)
-    except EmailNotValidError as e:
-        raise InvalidEmail(f"{text!r} is not a valid email address: {e}") from None
-    email = result.normalized
-    return Address(email, email.casefold())
-
-
-_DOT_ATOM = re.compile(r"[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+)*\Z")
-_PLAIN_DOMAIN = re.compile(r"[a-zA-Z0-9.\-\u0080-\U0010FFFF]+\Z")
-_MAILBOX_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
-_MAX_LENGTH = 254
-
-
-@lru_cache(maxsize=65536)
-def _domain(domain: str) -> tuple[str, str] | None:
-    """(normalised, ASCII) form of a domain as email-validator gives it, or None when it objects."""
-    try:
-        result = validate_email("a@" + domain, check_deliverability=False)
-    except EmailNotValidError:
-        return None
-    return result.domain, result.ascii_domain
-
-
-def _fast_normalize(text: str) -> Address | None:
-    local, at, domain = text.partition("@")
-    if not at or "@" in domain or not _DOT_ATOM.match(local) or local.lower() in _MAILBOX_NAMES \
-            or not _PLAIN_DOMAIN.match(domain):
-        return None
-    forms = _domain(domain)
-    if forms is None:
-        return None
-    email = f"{local}@{forms[0]}"
-    if text.isascii() and forms[0] == forms[1]:  # all three forms the validator measures are this long
-        if len(text) > _MAX_LENGTH:
-            return None
-    elif max(len(text.encode()), len(email.encode()), len(local) + 1 + len(forms[1])) > _MAX_LENGTH:
-        return None
-    return Address(email, email.casefold())
 
 
 def ensure_list(session: Session, slug: str = DEFAULT_LIST, name: str | None = None) -> MailingList:
@@ -152,11 +86,7 @@ def configured_list(session: Session, slug: str) -> MailingList:
 
 
 def find(session: Session, email: str) -> Subscriber | None:
-    try:
-        key = normalize(email).key
-    except InvalidEmail:
-        key = email.strip().casefold()
-    return session.scalar(select(Subscriber).where(Subscriber.email_key == key))
+    return session.scalar(select(Subscriber).where(Subscriber.email_key == email_key(email)))
 
 
 def is_suppressed(session: Session, address: Address) -> bool:

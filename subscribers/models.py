@@ -7,31 +7,15 @@ Statuses live on the membership (one per person and list). They are changed only
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from digest.store import Base, UTCDateTime, utcnow
+from subscribers.membership_status import MembershipStatus
 
-
-class MembershipStatus(StrEnum):
-    """Where a person stands on one list; stored as these strings. Only `active` members receive it."""
-
-    PENDING = "pending"
-    ACTIVE = "active"
-    UNSUBSCRIBED = "unsubscribed"
-    BOUNCED = "bounced"
-    COMPLAINED = "complained"
-
-    @classmethod
-    def parse(cls, text: str) -> MembershipStatus:
-        """The status a form, file or command line names; ValueError names the known ones."""
-        try:
-            return cls(text)
-        except ValueError:
-            raise ValueError(f"unknown status {text!r} (one of {', '.join(cls)})") from None
+__all__ = ["MembershipStatus"]  # declared apart, so a read without SQLAlchemy (subscribers.profile) has it too
 
 
 #: Statuses that only the reader's own fresh double opt-in may leave.

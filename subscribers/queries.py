@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from digest.errors import NotFound
 from subscribers import lifecycle
-from subscribers.models import Event, MailingList, Membership, MembershipStatus, Subscriber
+from subscribers.models import MailingList, Membership, MembershipStatus, Subscriber
 
 
 @dataclass
@@ -41,51 +39,6 @@ def membership_status(session: Session, email: str, list_slug: str) -> Membershi
         return None
     return session.scalar(select(Membership.status).join(MailingList, MailingList.id == Membership.list_id)
                           .where(Membership.subscriber_id == sub.id, MailingList.slug == list_slug))
-
-
-@dataclass
-class MembershipView:
-    slug: str
-    status: MembershipStatus
-    created_at: datetime
-    updated_at: datetime
-    confirmed_at: datetime | None
-    confirm_sent_at: datetime | None
-
-
-@dataclass
-class HistoryItem:
-    at: datetime
-    list_slug: str
-    kind: str
-    old: MembershipStatus | None
-    new: MembershipStatus | None
-    source: str
-    ip: str | None
-    detail: str
-
-
-@dataclass
-class Profile:
-    subscriber: Subscriber
-    memberships: list[MembershipView]
-    history: list[HistoryItem]
-
-
-def profile(session: Session, email: str) -> Profile:
-    """One person: memberships and the whole consent history, oldest first (what `show` prints)."""
-    sub = lifecycle.find(session, email)
-    if sub is None:
-        raise NotFound(f"no subscriber {email.strip()!r}")
-    members = [MembershipView(slug, m.status, m.created_at, m.updated_at, m.confirmed_at, m.confirm_sent_at)
-               for m, slug in session.execute(
-                   select(Membership, MailingList.slug).join(MailingList, MailingList.id == Membership.list_id)
-                   .where(Membership.subscriber_id == sub.id).order_by(MailingList.slug))]
-    history = [HistoryItem(e.at, slug or "", e.kind, e.old_status, e.new_status, e.source, e.ip, e.detail)
-               for e, slug in session.execute(
-                   select(Event, MailingList.slug).outerjoin(MailingList, MailingList.id == Event.list_id)
-                   .where(Event.subscriber_id == sub.id).order_by(Event.at, Event.id))]
-    return Profile(sub, members, history)
 
 
 # -- lookups for the web pages (readers' links, admins' pages) ---------------------------------------

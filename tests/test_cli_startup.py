@@ -83,8 +83,9 @@ def test_group_help_and_subcommand_help_stay_light() -> None:
                  ("schedule", "--help"), ("serve", "--help")):
         text, modules = _imported(*args)
         assert "Usage" in text, args
-        # Typer (0.29) converts a command's parameters with pydantic's TypeAdapter: its own cost, not ours
-        assert _heavy(modules, tuple(h for h in HEAVY if h != "pydantic")) == [], args
+        # Typer (0.29) converts a command's parameters with pydantic's TypeAdapter; the lazy root gives its
+        # str, Path and bool parameters converters without it (digest.cli.params)
+        assert _heavy(modules) == [], args
 
 
 @pytest.mark.nodb
@@ -96,14 +97,24 @@ def test_import_help_names_the_import_batch_size() -> None:
     assert f"{BATCH_SIZE:,}" in text
 
 
+#: what `digest status` and `digest subscribers show` must not import on a current schema: they read the
+#: config's database URL and zone (digest.config_file) and the database (digest.dbapi) without either
+READ_ONLY_HEAVY = ("sqlalchemy", "pydantic", "pydantic_core", "alembic", "digest.store", "digest.config",
+                   "subscribers.models", "subscribers.lifecycle", "subscribers.queries")
+
+
 def test_status_on_a_current_schema_skips_alembic_and_the_scheduler(workdir: Path) -> None:
     from digest.config import load_settings
-    from digest.store import migrate
+    from digest.store import IssueRow, migrate, session_scope
 
-    migrate(load_settings(workdir / "digest.toml").database_url)
+    url = load_settings(workdir / "digest.toml").database_url
+    migrate(url)
+    with session_scope(url) as s:
+        s.add(IssueRow(number=7, subject="A light read", status="sent", content={}))
     text, modules = _imported("status", cwd=workdir)
-    assert "no issues yet" in text or "Issues" in text
-    assert "sqlalchemy" in modules  # it did read the database
+    assert "#7" in text or "│ 7 " in text, text
+    assert "A light read" in text  # it did read the database
+    assert _heavy(modules, READ_ONLY_HEAVY) == []  # without SQLAlchemy or pydantic (issue 16)
     assert _heavy(modules, ("alembic", "apscheduler", "fastapi", "uvicorn", "httpx", "sendgrid", "mjml")) == []
     # the lazy root built `status` alone: no other command's module, nor Typer's help formatter
     assert _heavy(modules, ("typer.rich_utils", "rich.markdown", "digest.moments", "subscribers.lifecycle",
@@ -184,9 +195,9 @@ def test_subscribers_show_imports_no_scheduler(workdir: Path) -> None:
                             "--source", "test"], cwd=workdir, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "DIGEST_SECRET_KEY": SECRET})
     assert added.returncode == 0, added.stderr
-    text, modules = _imported("subscribers", "show", "reader@example.com", cwd=workdir)
-    assert "reader@example.com" in text and "confirmed" in text
-    assert "sqlalchemy" in modules  # it did read the database
+    text, modules = _imported("subscribers", "show", "Reader@EXAMPLE.com", cwd=workdir)
+    assert "reader@example.com" in text and "confirmed" in text  # found by its key, as lifecycle.find finds it
+    assert _heavy(modules, READ_ONLY_HEAVY) == []  # it read the database without SQLAlchemy or pydantic
     assert _heavy(modules, ("alembic", "apscheduler", "digest.moments", "fastapi", "uvicorn", "httpx", "sendgrid",
                             "mjml", "jinja2", "typer.rich_utils")) == []
 
@@ -207,3 +218,48 @@ def test_the_cli_stamp_is_digest_moments_stamp() -> None:
             moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=hours)
             for fmt in ("%Y-%m-%d %H:%M", "%Y-%m-%d"):
                 assert stamp(settings, moment, fmt) == moments_stamp(settings, moment, fmt)  # type: ignore[arg-type]
+
+
+@pytest.mark.nodb
+def test_plain_parameters_convert_as_typers_own(tmp_path: Path) -> None:
+    """digest.cli.params converts str, Path and bool values without pydantic: the same values, and the same
+    errors (a missing file, a folder given for a file), as Typer's own converter, for every such parameter."""
+    import typer.main
+    from typer import _click as click
+    from typer._coercion import build_runtime_param
+    from typer.core import _TyperParameter
+
+    from digest.cli.main import app
+    from digest.cli.params import plain
+
+    (tmp_path / "file.csv").write_text("email\n")
+    samples: dict[type, list[object]] = {str: ["x", "", "-", "Ünïcode@example.com"],
+                                         bool: [True, False],
+                                         Path: [str(tmp_path / "file.csv"), str(tmp_path / "missing.csv"),
+                                                str(tmp_path), "-", "relative/name.toml"]}
+    checked = 0
+
+    def walk(eager: click.Command) -> None:
+        nonlocal checked
+        for sub in getattr(eager, "commands", {}).values():
+            walk(sub)
+        plain(eager)
+        for param in [p for p in eager.params if isinstance(p, _TyperParameter)]:
+            light = param._runtime_param
+            annotation = param.type_descriptor.annotation
+            if light is None or annotation not in samples:
+                continue
+            typers = build_runtime_param(param.type_descriptor)
+            ctx = click.Context(eager)
+            for value in samples[annotation]:
+                outcomes = []
+                for runtime in (light, typers):
+                    try:
+                        outcomes.append(("ok", runtime.coerce(value, param=param, ctx=ctx)))
+                    except click.BadParameter as e:
+                        outcomes.append(("error", e.format_message()))
+                assert outcomes[0] == outcomes[1], (eager.name, param.name, value, outcomes)
+                checked += 1
+
+    walk(typer.main.get_command(app))
+    assert checked > 100  # every command's --config, the addresses, the files, the flags

@@ -281,7 +281,7 @@ def test_an_unanswered_request_is_left_unknown_when_retries_of_it_are_off(
     assert ledger(settings) == {"claimed": 12}
     assert sorted(server.recipients()) == sorted(emails)  # SendGrid did take it
     with session_factory(settings.database_url)() as s:
-        assert issue_figures(s)[0]["unknown"] == 12
+        assert issue_figures(s)[0].unknown == 12
         issue = s.scalar(select(IssueRow))
         assert resolve(s, issue, "submitted") == 12
         assert issue.status == "sent"

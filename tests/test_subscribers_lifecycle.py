@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from digest.config import Settings
 from digest.issues import recipients
 from digest.store import Delivery, IssueRow
-from subscribers import lifecycle
+from subscribers import addresses, lifecycle
 from subscribers.models import Event, Membership, MembershipStatus, Subscriber, Suppression
 
 
@@ -92,9 +92,32 @@ def test_the_fast_path_of_normalize_agrees_with_email_validator_exactly() -> Non
         except lifecycle.InvalidEmail:
             got = None
         assert got == expected, raw
-        fast += lifecycle._fast_normalize(raw.strip()) is not None
+        fast += addresses._fast_normalize(raw.strip()) is not None
         agreed += 1
     assert agreed > 4000 and fast > 200  # the fast path was really taken, not only the validator
+
+
+def test_the_key_a_person_is_found_by_skips_the_validator_only_where_it_agrees() -> None:
+    """subscribers.email_key answers plain ASCII text without email-validator (`subscribers show` starts
+    without it, issue 16): for every such text, valid or not, the key is what the validator's normalising
+    gives (or, for text it refuses, the trimmed text case-folded), as lifecycle.find always looked it up."""
+    from subscribers.email_key import email_key, plain_key
+
+    rnd = random.Random(16)
+    corpus = _corpus(6000) + [f" {raw}\t" for raw in _corpus(300)]
+    corpus += ["".join(rnd.choice(string.printable) for _ in range(rnd.randint(1, 30))) + "@Example.COM"
+               for _ in range(3000)]
+    corpus += ["POSTMASTER@EXAMPLE.COM", "Abuse@example.com", "a@XN--BCHER-KVA.de", "a@[IPv6:2001:db8::0:1]",
+               '"a"@example.com', "a\\b@example.com", "a@example.com.", ".a@example.com", "a@-example.com"]
+    plain = 0
+    for raw in corpus:
+        try:
+            expected = validate_email(raw.strip(), check_deliverability=False).normalized.casefold()
+        except EmailNotValidError:
+            expected = raw.strip().casefold()
+        assert email_key(raw) == expected, raw
+        plain += plain_key(raw.strip()) is not None
+    assert plain > 3000  # the shortcut was really taken, not only the validator
 
 
 def test_withdrawn_memberships_are_never_reactivated_by_an_admin_or_a_form(session: Session) -> None:

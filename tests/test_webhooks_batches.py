@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -145,7 +146,7 @@ def test_a_big_signed_batch_with_bad_events_stores_the_good_ones_in_short_transa
     assert {r: found[r] for r in CONSENT} == {r: status for r, (_, status) in CONSENT.items()}
     assert all(found[r] == MembershipStatus.ACTIVE for r in range(1, 21))
     with session_factory(sent.database_url)() as s:
-        figures = issue_figures(s)[0]
+        figures = asdict(issue_figures(s)[0])
         changes = s.scalar(select(func.count()).select_from(Event).where(Event.source == "sendgrid event webhook"))
     assert changes == len(CONSENT)
     assert (figures["bounced"], figures["complained"]) == (10, 5)

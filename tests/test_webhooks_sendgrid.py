@@ -6,6 +6,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,7 @@ def test_a_signed_batch_changes_statuses_once_and_counts_per_issue(client: TestC
     with session_factory(sent.database_url)() as s:
         changes = s.execute(select(Event.kind, Event.new_status, Event.source).where(
             Event.source == "sendgrid event webhook").order_by(Event.id)).all()
-        figures = issue_figures(s)[0]
+        figures = asdict(issue_figures(s)[0])
     assert [(k, n) for k, n, _ in changes] == [("bounce", "bounced"), ("dropped", "bounced"),
                                                ("spamreport", "complained"), ("unsubscribe", "unsubscribed")]
     assert {k: figures[k] for k in ("submitted", "delivered", "bounced", "complained", "opened", "clicked")} == {
@@ -125,7 +126,7 @@ def test_a_signed_batch_changes_statuses_once_and_counts_per_issue(client: TestC
     assert again.json()["recorded"] == 0 and again.json()["duplicates"] == 13 and again.json()["applied"] == 0
     with session_factory(sent.database_url)() as s:
         assert s.scalar(select(func.count()).select_from(DeliveryEvent)) == 13
-        assert issue_figures(s)[0]["opened"] == 2
+        assert issue_figures(s)[0].opened == 2
 
     status = run_cli("status", cwd=workdir, env={"COLUMNS": "250"})
     assert status.returncode == 0, status.stderr

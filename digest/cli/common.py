@@ -11,6 +11,8 @@ imports what it needs when it runs. tests/test_cli_startup.py holds them to it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,10 +20,23 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: `digest --help` imports this module, and start-up counts (issue 16)
+    from typing import Protocol
+    from zoneinfo import ZoneInfo
+
     from rich.progress import Progress
 
     from digest.config import Settings
+    from digest.config_file import Basics
+    from digest.dbapi import Reader
+
+    class _Zoned(Protocol):
+        @property
+        def tz(self) -> ZoneInfo: ...
+
+    class _Published(Protocol):
+        @property
+        def publication(self) -> _Zoned: ...
 
 console = Console()
 # printed to a file, a pipe or cron's mail, a line is not hard-wrapped at an assumed 80 columns (a wrap in
@@ -44,6 +59,31 @@ def settings_for(config: Path | None, *, create_secret: bool = False) -> Setting
     return settings
 
 
+@contextmanager
+def reading(config: Path | None) -> Iterator[tuple[Basics, Reader]]:
+    """For a command that only reads (`status`, `subscribers show`): the config's database URL and zone
+    (digest.config_file, without the pydantic schema) and a read-only connection (digest.dbapi, without
+    SQLAlchemy): issue 16, start-up within 2x of `import typer`. A database that is missing or not at the
+    newest migration (or a URL digest.dbapi does not open) goes the way every command goes: migrated by
+    digest.store (created on first use), then read over a SQLAlchemy session with the same queries."""
+    from digest import dbapi
+    from digest.config_file import basics
+    from digest.revisions import migration_heads
+
+    found = basics(config)
+    url = found.database_url
+    if dbapi.readable(url) and (not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).is_file()):
+        with dbapi.connect(url) as db:
+            if dbapi.schema_version(db) == migration_heads():
+                yield found, db
+                return
+    from digest.store import migrate, session_scope
+
+    migrate(url)
+    with session_scope(url) as session:
+        yield found, dbapi.reader(session)
+
+
 def progress_bar(label: str) -> Progress:
     """A rich progress bar on stderr; silent when stderr is not a terminal (unless DIGEST_PROGRESS=1)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -53,11 +93,13 @@ def progress_bar(label: str) -> Progress:
                     disable=not err.is_terminal and os.environ.get("DIGEST_PROGRESS") != "1")
 
 
-def stamp(settings: Settings, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+def stamp(settings: _Published | Basics, moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
     """A stored (UTC) moment in the publication's zone, the zone named: digest.moments.stamp's rule, written
     here because digest.moments brings APScheduler, a sixth of `digest subscribers show`'s start-up (issue
-    16). tests/test_cli_startup.py holds the two to the same output."""
+    16). tests/test_cli_startup.py holds the two to the same output. Takes the Settings or, for a command
+    that only reads, digest.config_file.Basics (the zone alone)."""
     if moment is None:
         return ""
-    local = moment.astimezone(settings.publication.tz)
+    tz = settings.tz if hasattr(settings, "tz") else settings.publication.tz
+    local = moment.astimezone(tz)
     return f"{local.strftime(fmt)} {local.tzname()}"

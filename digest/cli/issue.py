@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for, stamp
+from digest.cli.common import ConfigOpt, console, err, progress_bar, reading, settings_for, stamp
 from digest.errors import DigestError
 from digest.wording import plural
 
@@ -392,18 +392,16 @@ def demo(folder: Annotated[Path, typer.Argument(help="The folder to work in.")] 
 def status(config: ConfigOpt = None) -> None:
     """Per issue: status and delivery figures."""
     from digest.reports import issue_figures, zone_progress
-    from digest.store import session_scope
 
-    settings = settings_for(config)
-    with session_scope(settings.database_url) as session:
-        rows = issue_figures(session)
-        by_zone = zone_progress(session, [r["issue"] for r in rows[:3]])  # local delivery: the newest issues
+    with reading(config) as (_, db):  # the config's database alone: no SQLAlchemy, no pydantic (issue 16)
+        rows = issue_figures(db)
+        by_zone = zone_progress(db, [r.issue for r in rows[:3]])  # local delivery: the newest issues
     figures = ("readers", "submitted", "failed", "skipped", "unknown", "delivered", "bounced", "complained",
                "opened", "clicked")
     if console.width < 150:  # a narrow terminal: one short paragraph per issue instead of a wide table
         for r in rows:
-            console.print(f"[bold]#{r['issue']}[/] {r['status']}: {r['subject']}", highlight=False)
-            console.print("   " + ", ".join(f"{c} {r[c]}" for c in figures), highlight=False)
+            console.print(f"[bold]#{r.issue}[/] {r.status}: {r.subject}", highlight=False)
+            console.print("   " + ", ".join(f"{c} {getattr(r, c)}" for c in figures), highlight=False)
         if not rows:
             console.print("no issues yet")
     else:
@@ -414,23 +412,23 @@ def status(config: ConfigOpt = None) -> None:
             table.add_column(c, justify="right")
         table.add_column("subject", no_wrap=True, overflow="ellipsis", max_width=40)
         for r in rows:
-            table.add_row(str(r["issue"]), r["status"], *(str(r[c]) for c in figures), r["subject"])
+            table.add_row(str(r.issue), r.status, *(str(getattr(r, c)) for c in figures), r.subject)
         console.print(table)
     for r in rows:  # SendGrid's scheduled batches: when readers get it; a recall
-        if r["scheduled"] and r["delivered_at"] is not None:
-            console.print(f"#{r['issue']}: {r['scheduled']} reader(s) scheduled at SendGrid for "
-                          f"{r['delivered_at']:%Y-%m-%d %H:%M} UTC (`digest recall {r['issue']}` can still stop "
+        if r.scheduled and r.delivered_at is not None:
+            console.print(f"#{r.issue}: {r.scheduled} reader(s) scheduled at SendGrid for "
+                          f"{r.delivered_at:%Y-%m-%d %H:%M} UTC (`digest recall {r.issue}` can still stop "
                           "those 10+ minutes away)", highlight=False)
-        elif r["delivered_at"] is not None and r["submitted"]:
-            console.print(f"#{r['issue']}: delivered at {r['delivered_at']:%Y-%m-%d %H:%M} UTC", highlight=False)
-        if r["recalled_at"] is not None:
-            console.print(f"#{r['issue']}: recalled by {r['recalled_by']} at {r['recalled_at']:%Y-%m-%d %H:%M} UTC",
+        elif r.delivered_at is not None and r.submitted:
+            console.print(f"#{r.issue}: delivered at {r.delivered_at:%Y-%m-%d %H:%M} UTC", highlight=False)
+        if r.recalled_at is not None:
+            console.print(f"#{r.issue}: recalled by {r.recalled_by} at {r.recalled_at:%Y-%m-%d %H:%M} UTC",
                           highlight=False)
     for number, zones in by_zone.items():
         console.print(f"#{number} by time zone (local delivery):", highlight=False)
         for z in zones:
             console.print(f"  {_zone_line(z)}", highlight=False)
-    unknown = sum(r["unknown"] for r in rows)
+    unknown = sum(r.unknown for r in rows)
     if unknown:
         err.print(f"[red]{plural(unknown, 'reader')} in batches of unknown fate[/]: resolve with "
                   "`digest deliveries resolve ISSUE --as submitted|retry`")

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from digest.cli.common import ConfigOpt, console, err, progress_bar, settings_for, stamp
+from digest.cli.common import ConfigOpt, console, err, progress_bar, reading, settings_for, stamp
 from digest.errors import DigestError
 from digest.wording import plural
 
@@ -138,12 +138,10 @@ def list_cmd(status: StatusOpt = None, list_: Annotated[str | None, typer.Option
 @app.command()
 def show(email: Annotated[str, typer.Argument(help="The reader's address.")], config: ConfigOpt = None) -> None:
     """One reader: details, memberships and the consent history (who, what, when, source, IP)."""
-    from digest.store import session_scope
-    from subscribers.queries import profile
+    from subscribers.profile import profile
 
-    settings = settings_for(config)
-    with session_scope(settings.database_url) as session:
-        p = profile(session, email)
+    with reading(config) as (settings, db):  # the config's database and zone alone: no SQLAlchemy, no pydantic
+        p = profile(db, email)
         s = p.subscriber
         console.print(f"[bold]{escape(s.email)}[/]" + (f" ({escape(s.name)})" if s.name else ""), highlight=False)
         console.print(f"  since {stamp(settings, s.created_at)}; categories: {', '.join(s.categories) or '(none)'}",
@@ -157,7 +155,7 @@ def show(email: Annotated[str, typer.Argument(help="The reader's address.")], co
             table.add_row(m.slug, m.status, stamp(settings, m.updated_at), stamp(settings, m.confirmed_at),
                           stamp(settings, m.confirm_sent_at))
         console.print(table)
-        console.print(f"History ({settings.publication.timezone}):")
+        console.print(f"History ({settings.timezone}):")
         for h in p.history:  # one line each, so it reads (and greps) the same in a pipe
             status = f"{h.old or '-'} -> {h.new}" if h.new and h.new != h.old else (h.new or "")
             parts = [stamp(settings, h.at), h.list_slug or "-", h.kind, status,

@@ -40,7 +40,8 @@ from digest.web.numbers import parse_id  # also registers the {name:id} path con
 from digest.web.pages import flash, render
 from subscribers import counts, csv_export, csv_import, lifecycle
 from subscribers.models import MembershipStatus, Subscriber
-from subscribers.queries import list_slugs, profile, subscriber_by_id
+from subscribers.profile import profile
+from subscribers.queries import list_slugs, subscriber_by_id
 from subscribers.search import Query, search
 
 router = APIRouter(prefix="/admin",
@@ -118,7 +119,7 @@ def count_now(request: Request, db: Annotated[Session, Depends(get_db)]) -> Resp
 @router.get("/issues")
 def figures(request: Request, db: Annotated[Session, Depends(get_db)]) -> Response:
     figures = issue_figures(db)
-    zones = zone_progress(db, [f["issue"] for f in figures[:3]])  # local delivery: the newest issues by zone
+    zones = zone_progress(db, [f.issue for f in figures[:3]])  # local delivery: the newest issues by zone
     return render(request, "admin/issues.html", {"figures": figures, "recallable": RECALLABLE, "zones": zones})
 
 
