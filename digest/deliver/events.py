@@ -44,6 +44,7 @@ from digest.deliver.sendgrid import ARG_ISSUE, ARG_LIST, ARG_SUBSCRIBER
 from digest.errors import NotFound
 from digest.store import Delivery, DeliveryEvent, IssueRow, core_table, utcnow
 from subscribers import lifecycle
+from subscribers.email_key import email_key
 from subscribers.models import Subscriber
 
 log = logging.getLogger("digest.events")
@@ -219,12 +220,8 @@ def consent_change(event: dict[str, Any]) -> str | None:
     return None
 
 
-@lru_cache(maxsize=65_536)  # a batch names the same few thousand readers many times over
-def _key(email: str) -> str:
-    try:
-        return lifecycle.normalize(email).key
-    except lifecycle.InvalidEmail:
-        return email.strip().casefold()
+# the key a reader is stored under; a batch names the same few thousand readers many times over
+_key = lru_cache(maxsize=65_536)(email_key)
 
 
 class _Readers:
