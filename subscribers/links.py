@@ -115,17 +115,16 @@ class Tokens:
         # every MAC has the digest's size: its base64 is that many characters before the "=" padding,
         # which itsdangerous drops (a slice, not an rstrip per token)
         chars = len(b2a_base64(bytes(inner.digest_size), newline=False).rstrip(b"="))
-        b64, tail_bytes = b2a_base64, tail.encode("ascii")
-        signed = []
+        b64 = b2a_base64
+        out = []
         for sid in subscriber_ids:
-            value = b"%x%s" % (sid, tail_bytes)
+            value = f"{sid:x}{tail}"
             h = inner.copy()
-            h.update(value)
+            h.update(value.encode("ascii"))
             mac = outer.copy()
             mac.update(h.digest())
-            signed.append(b"%s.%s" % (value, b64(mac.digest())[:chars]))
-        # base64url and text for the whole batch at once (a token has no line break)
-        return b"\n".join(signed).translate(_URLSAFE).decode("ascii").split("\n") if signed else []
+            out.append(f"{value}.{b64(mac.digest())[:chars].translate(_URLSAFE).decode('ascii')}")
+        return out
 
     def read(self, purpose: str, token: str, max_age_days: float) -> ReaderRef:
         """The ids in a token; TokenError when it is tampered, expired, of another key or purpose."""
