@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -143,3 +143,23 @@ class Editions:
 
     def __call__(self, reader: Any) -> Rendered:
         return self.get(self.key(reader))
+
+    def each(self, readers: Sequence[Any]) -> list[Rendered]:
+        """The edition of every reader of a batch (claimed rows: id, attributes, categories), the key made
+        once per distinct (attributes, categories) in it: the claim decodes each stored JSON text once, so
+        readers with the same preferences share those very objects (and while the batch holds them, an
+        object's id is its own). The reader's id counts only when it can change the appeal (a recent
+        appeal click, or a variant rotated per reader): then it is `key` per reader."""
+        if self.clicked or self._slots:
+            return [self.get(self.key(r)) for r in readers]
+        seen: dict[tuple[int, int], Rendered] = {}
+        out = []
+        for r in readers:
+            # empty preferences are alike whatever object holds them (the claim makes a new `{}` for a NULL)
+            attributes, categories = r.attributes, r.categories
+            pair = (id(attributes) if attributes else 0, id(categories) if categories else 0)
+            edition = seen.get(pair)
+            if edition is None:
+                edition = seen[pair] = self.get(self.key(r))
+            out.append(edition)
+        return out

@@ -213,6 +213,14 @@ def token_values(name: str, unsubscribe_url: str, preferences_url: str, click_ur
     }
 
 
+#: A name every reader token and address field carries exactly as it is: printable ASCII without the
+#: characters HTML escapes (&<>"'), JSON escapes ("\\), or a display name may not hold (SendGrid's `to.name`:
+#: no ";" or ","), no space at either end, and short enough that "Hi <name>," fits one text line (wrap
+#: leaves it alone). A send fills such names from a template; any other name takes `token_values`.
+_PLAIN_CHAR = r"\x21\x23-\x25\x28-\x2b\x2d-\x3a\x3d\x3f-\x5b\x5d-\x7e"  # printable ASCII less "&',;<>\\ and space
+PLAIN_NAME = re.compile(rf"[{_PLAIN_CHAR}](?:[ {_PLAIN_CHAR}]{{0,{TEXT_WIDTH - len('Hi ,') - 2}}}[{_PLAIN_CHAR}])?")
+
+
 def tracks_clicks(settings: Settings) -> bool:
     """Our own click redirect is on (delivery.click_redirect), and the transport does not track clicks itself."""
     return settings.delivery.click_redirect and settings.delivery.transport != "sendgrid"

@@ -256,3 +256,19 @@ def test_appeal_variant_keys_must_differ(workdir: Path) -> None:
     edit_config(workdir, "\n[delivery]\n", APPEAL_EXTRA.replace('key = "b"', 'key = "main"'))
     with pytest.raises(ConfigError, match="appeal variant keys must differ .*: main, main, thank_you"):
         load_settings(workdir / "digest.toml")
+
+
+def test_a_batchs_editions_are_each_readers_own(cfg: Settings, issue: Issue) -> None:
+    """`each` (a claimed batch at once, the key made once per distinct preferences) gives every reader the
+    edition `key` gives them alone: shared and equal-but-distinct preference objects, empty ones, print
+    subscribers, and readers whose recent appeal click changes their edition."""
+    shared = ["Venues"]
+    batch = [reader(1), reader(2, shared), reader(3, shared), reader(4, ["Venues"]), reader(5, ["Golf"]),
+             reader(6, print_subscriber=True), reader(7), reader(8, shared, print_subscriber=True)]
+    for clicked in ((), (3, 7)):
+        editions = Editions(cfg, issue, appeal_clicked=clicked)
+        alone = Editions(cfg, issue, appeal_clicked=clicked)
+        got = [e.edition for e in editions.each(batch)]
+        assert got == [alone.key(r) for r in batch]
+        assert len(set(got)) >= 4  # the readers do differ: the test would see a wrong sharing
+        assert editions.renders == len(set(got))

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,7 +49,7 @@ from digest.deliver.ledger import (
     waiting,
 )
 from digest.deliver.personalizer import Personalizer
-from digest.deliver.protocol import Message, Outcome, SendInterrupted, SendReport, Transport
+from digest.deliver.protocol import Message, Outcome, Rows, SendInterrupted, SendReport, Transport
 from digest.errors import DeliveryError
 from digest.locks import beat_send_lock, forget_workers, join_send, leave_send, send_workers
 from digest.moments import local_home
@@ -145,18 +146,42 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     schedule = getattr(transport, "schedule", None)
     plan: tuple[str, int] | None = None
 
+    def message(r: Reader, edition: Rendered | None = None) -> Message | None:
+        """One reader's Message, or None (recorded in `unbuilt`, naming why) when their data makes it impossible."""
+        try:
+            values, headers = personal.for_reader(r.id, list_id, r.name, list_slug=slug, issue_number=number)
+            edition = edition or editions(r)
+            shown[r.delivery_id] = edition.edition
+            return Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, edition, values, headers,
+                           list_id, plan)
+        except Exception as e:
+            shown.pop(r.delivery_id, None)
+            unbuilt.append(Outcome(r.delivery_id, False, error=f"could not build this reader's message: {e}"))
+            return None
+
+    prepare_rows = getattr(transport, "prepare_rows", None) if personal.columnar else None
+    each = getattr(editions, "each", None)
+    assemble = partial(personal.assemble, list_slug=slug, issue_number=number)
+
     def build(readers: list[Reader]) -> Any:
-        msgs = []
-        for r in readers:
+        if prepare_rows is not None and each is not None:
             try:
-                values, headers = personal.for_reader(r.id, list_id, r.name, list_slug=slug, issue_number=number)
-                edition = editions(r)
-                msgs.append(Message(r.delivery_id, r.id, issue_id, number, r.email, r.name, edition,
-                                    values, headers, list_id, plan))
-                shown[r.delivery_id] = edition.edition
-            except Exception as e:
-                unbuilt.append(Outcome(r.delivery_id, False, error=f"could not build this reader's message: {e}"))
+                shown_in = each(readers)
+            except Exception:  # some reader's edition cannot be made: reader by reader, so only theirs fails
+                pass
+            else:
+                return build_rows(readers, shown_in)
+        msgs = [m for m in map(message, readers) if m is not None]
         return prepare(msgs) if prepare is not None else msgs
+
+    def build_rows(readers: list[Reader], shown_in: list[Rendered]) -> Any:
+        """The batch as a batch (issue 16): editions and tokens in one pass each, handed to the transport as
+        they are; a reader whose data needs more is `message`'s, alone."""
+        assert prepare_rows is not None
+        shown.update(zip([r.delivery_id for r in readers], [e.edition for e in shown_in], strict=True))
+        tokens, mailtos = personal.batch_parts([r.id for r in readers], list_id)
+        return prepare_rows(Rows(readers, shown_in, tokens, mailtos, personal.mails, assemble,
+                                 lambda i: message(readers[i], shown_in[i]), issue_id, number, list_id, plan))
 
     stop: DeliveryError | None = None
     after = 0  # the last delivery id claimed (ledger.claim)

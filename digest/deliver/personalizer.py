@@ -68,8 +68,16 @@ class Personalizer:
 
     def for_reader(self, subscriber_id: int, list_id: int, name: str, *, list_slug: str = "",
                    issue_number: int = 0) -> tuple[dict[str, str], dict[str, str]]:
-        unsub, preferences = self.links.reader_urls(subscriber_id, list_id)
+        mailto = self.links.unsubscribe_mailto(subscriber_id, list_id)
         click = self.links.click_url(subscriber_id, issue_number) if self.clicks else ""
+        return self.assemble(name, self.links.tokens.make("reader", subscriber_id, list_id), mailto, click,
+                             list_slug=list_slug, issue_number=issue_number)
+
+    def assemble(self, name: str, token: str, mailto: str | None, click: str = "", *, list_slug: str = "",
+                 issue_number: int = 0) -> tuple[dict[str, str], dict[str, str]]:
+        """A reader's values and headers from their own parts: name, "reader" token, mailto (or None) and
+        click URL. One code for every reader, and for the templates a batch is filled from (`columnar`)."""
+        unsub, preferences = self.links.urls_of(token)
         values = token_values(name, unsub, preferences, click)
         shared = self._list_headers.get((list_slug, issue_number))
         if shared is None:
@@ -78,6 +86,23 @@ class Personalizer:
                 **list_headers(self.settings, list_slug, issue_number)}
         # the mailto: only when the unsubscribe mailbox acts on it (its address carries the reader's token and
         # SendGrid Inbound Parse posts it to /webhooks/inbound/...); a mailto: nothing reads is a broken promise
-        mailto = self.links.unsubscribe_mailto(subscriber_id, list_id)
         headers = {"List-Unsubscribe": f"<{unsub}>" + (f", <{mailto}>" if mailto else ""), **shared}
         return values, headers
+
+    @property
+    def columnar(self) -> bool:
+        """A batch's readers can be filled from templates: a token (and a mailto) per reader is all that
+        differs beyond name and address. Not with our click redirect: a second signature per reader."""
+        return not self.clicks
+
+    @property
+    def mails(self) -> bool:
+        """Each reader's List-Unsubscribe has a mailto: (the unsubscribe mailbox acts on it)."""
+        return self.links.mailbox is not None
+
+    def batch_parts(self, subscriber_ids: list[int], list_id: int) -> tuple[list[str], list[str | None]]:
+        """The "reader" tokens and mailto addresses (None when no mailbox acts on them) of a batch."""
+        tokens = self.links.reader_tokens(subscriber_ids, list_id)
+        if self.links.mailbox is None:
+            return tokens, [None] * len(tokens)
+        return tokens, [self.links.unsubscribe_mailto(sid, list_id) for sid in subscriber_ids]

@@ -18,12 +18,13 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import re
 import threading
 import time
 import unicodedata
 import urllib.error
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,10 +39,12 @@ from tenacity import RetryCallState
 
 from digest import retry
 from digest.config import ENV_SENDGRID_API_KEY, Settings
-from digest.deliver.protocol import Message, Outcome, SendStopped
+from digest.deliver.protocol import Message, Outcome, Rows, SendStopped
 from digest.deliver.wire import Wire
 from digest.errors import ConfigError
-from digest.render import Rendered
+from digest.render import PLAIN_NAME, Rendered
+
+_NO_EDITION = Rendered("", "", "", "")  # a pattern's stand-in reader: personalization_json reads no edition
 
 MAX_PERSONALIZATIONS = 1000  # and at most 1,000 recipients (to + cc + bcc) per request
 MAX_REQUEST_BYTES = 30 * 1024 * 1024  # "the total size of your email ... must be less than 30MB"
@@ -52,9 +55,10 @@ MAX_ADDRESS_CHARS = 320
 RESERVED_HEADERS = frozenset({"x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type",
                               "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc", "bcc"})
 ARG_ISSUE, ARG_SUBSCRIBER, ARG_LIST = "digest_issue", "digest_subscriber", "digest_list"
-#: the body is JSON text we serialized, sent as UTF-8 (RFC 8259 §8.1); the charset says so
+#: the body is JSON text we serialized, sent as UTF-8 (RFC 8259 §8.1); the charset says so. All of it ASCII
+#: (non-ASCII characters escaped, §7): see `shared_json`
 CONTENT_TYPE = "application/json; charset=utf-8"
-JSON: dict[str, Any] = {"ensure_ascii": False, "separators": (",", ":")}
+JSON: dict[str, Any] = {"ensure_ascii": True, "separators": (",", ":")}
 BATCHES_AHEAD = 2  # batch ids asked for ahead of their claims (one per claim; a claim split in two takes two)
 MAX_THROTTLED = 100  # 429s in a row for one request before giving up
 MAX_RATE_WAIT = 300.0  # seconds: never trust a reset further away than this
@@ -77,9 +81,11 @@ class Prepared:
     claim became several requests: editions, or the 30 MB cap), as (batch id, send_at, delivery ids), for
     the loop to record in the ledger before `submit` sends anything."""
 
-    requests: list[tuple[str, list[Message], str | None]]
+    requests: list[tuple[str, list[Any], str | None]]  # the readers: Messages, or claimed rows (`prepare_rows`)
     refused: list[Outcome]
     batches: list[tuple[str, int, list[int]]] = field(default_factory=list)
+    send_at: dict[str, int] = field(default_factory=dict)  # each scheduled request's batch -> its send_at
+    issue_number: int = 0
 
 
 class BatchCancelled(SendStopped):
@@ -175,6 +181,65 @@ def _json_strings(mapping: dict[str, str]) -> str:
         return template % tuple(map(encode_basestring_ascii, mapping.values()))
     except TypeError:
         raise ValueError("every value must be a string") from None
+
+
+#: stand-ins for a reader's own parts in the personalization a batch's plain readers are filled from (`Pattern`):
+#: letters and digits only, so nothing on their way (JSON, HTML escaping, wrapping) changes them
+_MARKS = ("Zq7EMAILq7Z", "Zq7NAMEq7Z", "Zq7TOKENq7Z", "987654321987654321", "Zq7MAILTOq7Z")
+#: an address (or mailto) JSON writes as it is (printable ASCII, no '"' or '\\'), within the 320 characters
+_PLAIN_ADDRESS = re.compile(rf"[\x21\x23-\x5b\x5d-\x7e]{{1,{MAX_ADDRESS_CHARS}}}")
+
+
+class Pattern:
+    """The personalization JSON of a batch's plain readers as the constant pieces around each reader's own
+    parts (for a reader with a name, and one without), made by `personalization_json` itself from a reader
+    of stand-ins (`_MARKS`): a plain reader's text is exactly what the per-reader code writes, at the cost
+    of one join (issue 16). A reader is plain when their name is (`render.PLAIN_NAME`: written unchanged
+    everywhere, so no line break can reach a header) and their address and mailto need no escaping; any
+    other reader takes `personalization_json`, which names the problem. `make` gives None when the
+    stand-ins do not come out where expected (then every reader takes that path)."""
+
+    __slots__ = ("named", "unnamed", "mailbox")
+
+    def __init__(self, named: tuple[str, ...], unnamed: tuple[str, ...], mailbox: bool) -> None:
+        self.named, self.unnamed, self.mailbox = named, unnamed, mailbox
+
+    @classmethod
+    def make(cls, assemble: Callable[[str, str, str | None], tuple[dict[str, str], dict[str, str]]], *,
+             issue_id: int, issue_number: int, list_id: int, scheduled: tuple[str, int] | None,
+             mailbox: bool) -> Pattern | None:
+        email, name, token, sid, mailto = _MARKS
+        find = re.compile("|".join(_MARKS))
+        patterns = []
+        for who in (name, ""):
+            values, headers = assemble(who, token, mailto if mailbox else None)
+            text = personalization_json(Message(0, int(sid), issue_id, issue_number, email, who,
+                                                _NO_EDITION, values, headers, list_id, scheduled))
+            # to.email, to.name, the two greetings, the two links and List-Unsubscribe (its mailto), the id
+            expected = [email, *[who] * (3 if who else 0), token, token, token, *[mailto] * mailbox, sid]
+            # the reader's own parts at most this much longer than their stand-ins: far from the 10,000 bytes
+            if find.findall(text) != expected or len(text) + 1000 > MAX_SUBSTITUTION_BYTES:
+                return None
+            patterns.append(tuple(find.split(text)))  # the constant pieces between the reader's parts
+        named, unnamed = patterns
+        return cls(named, unnamed, mailbox)
+
+    def fill(self, email: str, name: str, token: str, sid: int, mailto: str | None) -> str:
+        """One plain reader's text: the constant pieces and their parts joined in the order `make` checked
+        (a join copies; a `%` or `format` would scan the whole pattern for every reader)."""
+        if self.mailbox:
+            if name:
+                c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = self.named
+                return "".join((c0, email, c1, name, c2, name, c3, name, c4, token, c5, token, c6, token, c7,
+                                mailto or "", c8, str(sid), c9))
+            c0, c1, c2, c3, c4, c5, c6 = self.unnamed
+            return "".join((c0, email, c1, token, c2, token, c3, token, c4, mailto or "", c5, str(sid), c6))
+        if name:
+            c0, c1, c2, c3, c4, c5, c6, c7, c8 = self.named
+            return "".join((c0, email, c1, name, c2, name, c3, name, c4, token, c5, token, c6, token, c7,
+                            str(sid), c8))
+        c0, c1, c2, c3, c4, c5 = self.unnamed
+        return "".join((c0, email, c1, token, c2, token, c3, token, c4, str(sid), c5))
 
 
 def personalization_json(message: Message) -> str:
@@ -285,12 +350,22 @@ class SendGridTransport:
         and its size in bytes."""
         key = (id(edition), issue_number)
         if key not in self._shared_json:
+            # ASCII (non-ASCII escaped, RFC 8259 §7), like the readers' pieces: a body with one non-ASCII
+            # character would be a wider string, every reader's piece copied wide and then walked by the
+            # UTF-8 encoder for each request (issue 16: 9,000 instructions per reader)
             text = json.dumps(self.shared(edition, issue_number), **JSON)
-            self._shared_json[key] = (text, len(text.encode("utf-8")))
+            self._shared_json[key] = (text, len(text))
         return self._shared_json[key]
 
     def build(self, messages: list[Message]) -> tuple[str, list[Message], list[Outcome]]:
         """The request body for messages of one edition, the messages in it, and those refused here."""
+        included, refused, personalizations = self._pieces(messages)
+        if not personalizations:
+            return "", [], refused
+        return self._body(personalizations, messages[0].edition, messages[0].issue_number), included, refused
+
+    @staticmethod
+    def _pieces(messages: list[Message]) -> tuple[list[Message], list[Outcome], list[str]]:
         included, refused, personalizations = [], [], []
         for m in messages:
             try:
@@ -298,19 +373,21 @@ class SendGridTransport:
                 included.append(m)
             except ValueError as e:
                 refused.append(Outcome(m.delivery_id, False, error=f"not sent: {e}"))
+        return included, refused, personalizations
+
+    def _body(self, personalizations: list[str], edition: Rendered, issue_number: int) -> str:
+        """One request's JSON text: the readers' pieces and the edition's shared part. RequestTooLarge over
+        the 30 MB cap."""
         if len(personalizations) > MAX_PERSONALIZATIONS:
             raise PayloadError(f"bug: {len(personalizations)} personalizations in one request "
                                f"(SendGrid takes at most {MAX_PERSONALIZATIONS})")
-        if not personalizations:
-            return "", [], refused
-        shared, shared_size = self.shared_json(messages[0].edition, messages[0].issue_number)
+        shared, shared_size = self.shared_json(edition, issue_number)
         people = ",".join(personalizations)  # ASCII (escaped): its length is its size
-        body = f'{{"personalizations":[{people}],{shared[1:]}'
         size = len(people) + shared_size + len('{"personalizations":[],')
         if size >= MAX_REQUEST_BYTES:
-            raise RequestTooLarge(f"issue {messages[0].issue_number}: a request of {size / 1e6:.1f} MB is over "
-                               f"SendGrid's 30 MB limit (is the HTML that large?)")
-        return body, included, refused
+            raise RequestTooLarge(f"issue {issue_number}: a request of {size / 1e6:.1f} MB is over "
+                                  f"SendGrid's 30 MB limit (is the HTML that large?)")
+        return f'{{"personalizations":[{people}],{shared[1:]}'
 
     def prepare(self, messages: list[Message]) -> Prepared:
         """The requests for a batch, one per edition in it (usually one). Runs in the sending loop's own
@@ -319,34 +396,73 @@ class SendGridTransport:
         groups: dict[int, list[Message]] = {}
         for m in messages:
             groups.setdefault(id(m.edition), []).append(m)
-        prepared = Prepared([], [])
+        prepared = Prepared([], [], issue_number=messages[0].issue_number if messages else 0)
         for group in groups.values():
-            self._add_requests(prepared, group)
+            included, refused, pieces = self._pieces(group)
+            prepared.refused += refused
+            if included:
+                self._add_requests(prepared, pieces, included, group[0].edition, group[0].issue_number,
+                                   included[0].scheduled)
         return prepared
 
-    def _add_requests(self, prepared: Prepared, group: list[Message]) -> None:
-        """One request for the group, or two halves if it is over the 30 MB cap. Scheduled: the first request
-        of the claim keeps the batch recorded with the claim; every other one gets a batch of its own
-        (POST /v3/mail/batch), listed in `prepared.batches` for the ledger, so a request whose answer is
-        lost is cancelled alone and never takes another request's readers with it."""
+    def prepare_rows(self, rows: Rows) -> Prepared:
+        """`prepare` for a claimed batch as it comes (issue 16). A plain reader (`Pattern`) is one `format`
+        call and no Message; any other is made a Message by `rows.slow(i)` and written by
+        `personalization_json`, which refuses it alone when its data breaks a limit. The requests are those
+        `prepare` makes: one per edition, split at the 30 MB cap."""
+        readers, editions, tokens, mailtos, slow = rows.readers, rows.editions, rows.tokens, rows.mailtos, rows.slow
+        issue_number, scheduled = rows.issue_number, rows.scheduled
+        pattern = Pattern.make(rows.assemble, issue_id=rows.issue_id, issue_number=issue_number,
+                               list_id=rows.list_id, scheduled=scheduled, mailbox=rows.mailbox)
+        groups: dict[int, tuple[Rendered, list[str], list[Any]]] = {}
+        refused: list[Outcome] = []
+        plain_name, plain_address = PLAIN_NAME.fullmatch, _PLAIN_ADDRESS.fullmatch
+        for i, r in enumerate(readers):
+            edition, name, mailto = editions[i], r.name, mailtos[i]
+            group = groups.get(id(edition))
+            if group is None:
+                group = groups[id(edition)] = (edition, [], [])
+            if pattern is not None and plain_address(r.email) and (not name or plain_name(name)) \
+                    and (mailto is None or plain_address(mailto)):
+                group[1].append(pattern.fill(r.email, name, tokens[i], r.id, mailto))
+                group[2].append(r)
+                continue
+            message = slow(i)
+            if message is None:
+                continue
+            try:
+                group[1].append(personalization_json(message))
+                group[2].append(message)
+            except ValueError as e:
+                refused.append(Outcome(message.delivery_id, False, error=f"not sent: {e}"))
+        prepared = Prepared([], refused, issue_number=issue_number)
+        for edition, pieces, included in groups.values():
+            if included:
+                self._add_requests(prepared, pieces, included, edition, issue_number, scheduled)
+        return prepared
+
+    def _add_requests(self, prepared: Prepared, pieces: list[str], included: list[Any], edition: Rendered,
+                      issue_number: int, scheduled: tuple[str, int] | None) -> None:
+        """One request for these readers of one edition, or two halves if it is over the 30 MB cap.
+        Scheduled: the first request of the claim keeps the batch recorded with the claim; every other one
+        gets a batch of its own (POST /v3/mail/batch), listed in `prepared.batches` for the ledger, so a
+        request whose answer is lost is cancelled alone and never takes another request's readers with it."""
         try:
-            body, included, refused = self.build(group)
+            body = self._body(pieces, edition, issue_number)
         except RequestTooLarge:
-            if len(group) < 2:
+            if len(pieces) < 2:
                 raise
-            half = len(group) // 2
-            self._add_requests(prepared, group[:half])
-            self._add_requests(prepared, group[half:])
-            return
-        prepared.refused += refused
-        if not included:
+            half = len(pieces) // 2
+            self._add_requests(prepared, pieces[:half], included[:half], edition, issue_number, scheduled)
+            self._add_requests(prepared, pieces[half:], included[half:], edition, issue_number, scheduled)
             return
         batch: str | None = None
-        if included[0].scheduled is not None:
-            batch, at = included[0].scheduled
+        if scheduled is not None:
+            batch, at = scheduled
             if any(b == batch for _, _, b in prepared.requests):
                 batch = self.new_batch()
                 prepared.batches.append((batch, at, [m.delivery_id for m in included]))
+            prepared.send_at[batch] = at
             body = f'{body[:-1]},"batch_id":{json.dumps(batch)},"send_at":{at}}}'
         prepared.requests.append((body, included, batch))
 
@@ -387,14 +503,15 @@ class SendGridTransport:
         outcomes = list(prepared.refused)
         for body, included, batch in prepared.requests:
             try:
-                message_id = self.post(body, included, batch)
+                message_id = self.post(body, included, batch, send_at=prepared.send_at.get(batch or ""),
+                                       issue_number=prepared.issue_number)
             except BatchCancelled:
                 # this request's own batch is cancelled: none of it goes out; not answered for, the loop
                 # queues its readers again for a new batch; the claim's other requests go on
                 continue
             except SendStopped as e:
                 raise SendStopped(str(e), outcomes + e.outcomes) from None
-            outcomes += [Outcome(m.delivery_id, True, message_id=message_id) for m in included]
+            outcomes += [Outcome(m.delivery_id, True, message_id) for m in included]
         return outcomes
 
     def send(self, messages: list[Message]) -> list[Outcome]:
@@ -402,7 +519,8 @@ class SendGridTransport:
 
     # -- talking to SendGrid -------------------------------------------------------------------------
 
-    def post(self, body: str, messages: list[Message], batch: str | None = None) -> str:
+    def post(self, body: str, messages: Sequence[Any], batch: str | None = None, *, send_at: int | None = None,
+             issue_number: int | None = None) -> str:
         """POST mail/send until it is accepted; returns X-Message-Id. 429: every worker waits for the
         reset; 5xx and failed connections: digest.retry's bounded backoff; 4xx: stop the send."""
         maybe_sent = False  # a connection dropped after the whole request was out: SendGrid may have it
@@ -424,17 +542,17 @@ class SendGridTransport:
             done = retry.tally(self.retrying)
             if e.status_code == 429:
                 raise self._stop(f"SendGrid kept answering 429 Too Many Requests ({done.throttled} times)",
-                                 messages, maybe_sent, batch) from None
+                                 messages, maybe_sent, batch, send_at) from None
             if e.status_code >= 500:
                 raise self._stop(f"SendGrid answered {e.status_code} {_reason(e)} {done.tries} times",
-                                 messages, maybe_sent, batch) from None
-            raise SendStopped(describe_refusal(e, messages)) from None
+                                 messages, maybe_sent, batch, send_at) from None
+            raise SendStopped(describe_refusal(e, messages, issue_number)) from None
         except urllib.error.URLError as e:
             raise self._stop(f"cannot reach SendGrid at {self.api_url}: {e.reason}", messages, maybe_sent,
-                             batch) from None
+                             batch, send_at) from None
         except (OSError, http.client.HTTPException) as e:
             raise self._stop(f"the connection to SendGrid dropped {retry.tally(self.retrying).tries} times "
-                             f"({e.__class__.__name__}: {e})", messages, maybe_sent, batch) from None
+                             f"({e.__class__.__name__}: {e})", messages, maybe_sent, batch, send_at) from None
         if not 200 <= response.status_code < 300:
             raise SendStopped(f"SendGrid answered {response.status_code} to mail/send: "
                               f"{response.body[:300]!r}") from None
@@ -450,10 +568,14 @@ class SendGridTransport:
         # scheduled: never the same request twice; its batch is cancelled and its readers sent in a new one
         return isinstance(error, OSError | http.client.HTTPException) and self.retry_unanswered and not self.ahead
 
-    def _stop(self, why: str, messages: list[Message], maybe_sent: bool, batch: str | None = None) -> SendStopped:
+    def _stop(self, why: str, messages: Sequence[Any], maybe_sent: bool, batch: str | None = None,
+              send_at: int | None = None) -> SendStopped:
+        """`messages`: the request's readers (Messages or claimed rows: each has its delivery_id)."""
         if maybe_sent and batch is not None:
-            scheduled = messages[0].scheduled
-            refused = self.cancel(batch, send_at=scheduled[1] if scheduled else None)
+            if send_at is None:
+                scheduled = getattr(messages[0], "scheduled", None)
+                send_at = scheduled[1] if scheduled else None
+            refused = self.cancel(batch, send_at=send_at)
             if refused is None:
                 with self._held_lock:
                     self._lost.add(batch)
@@ -623,7 +745,7 @@ def _reason(error: HTTPError) -> str:
     return str(getattr(error, "reason", "") or "")
 
 
-def describe_refusal(error: HTTPError, messages: list[Message]) -> str:
+def describe_refusal(error: HTTPError, messages: Sequence[Any], issue_number: int | None = None) -> str:
     """SendGrid's own words, and what the request was: fit for the admin to act on."""
     details = []
     try:
@@ -634,10 +756,12 @@ def describe_refusal(error: HTTPError, messages: list[Message]) -> str:
             details.append(text)
     except (ValueError, AttributeError):
         details.append((error.body or b"")[:300].decode("utf-8", "replace"))
-    first = messages[0]
+    first = messages[0]  # a Message, or a claimed row (its address is `email`)
+    number = issue_number if issue_number is not None else getattr(first, "issue_number", "?")
+    address = getattr(first, "to_email", None) or getattr(first, "email", "?")
     hint = {401: "; check SENDGRID_API_KEY",
             403: "; the key needs the Mail Send permission and the from address must be a verified sender"}
     return (f"SendGrid refused mail/send with {error.status_code} {_reason(error)}: "
             f"{'; '.join(d for d in details if d) or 'no reason given'}{hint.get(error.status_code, '')} "
-            f"(issue {first.issue_number}, a request for {len(messages)} reader(s) from {first.to_email}; "
+            f"(issue {number}, a request for {len(messages)} reader(s) from {address}; "
             f"nothing of it was sent and they are queued again)")
