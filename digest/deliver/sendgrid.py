@@ -59,7 +59,10 @@ ARG_ISSUE, ARG_SUBSCRIBER, ARG_LIST = "digest_issue", "digest_subscriber", "dige
 #: (non-ASCII characters escaped, §7): see `shared_json`
 CONTENT_TYPE = "application/json; charset=utf-8"
 JSON: dict[str, Any] = {"ensure_ascii": True, "separators": (",", ":")}
-BATCHES_AHEAD = 2  # batch ids asked for ahead of their claims (one per claim; a claim split in two takes two)
+# batch ids asked for ahead of their claims (one per claim; a claim split in two takes two), each on its own
+# connection at once: asked for one at a time, each waited behind the mail/send requests the server was
+# answering, and the send waited for its ids (100,000 readers: 4.9 s, 3.3 s with 4 ahead, 5 at once)
+BATCHES_AHEAD = 4
 MAX_THROTTLED = 100  # 429s in a row for one request before giving up
 MAX_RATE_WAIT = 300.0  # seconds: never trust a reset further away than this
 # Scheduled sends (https://www.twilio.com/docs/sendgrid/api-reference/mail-send/mail-send, send_at;
@@ -608,7 +611,7 @@ class SendGridTransport:
         """A batch id from POST /v3/mail/batch: each request gets its own, so each can be cancelled alone.
         Taken from the few asked for ahead (`BATCHES_AHEAD`), and one more is asked for in its place."""
         if self._batch_pool is None:
-            self._batch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-batches")
+            self._batch_pool = ThreadPoolExecutor(max_workers=BATCHES_AHEAD + 1, thread_name_prefix="sendgrid-batches")
         while len(self._batches_ahead) < BATCHES_AHEAD + 1:
             self._batches_ahead.append(self._batch_pool.submit(self._fetch_batch))
         return self._batches_ahead.popleft().result()
