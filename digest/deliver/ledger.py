@@ -8,7 +8,9 @@ two leaves `claimed` rows: their fate is unknown, so they are reported and never
 Several workers (PostgreSQL): each claims with `SELECT ... FOR UPDATE SKIP LOCKED`, so two never take the
 same row, and its claimed rows carry a lease (worker id, `lease_until`) that it renews while it works.
 Before a batch's request goes out the worker stamps it posted (one `send_batches` row per batch, not a
-stamp on each reader's row), only while its lease still holds. When a worker dies, another reaps its rows
+stamp on each reader's row), only while its lease still holds; the send loop does it in the claim's own
+transaction (`claim(commit=False)`, `post(held=True)`), so a crash while the batch is built rolls the claim
+back. When a worker dies, another reaps its rows
 once the lease ran out: rows of a batch never posted are simply queued again; those of a posted batch are
 of unknown fate, exactly as a single sender killed mid-request leaves them (SendGrid's scheduled batches
 are then cancelled and re-queued, `digest.deliver.batches`). Every one of these writes is conditional on
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -196,11 +199,63 @@ class _JSONCache(dict[str, Any]):
         return value
 
 
+_NEW_BATCH = insert(BATCHES)
+
+
+@lru_cache(maxsize=16)
+def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled: bool) -> tuple[Any, Any, Any]:
+    """The claim's statements (pick the ids, stamp the rows, read the readers), built once per shape: built
+    and hashed again for every batch they were a tenth of the send loop's own Python (issue 16). Values are
+    bound by name at execution (`c_*`)."""
+    D = DELIVERIES.c
+    # `id > c_after`: past the last batch this sender claimed. PostgreSQL's plan walks the ids from the first
+    # one, past every row already sent (its statistics cannot tell the queue sits at the end), so without
+    # this bound each claim was slower than the last: 60 ms a claim at 100,000 readers. Rows queued again
+    # below it (released, reaped) are claimed when a claim `after` finds none and the caller starts over.
+    queued = [D.issue_id == bindparam("c_issue"), D.status == QUEUED, D.id > bindparam("c_after")]
+    if local:  # only readers whose zone's moment has come
+        queued.append(or_(D.due_at.is_(None), D.due_at <= bindparam("c_due_by", type_=D.due_at.type)))
+    if at_moment:  # only readers due at that moment: one scheduled provider batch holds one zone moment
+        queued.append(D.due_at == bindparam("c_moment", type_=D.due_at.type))
+    pick: Any = select(D.id).where(*queued).order_by(D.id).limit(bindparam("c_size"))
+    stamp: dict[str, Any] = {"status": CLAIMED, "batch": bindparam("c_batch"),
+                             "updated_at": bindparam("c_now", type_=D.updated_at.type),
+                             "worker": bindparam("c_worker"),
+                             "lease_until": bindparam("c_lease_until", type_=D.lease_until.type)}
+    if scheduled:  # in the claiming UPDATE itself (one pass over the batch's rows and indexes, not two)
+        stamp |= {"provider_batch": bindparam("c_provider_batch"),
+                  "send_at": bindparam("c_send_at", type_=D.send_at.type)}
+    if postgresql:
+        # the ids first, locked: PostgreSQL may run a LIMIT ... SKIP LOCKED subquery inside an UPDATE more than
+        # once (each run skipping the rows the last one locked), so the UPDATE would take more than `size`.
+        # (One statement instead, the pick in a MATERIALIZED CTE, was measured: no faster, 18.8 ms against
+        # 17.2 ms a claim of 1,000, the rows' own writes being the cost; docs/delivery.md, Speed.)
+        pick = pick.with_for_update(skip_locked=True)
+        ids: Any = bindparam("c_ids", expanding=True)
+    else:
+        ids = pick.scalar_subquery()
+    take = update(DELIVERIES).where(D.id.in_(ids), D.status == QUEUED).values(**stamp)
+    # the JSON columns as their stored text, decoded once per distinct value (_JSONCache): a SQL CAST, as
+    # psycopg decodes a PostgreSQL `json` value itself (a type_coerce would only change SQLAlchemy's view)
+    reader = (Subscriber.id, Subscriber.email, Subscriber.name, cast(Subscriber.attributes, Text),
+              cast(Subscriber.categories, Text),
+              cast(Membership.status, Text))  # the stored string: compared with a StrEnum, no Enum decoding
+    read = (select(D.id, *reader).select_from(DELIVERIES)
+            .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
+            .join(Membership, and_(Membership.subscriber_id == D.subscriber_id,
+                                   Membership.list_id == bindparam("c_list")), isouter=True)
+            .where(D.batch == bindparam("c_batch"), D.status == CLAIMED)  # both: the batch index is of claimed rows
+            .order_by(D.id))
+    return pick, take, read
+
+
 def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled: tuple[str, int] | None = None,
           due_by: datetime | None = None, moment: datetime | None = None,
-          worker: str | None = None, lease: timedelta = timedelta(seconds=60), after: int = 0,
+          worker: str | None = None, lease: timedelta = timedelta(seconds=60), after: int = 0, commit: bool = True,
           _json: _JSONCache = _JSONCache()) -> Claimed | None:  # noqa: B008  (one cache per process)
     """Claim the next batch in one write transaction; readers who left since the snapshot are skipped.
+    `commit=False` (the send loop): a batch claimed is left in the open transaction, for `post(held=True)`
+    to commit with its stamp; None (nothing left) is committed either way.
 
     The UPDATE comes first so the transaction takes SQLite's write lock at once: a concurrent unsubscribe
     either committed before (the reader is skipped) or waits until this claim is committed. Local delivery
@@ -211,46 +266,18 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     """
     batch = f"{_batch_ids.getrandbits(128):032x}"  # not uuid4: os.urandom would yield the GIL per batch
     now = utcnow()
-    D = DELIVERIES.c
-    queued = [D.issue_id == issue_id, D.status == QUEUED]
-    if after:  # past the last batch this sender claimed: PostgreSQL's plan walks the ids from the first one,
-        # past every row already sent (its statistics cannot tell the queue sits at the end), so without this
-        # bound each claim was slower than the last: 60 ms a claim at 100,000 readers. Rows queued again
-        # below it (released, reaped) are claimed when a claim `after` finds none and the caller starts over.
-        queued.append(D.id > after)
-    if due_by is not None:
-        queued.append(or_(D.due_at.is_(None), D.due_at <= due_by))
-    if moment is not None:
-        queued.append(D.due_at == moment)
-    next_ids: Any = select(D.id).where(*queued).order_by(D.id).limit(size)
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
-    # a scheduled send's provider batch and send moment are committed with the claim, before any request:
-    # in the claiming UPDATE itself (one pass over the batch's rows and indexes, not two)
-    plan = {} if not scheduled else {"provider_batch": scheduled[0],
-                                     "send_at": datetime.fromtimestamp(scheduled[1], UTC)}
-    stamp: dict[str, Any] = {"status": CLAIMED, "batch": batch, "updated_at": now, "worker": worker,
-                             "lease_until": now + lease, **plan}
-    # the JSON columns as their stored text, decoded once per distinct value (_JSONCache): a SQL CAST, as
-    # psycopg decodes a PostgreSQL `json` value itself (a type_coerce would only change SQLAlchemy's view)
-    reader = (Subscriber.id, Subscriber.email, Subscriber.name, cast(Subscriber.attributes, Text),
-              cast(Subscriber.categories, Text),
-              cast(Membership.status, Text))  # the stored string: compared with a StrEnum, no Enum decoding
-    if conn.dialect.name == "postgresql":
-        # the ids first, locked: PostgreSQL may run a LIMIT ... SKIP LOCKED subquery inside an UPDATE more than
-        # once (each run skipping the rows the last one locked), so the UPDATE would take more than `size`.
-        # (One statement instead, the pick in a MATERIALIZED CTE, was measured: no faster, 18.8 ms against
-        # 17.2 ms a claim of 1,000, the rows' own writes being the cost; docs/delivery.md, Speed.)
-        next_ids = list(conn.scalars(next_ids.with_for_update(skip_locked=True)))
-    else:
-        next_ids = next_ids.scalar_subquery()
-    conn.execute(update(DELIVERIES).where(D.id.in_(next_ids), D.status == QUEUED).values(**stamp))
-    rows = conn.execute(
-        select(D.id, *reader).select_from(DELIVERIES)
-        .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
-        .join(Membership, and_(Membership.subscriber_id == D.subscriber_id, Membership.list_id == list_id),
-              isouter=True)
-        .where(D.batch == batch, D.status == CLAIMED).order_by(D.id)  # both: the batch index is of claimed rows
-    ).all()
+    postgresql = conn.dialect.name == "postgresql"
+    pick, take, read = _claim_statements(postgresql, due_by is not None, moment is not None, scheduled is not None)
+    values: dict[str, Any] = {"c_issue": issue_id, "c_after": after, "c_size": size, "c_due_by": due_by,
+                              "c_moment": moment, "c_batch": batch, "c_now": now, "c_worker": worker,
+                              "c_lease_until": now + lease, "c_list": list_id}
+    if scheduled:  # a scheduled send's provider batch and send moment, committed with the claim
+        values |= {"c_provider_batch": scheduled[0], "c_send_at": datetime.fromtimestamp(scheduled[1], UTC)}
+    if postgresql:
+        values["c_ids"] = list(conn.scalars(pick, values))
+    conn.execute(take, values)
+    rows = conn.execute(read, values).all()
     if not rows:
         session.commit()
         return None
@@ -261,20 +288,25 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
         else:
             readers.append(Reader(did, sid, email, name or "", _json[attributes] or {}, _json[categories] or []))
     if readers:  # the batch's own row, not posted yet (`post`), committed with the claim
-        conn.execute(insert(BATCHES).values(batch=batch, issue_id=issue_id))
+        conn.execute(_NEW_BATCH, {"batch": batch, "issue_id": issue_id})
     if gone:
         # skipped readers were in no request: no provider batch either
+        D = DELIVERIES.c
         conn.execute(update(DELIVERIES).where(D.id.in_(gone))
                      .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now,
                              **({"provider_batch": None, "send_at": None} if scheduled else {})))
-    session.commit()
+    if commit:
+        session.commit()
     return Claimed(batch, readers, len(gone), rows[-1][0])
 
 
-def post(session: Session, batch: str, worker: str | None, size: int) -> bool:
+def post(session: Session, batch: str, worker: str | None, size: int, *, held: bool = False) -> bool:
     """Stamp a claimed batch as about to go out, and commit: from here on its fate is unknown until
     marked. Only while this worker's lease holds on all `size` of its rows; False (nothing stamped) when
-    another worker reaped the batch meanwhile: then it must not go out.
+    another worker reaped the batch meanwhile: then it must not go out. `held`: the batch was claimed in
+    this same transaction, not committed since (`claim(commit=False)`), so no other worker has seen its
+    rows and none can have reaped them: stamped and committed with the claim, without counting the rows
+    (issue 16: one commit and one read of the batch's rows fewer per batch).
 
     One row per batch is written (`send_batches`), not the batch's 1,000 rows. The reaper writes that
     row too, before it touches the readers' rows (`reap`), so the two are ordered by its lock: a reap that
@@ -283,13 +315,13 @@ def post(session: Session, batch: str, worker: str | None, size: int) -> bool:
     a post that came first is seen by the reap, which then leaves the rows of unknown fate."""
     t, b = DELIVERIES, BATCHES
     now = utcnow()
-    held = [t.c.batch == batch, t.c.status == CLAIMED]
-    if worker is not None:
-        held += [t.c.worker == worker, t.c.lease_until >= now]
-    ours = select(func.count()).select_from(t).where(*held).scalar_subquery()
-    n = session.connection().execute(update(b).where(
-        b.c.batch == batch, b.c.posted_at.is_(None), b.c.reaped_at.is_(None), ours == size)
-        .values(posted_at=now)).rowcount
+    where = [b.c.batch == batch, b.c.posted_at.is_(None), b.c.reaped_at.is_(None)]
+    if not held:
+        rows = [t.c.batch == batch, t.c.status == CLAIMED]
+        if worker is not None:
+            rows += [t.c.worker == worker, t.c.lease_until >= now]
+        where.append(select(func.count()).select_from(t).where(*rows).scalar_subquery() == size)
+    n = session.connection().execute(update(b).where(*where).values(posted_at=now)).rowcount
     if n != 1:  # some rows were reaped: none of the batch goes out (the reaper queued or kept them)
         session.rollback()
         return False
@@ -297,10 +329,12 @@ def post(session: Session, batch: str, worker: str | None, size: int) -> bool:
     return True
 
 
-def renew(session: Session, worker: str, lease: timedelta) -> int:
-    """Extend the lease of this worker's claimed rows (the caller commits). Returns how many."""
+def renew(session: Session, issue_id: int, worker: str, lease: timedelta) -> int:
+    """Extend the lease of this worker's claimed rows (the caller commits). Returns how many. Found by issue
+    and status (the issue's claimed rows, a few batches per worker): `worker` has no index of its own."""
     t = DELIVERIES
-    return session.connection().execute(update(t).where(t.c.worker == worker, t.c.status == CLAIMED)
+    return session.connection().execute(update(t).where(t.c.issue_id == issue_id, t.c.status == CLAIMED,
+                                                        t.c.worker == worker)
                                         .values(lease_until=utcnow() + lease)).rowcount or 0
 
 
@@ -374,9 +408,8 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
             else {}
         if editions and not edition:  # before the mark: the rows are found by batch while claimed
             note_editions(session, batch, editions)
-        session.connection().execute(update(t).where(t.c.batch == batch, t.c.status == CLAIMED)
-                                     .values(status=SUBMITTED, message_id=ok[0].message_id, updated_at=now,
-                                             worker=None, lease_until=None, **edition))
+        session.connection().execute(_mark_statement(bool(edition)), {
+            "m_batch": batch, "m_message": ok[0].message_id, "m_now": now, **{f"m_{k}": v for k, v in edition.items()}})
         return len(ok), 0, 0
     if editions:
         note_editions(session, batch, editions)
@@ -394,6 +427,18 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
             # of unknown fate now, whoever looks
             [{"b_id": o.delivery_id, "e": (o.error or "fate unknown")[:2000]} for o in unknown])
     return len(ok), len(bad), len(unknown)
+
+
+@lru_cache(maxsize=2)
+def _mark_statement(edition: bool) -> Any:
+    """The common mark (the whole batch submitted in one request), built once: see `_claim_statements`."""
+    t = DELIVERIES
+    values: dict[str, Any] = {"status": SUBMITTED, "message_id": bindparam("m_message"),
+                              "updated_at": bindparam("m_now", type_=t.c.updated_at.type), "worker": None,
+                              "lease_until": None}
+    if edition:
+        values["edition"] = bindparam("m_edition")
+    return update(t).where(t.c.batch == bindparam("m_batch"), t.c.status == CLAIMED).values(**values)
 
 
 def note_editions(session: Session, batch: str, editions: dict[int, str]) -> None:

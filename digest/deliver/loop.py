@@ -194,7 +194,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         nonlocal last_beat
         if utcnow() - last_beat > beat_every:
             beat_send_lock(session, issue_id, me)
-            renew(session, me, lease)
+            renew(session, issue_id, me, lease)
             session.commit()
             last_beat = utcnow()
 
@@ -246,7 +246,8 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     claimed = claim(session, issue_id, list_id, transport.batch_size, scheduled=plan,
                                     moment=moment if plan is not None else None,
                                     due_by=now() if local and plan is None else None, worker=me, lease=lease,
-                                    after=0 if local else after)  # a zone's readers are spread over the ids
+                                    after=0 if local else after,  # a zone's readers are spread over the ids
+                                    commit=False)  # committed with the post below, or released
                     if claimed is None and after:  # nothing past the last claim: once more from the start
                         after = 0
                         continue
@@ -257,6 +258,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                     done += claimed.skipped
                     after = claimed.last
                     if not claimed.readers:
+                        session.commit()  # the skipped ones
                         continue
                     ids = [r.delivery_id for r in claimed.readers]
                     try:
@@ -269,20 +271,21 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                             raise
                         stop = e
                         break
+                    # the claim, the batch's provider batches, its unbuildable readers and its stamp are one
+                    # transaction, committed before the request goes out: no other worker saw its rows meanwhile
                     if getattr(work, "batches", None):  # one claim, several requests: each its own provider
                         record_batches(session, work.batches)  # batch, recorded before any of them goes out
-                        session.commit()
                     if unbuilt:
                         report.failed += mark(session, claimed.batch, unbuilt, len(unbuilt))[1]
                         done += len(unbuilt)
                         failed_ids = {o.delivery_id for o in unbuilt}
                         ids = [i for i in ids if i not in failed_ids]
                         unbuilt.clear()
-                        session.commit()
                         if not ids:
+                            session.commit()
                             continue
-                    if not post(session, claimed.batch, me, len(ids)):
-                        continue  # our lease ran out and another worker took the batch over: not ours to send
+                    if not post(session, claimed.batch, me, len(ids), held=True):
+                        continue  # (cannot happen while held: rolled back, the rows queued as they were)
                     pending[pool.submit(submit, work)] = (claimed.batch, ids)
                 if not pending:
                     break
