@@ -10,12 +10,11 @@ same row, and its claimed rows carry a lease (worker id, `lease_until`) that it 
 Before a batch's request goes out the worker stamps it posted (one `send_batches` row per batch, not a
 stamp on each reader's row), only while its lease still holds; the send loop does it in the claim's own
 transaction (`claim(commit=False)`, `post(held=True)`), so a crash while the batch is built rolls the claim
-back. When a worker dies, another reaps its rows
-once the lease ran out: rows of a batch never posted are simply queued again; those of a posted batch are
-of unknown fate, exactly as a single sender killed mid-request leaves them (SendGrid's scheduled batches
-are then cancelled and re-queued, `digest.deliver.batches`). Every one of these writes is conditional on
-the current state, and post and reap both write the batch's row first, so that row's lock decides a race
-between owner and reaper.
+back. When a worker dies, another reaps its rows once the lease ran out: rows of a batch never posted are
+simply queued again; those of a posted batch are of unknown fate, exactly as a single sender killed
+mid-request leaves them (SendGrid's scheduled batches are then cancelled and re-queued,
+`digest.deliver.batches`). Every one of these writes is conditional on the current state, and post and
+reap both write the batch's row first, so that row's lock decides a race between owner and reaper.
 """
 
 from __future__ import annotations
@@ -407,12 +406,11 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
     shown = set(editions.values()) if editions else set()
     if ok and len(ids) == 1 and len(ok) == len(outcomes) == size:
         # the common case (one provider request per batch, one edition): one statement for the whole batch
-        edition = {"edition": shown.pop()} if len(shown) == 1 and editions is not None and len(editions) == size \
-            else {}
-        if editions and not edition:  # before the mark: the rows are found by batch while claimed
+        edition = shown.pop() if len(shown) == 1 and editions is not None and len(editions) == size else None
+        if editions and edition is None:  # before the mark: the rows are found by batch while claimed
             note_editions(session, batch, editions)
-        session.connection().execute(_mark_statement(bool(edition)), {
-            "m_batch": batch, "m_message": ok[0].message_id, "m_now": now, **{f"m_{k}": v for k, v in edition.items()}})
+        session.connection().execute(_mark_statement(edition is not None), {
+            "m_batch": batch, "m_message": ok[0].message_id, "m_now": now, "m_edition": edition})
         return len(ok), 0, 0
     if editions:
         note_editions(session, batch, editions)
