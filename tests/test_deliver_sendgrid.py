@@ -38,6 +38,7 @@ from tests.fakes.sendgrid_server import (
     SendGridServer,
     accept_then_drop,
     answer_then_close,
+    copy_headers,
     delay,
     drop,
     rate_limited,
@@ -134,7 +135,13 @@ def test_one_request_carries_each_readers_parts_within_the_contract(sg: Settings
             links.read("confirm", unsub.rsplit("/", 1)[1])
         # the one-click URL alone: no unsubscribe mailbox is configured, so no mailto: (issue 17, point 4)
         assert p["headers"]["List-Unsubscribe"] == f"<{unsub}>"
-        assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert copy_headers(body, p)["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # the list's headers once for the request, the reader's own link in each personalization (issue 16)
+    assert body["headers"] == {"List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                               "List-Id": "Leisure Industry Weekly - weekly <weekly.news.example.com>",
+                               "Precedence": "bulk", "Feedback-ID": f"{issue.number}:weekly:leisure-industry-weekly:"
+                                                                    "news-example-com"}
+    assert all(set(p["headers"]) == {"List-Unsubscribe"} for p in body["personalizations"])
     names = {p["to"][0]["email"]: p["to"][0].get("name") for p in body["personalizations"]}
     assert names == {"ann@example.com": "Smith Ann PhD", "zoe@example.org": "Zoë", "noname@example.net": None}
     greeting = {p["to"][0]["email"]: p["substitutions"]["%%GREETING%%"] for p in body["personalizations"]}
@@ -338,6 +345,28 @@ def test_each_edition_goes_in_its_own_request(sg: Settings, server: SendGridServ
     bodies = {r.payload["content"][1]["value"]: r.recipients for r in server.received}
     assert bodies == {"<p>%%GREETING%% edition A</p>": ["r1@example.com", "r3@example.com"],
                       "<p>%%GREETING%% edition B</p>": ["r2@example.com"]}
+
+
+def test_readers_whose_list_headers_differ_never_share_a_request(sg: Settings, server: SendGridServer) -> None:
+    """The list's headers go once per request (the message's `headers`), so a request holds only readers
+    whose copies carry the same ones; each copy still gets exactly its own."""
+    edition = Rendered("Issue 1", "", "<p>%%GREETING%%</p>", "%%GREETING%%", [], "default")
+
+    def listed(i: int, list_id: str) -> Message:
+        return _message(i, edition, headers={"List-Unsubscribe": f"<https://x.example/u/{i}>",
+                                             "List-Id": f"News <{list_id}.n.example>", "Precedence": "bulk"})
+
+    outcomes = SendGridTransport(sg).send([listed(1, "a"), listed(2, "b"), listed(3, "a")])
+    assert [o.ok for o in outcomes] == [True, True, True]
+    assert sorted(r.recipients for r in server.received) == [["r1@example.com", "r3@example.com"],
+                                                             ["r2@example.com"]]
+    for r in server.received:
+        assert r.payload is not None
+        for p in r.payload["personalizations"]:
+            i = p["to"][0]["email"][1]
+            assert copy_headers(r.payload, p) == {"List-Unsubscribe": f"<https://x.example/u/{i}>",
+                                                  "List-Id": f"News <{'b' if i == '2' else 'a'}.n.example>",
+                                                  "Precedence": "bulk"}
 
 
 def test_reader_data_outside_the_limits_fails_that_reader_before_sending(sg: Settings,

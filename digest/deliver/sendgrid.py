@@ -34,7 +34,7 @@ from typing import Any
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Category, From, HtmlContent, Mail, PlainTextContent, ReplyTo, Subject
+from sendgrid.helpers.mail import Category, From, Header, HtmlContent, Mail, PlainTextContent, ReplyTo, Subject
 from tenacity import RetryCallState
 
 from digest import retry
@@ -45,6 +45,21 @@ from digest.errors import ConfigError
 from digest.render import PLAIN_NAME, Rendered
 
 _NO_EDITION = Rendered("", "", "", "")  # a pattern's stand-in reader: personalization_json reads no edition
+
+#: The one header of a copy that is the reader's own (their signed unsubscribe link, RFC 8058). The others
+#: (List-Unsubscribe-Post, List-Id, Precedence, Feedback-ID) are the list's and the issue's, the same for
+#: every reader: sent once per request as the message's `headers`, which each personalization's `headers`
+#: add to (mail/send: "personalizations[].headers"; django-anymail's SendGrid backend spells its common and
+#: per-recipient `merge_headers` the same way). 190 bytes less per reader in every request (issue 16).
+READER_HEADERS = frozenset({"List-Unsubscribe"})
+
+Common = tuple[tuple[str, str], ...]  # a copy's headers that are not the reader's own, in order
+
+
+def common_headers(headers: dict[str, str]) -> Common:
+    """The headers a request sends once for all its readers: those not in `READER_HEADERS`. Requests are
+    grouped by them, so readers whose common headers differ never share a request."""
+    return tuple((k, v) for k, v in headers.items() if k not in READER_HEADERS)
 
 MAX_PERSONALIZATIONS = 1000  # and at most 1,000 recipients (to + cc + bcc) per request
 MAX_REQUEST_BYTES = 30 * 1024 * 1024  # "the total size of your email ... must be less than 30MB"
@@ -202,10 +217,10 @@ class Pattern:
     other reader takes `personalization_json`, which names the problem. `make` gives None when the
     stand-ins do not come out where expected (then every reader takes that path)."""
 
-    __slots__ = ("named", "unnamed", "mailbox")
+    __slots__ = ("named", "unnamed", "mailbox", "common")
 
-    def __init__(self, named: tuple[str, ...], unnamed: tuple[str, ...], mailbox: bool) -> None:
-        self.named, self.unnamed, self.mailbox = named, unnamed, mailbox
+    def __init__(self, named: tuple[str, ...], unnamed: tuple[str, ...], mailbox: bool, common: Common) -> None:
+        self.named, self.unnamed, self.mailbox, self.common = named, unnamed, mailbox, common
 
     @classmethod
     def make(cls, assemble: Callable[[str, str, str | None], tuple[dict[str, str], dict[str, str]]], *,
@@ -213,9 +228,10 @@ class Pattern:
              mailbox: bool) -> Pattern | None:
         email, name, token, sid, mailto = _MARKS
         find = re.compile("|".join(_MARKS))
-        patterns = []
+        patterns, common = [], set()
         for who in (name, ""):
             values, headers = assemble(who, token, mailto if mailbox else None)
+            common.add(common_headers(headers))
             text = personalization_json(Message(0, int(sid), issue_id, issue_number, email, who,
                                                 _NO_EDITION, values, headers, list_id, scheduled))
             # to.email, to.name, the two greetings, the two links and List-Unsubscribe (its mailto), the id
@@ -225,7 +241,7 @@ class Pattern:
                 return None
             patterns.append(tuple(find.split(text)))  # the constant pieces between the reader's parts
         named, unnamed = patterns
-        return cls(named, unnamed, mailbox)
+        return cls(named, unnamed, mailbox, common.pop()) if len(common) == 1 else None
 
     def fill(self, email: str, name: str, token: str, sid: int, mailto: str | None) -> str:
         """One plain reader's text: the constant pieces and their parts joined in the order `make` checked
@@ -273,7 +289,9 @@ def personalization_json(message: Message) -> str:
     if "\r" in joined or "\n" in joined:
         check_headers(headers, email)  # raises, naming the header
         raise ValueError(f"{email}: a header must be a one-line string")
-    out = (f'{{"to":{to_json},"substitutions":{substitutions},"headers":{_json_strings(headers)},'
+    own = {k: v for k, v in headers.items() if k in READER_HEADERS}  # the rest: the request's (`common_headers`)
+    out = (f'{{"to":{to_json},"substitutions":{substitutions},'
+           + (f'"headers":{_json_strings(own)},' if own else "") +
            f'"custom_args":{{"{ARG_ISSUE}":"{message.issue_id:d}","{ARG_SUBSCRIBER}":"{message.subscriber_id:d}",'
            f'"{ARG_LIST}":"{message.list_id:d}"}}')
     if message.scheduled is not None:
@@ -326,14 +344,15 @@ class SendGridTransport:
         self._batch_pool: ThreadPoolExecutor | None = None
         self._paused_until = 0.0
         self._pause_lock = threading.Lock()
-        self._shared: dict[tuple[int, int], dict[str, Any]] = {}
-        self._shared_json: dict[tuple[int, int], tuple[str, int]] = {}
+        self._shared: dict[tuple[int, int, Common], dict[str, Any]] = {}
+        self._shared_json: dict[tuple[int, int, Common], tuple[str, int]] = {}
 
     # -- the request ---------------------------------------------------------------------------------
 
-    def shared(self, edition: Rendered, issue_number: int) -> dict[str, Any]:
-        """Everything but the personalizations, built once per edition with the library's helpers."""
-        key = (id(edition), issue_number)
+    def shared(self, edition: Rendered, issue_number: int, common: Common = ()) -> dict[str, Any]:
+        """Everything but the personalizations, built once per edition with the library's helpers; `common`:
+        the headers every reader of the request has (`common_headers`)."""
+        key = (id(edition), issue_number, common)
         if key not in self._shared:
             pub = self.settings.publication
             mail = Mail(from_email=From(pub.from_email, display_name(pub.from_name or pub.name) or None),
@@ -342,30 +361,25 @@ class SendGridTransport:
             if pub.reply_to:
                 mail.reply_to = ReplyTo(pub.reply_to)
             mail.category = [Category(c) for c in categories_for(self.settings, issue_number)]
+            for name, value in common:
+                mail.header = Header(name, value)
             body = mail.get()
             body.pop("personalizations", None)
             check_shared(body)
             self._shared[key] = body
         return self._shared[key]
 
-    def shared_json(self, edition: Rendered, issue_number: int) -> tuple[str, int]:
+    def shared_json(self, edition: Rendered, issue_number: int, common: Common = ()) -> tuple[str, int]:
         """The shared part serialized once per edition (the HTML is not re-encoded for every request),
         and its size in bytes."""
-        key = (id(edition), issue_number)
+        key = (id(edition), issue_number, common)
         if key not in self._shared_json:
             # ASCII (non-ASCII escaped, RFC 8259 §7), like the readers' pieces: a body with one non-ASCII
             # character would be a wider string, every reader's piece copied wide and then walked by the
             # UTF-8 encoder for each request (issue 16: 9,000 instructions per reader)
-            text = json.dumps(self.shared(edition, issue_number), **JSON)
+            text = json.dumps(self.shared(edition, issue_number, common), **JSON)
             self._shared_json[key] = (text, len(text))
         return self._shared_json[key]
-
-    def build(self, messages: list[Message]) -> tuple[str, list[Message], list[Outcome]]:
-        """The request body for messages of one edition, the messages in it, and those refused here."""
-        included, refused, personalizations = self._pieces(messages)
-        if not personalizations:
-            return "", [], refused
-        return self._body(personalizations, messages[0].edition, messages[0].issue_number), included, refused
 
     @staticmethod
     def _pieces(messages: list[Message]) -> tuple[list[Message], list[Outcome], list[str]]:
@@ -378,13 +392,13 @@ class SendGridTransport:
                 refused.append(Outcome(m.delivery_id, False, error=f"not sent: {e}"))
         return included, refused, personalizations
 
-    def _body(self, personalizations: list[str], edition: Rendered, issue_number: int) -> str:
+    def _body(self, personalizations: list[str], edition: Rendered, issue_number: int, common: Common) -> str:
         """One request's JSON text: the readers' pieces and the edition's shared part. RequestTooLarge over
         the 30 MB cap."""
         if len(personalizations) > MAX_PERSONALIZATIONS:
             raise PayloadError(f"bug: {len(personalizations)} personalizations in one request "
                                f"(SendGrid takes at most {MAX_PERSONALIZATIONS})")
-        shared, shared_size = self.shared_json(edition, issue_number)
+        shared, shared_size = self.shared_json(edition, issue_number, common)
         people = ",".join(personalizations)  # ASCII (escaped): its length is its size
         size = len(people) + shared_size + len('{"personalizations":[],')
         if size >= MAX_REQUEST_BYTES:
@@ -396,16 +410,16 @@ class SendGridTransport:
         """The requests for a batch, one per edition in it (usually one). Runs in the sending loop's own
         thread, so the CPU work of a send is not split across threads fighting for the GIL; only the
         waiting on SendGrid (`submit`) runs in the worker threads."""
-        groups: dict[int, list[Message]] = {}
+        groups: dict[tuple[int, Common], list[Message]] = {}
         for m in messages:
-            groups.setdefault(id(m.edition), []).append(m)
+            groups.setdefault((id(m.edition), common_headers(m.headers)), []).append(m)
         prepared = Prepared([], [], issue_number=messages[0].issue_number if messages else 0)
-        for group in groups.values():
+        for (_, common), group in groups.items():
             included, refused, pieces = self._pieces(group)
             prepared.refused += refused
             if included:
                 self._add_requests(prepared, pieces, included, group[0].edition, group[0].issue_number,
-                                   included[0].scheduled)
+                                   included[0].scheduled, common)
         return prepared
 
     def prepare_rows(self, rows: Rows) -> Prepared:
@@ -417,47 +431,51 @@ class SendGridTransport:
         issue_number, scheduled = rows.issue_number, rows.scheduled
         pattern = Pattern.make(rows.assemble, issue_id=rows.issue_id, issue_number=issue_number,
                                list_id=rows.list_id, scheduled=scheduled, mailbox=rows.mailbox)
-        groups: dict[int, tuple[Rendered, list[str], list[Any]]] = {}
+        groups: dict[tuple[int, Common], tuple[Rendered, Common, list[str], list[Any]]] = {}
         refused: list[Outcome] = []
         plain_name, plain_address = PLAIN_NAME.fullmatch, _PLAIN_ADDRESS.fullmatch
         for i, r in enumerate(readers):
             edition, name, mailto = editions[i], r.name, mailtos[i]
-            group = groups.get(id(edition))
-            if group is None:
-                group = groups[id(edition)] = (edition, [], [])
             if pattern is not None and plain_address(r.email) and (not name or plain_name(name)) \
                     and (mailto is None or plain_address(mailto)):
-                group[1].append(pattern.fill(r.email, name, tokens[i], r.id, mailto))
-                group[2].append(r)
+                group = groups.get((id(edition), pattern.common))
+                if group is None:
+                    group = groups[id(edition), pattern.common] = (edition, pattern.common, [], [])
+                group[2].append(pattern.fill(r.email, name, tokens[i], r.id, mailto))
+                group[3].append(r)
                 continue
             message = slow(i)
             if message is None:
                 continue
             try:
-                group[1].append(personalization_json(message))
-                group[2].append(message)
+                piece = personalization_json(message)
             except ValueError as e:
                 refused.append(Outcome(message.delivery_id, False, error=f"not sent: {e}"))
+                continue
+            common = common_headers(message.headers)
+            group = groups.setdefault((id(edition), common), (edition, common, [], []))
+            group[2].append(piece)
+            group[3].append(message)
         prepared = Prepared([], refused, issue_number=issue_number)
-        for edition, pieces, included in groups.values():
+        for edition, common, pieces, included in groups.values():
             if included:
-                self._add_requests(prepared, pieces, included, edition, issue_number, scheduled)
+                self._add_requests(prepared, pieces, included, edition, issue_number, scheduled, common)
         return prepared
 
     def _add_requests(self, prepared: Prepared, pieces: list[str], included: list[Any], edition: Rendered,
-                      issue_number: int, scheduled: tuple[str, int] | None) -> None:
+                      issue_number: int, scheduled: tuple[str, int] | None, common: Common) -> None:
         """One request for these readers of one edition, or two halves if it is over the 30 MB cap.
         Scheduled: the first request of the claim keeps the batch recorded with the claim; every other one
         gets a batch of its own (POST /v3/mail/batch), listed in `prepared.batches` for the ledger, so a
         request whose answer is lost is cancelled alone and never takes another request's readers with it."""
         try:
-            body = self._body(pieces, edition, issue_number)
+            body = self._body(pieces, edition, issue_number, common)
         except RequestTooLarge:
             if len(pieces) < 2:
                 raise
             half = len(pieces) // 2
-            self._add_requests(prepared, pieces[:half], included[:half], edition, issue_number, scheduled)
-            self._add_requests(prepared, pieces[half:], included[half:], edition, issue_number, scheduled)
+            self._add_requests(prepared, pieces[:half], included[:half], edition, issue_number, scheduled, common)
+            self._add_requests(prepared, pieces[half:], included[half:], edition, issue_number, scheduled, common)
             return
         batch: str | None = None
         if scheduled is not None:

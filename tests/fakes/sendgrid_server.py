@@ -117,6 +117,12 @@ class Received:
     send_at: float | None = None
 
 
+def copy_headers(payload: dict[str, Any], personalization: dict[str, Any]) -> dict[str, str]:
+    """The headers one reader's copy gets: the message's `headers` with the personalization's own added
+    over them (mail/send: personalization fields override the message-level fields of the same name)."""
+    return {**payload.get("headers", {}), **personalization.get("headers", {})}
+
+
 def _is_str_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
