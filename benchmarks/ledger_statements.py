@@ -2,6 +2,7 @@
 
     python benchmarks/ledger_statements.py -n 30000 --postgresql     # a throwaway PostgreSQL 15
     python benchmarks/ledger_statements.py -n 30000                  # SQLite
+    python benchmarks/ledger_statements.py -n 100000 --postgresql --schema "DROP INDEX ix_deliveries_subscriber_id"
 
 Seeds N readers as benchmarks/send.py does, starts the SendGrid contract server, and runs `issues.send` in
 this process with every statement timed (SQLAlchemy cursor events; the commits too), grouped by what it
@@ -9,6 +10,8 @@ does (claim, post, mark, snapshot...). On PostgreSQL it also prints the server's
 postmaster, its reaped backends and its live ones, from /proc) and the WAL written per reader: those two
 hold still when the machine is busy; statement times move with the load by 20-30%. Checks every reader
 got the issue exactly once. Prints figures; asserts nothing about speed. (docs/delivery.md, Speed.)
+`--schema SQL` (repeatable) runs a statement on the seeded database before the send: a schema variant
+measured against the migrations' own in the same conditions, never a change kept.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="the ledger's statements in one send")
     parser.add_argument("-n", "--readers", type=int, default=30_000)
     parser.add_argument("--postgresql", action="store_true", help="start a throwaway PostgreSQL server")
+    parser.add_argument("--schema", action="append", default=[], metavar="SQL",
+                        help="a statement run on the seeded database before the send (a variant to measure)")
     args = parser.parse_args()
     os.environ.setdefault("DIGEST_SECRET_KEY", SECRET)
     from sqlalchemy import event
@@ -125,6 +130,14 @@ def main() -> None:
                 from digest.issues import send
 
                 settings = load_settings(config)
+                if args.schema:
+                    from sqlalchemy import text
+
+                    from digest.store import engine_for
+
+                    with engine_for(settings.database_url).begin() as conn:
+                        for sql in args.schema:
+                            conn.execute(text(sql))
                 times.clear()
                 wal0, pg0 = (wal_bytes(pg.url), server_cpu(pg.folder)) if pg else (0, 0.0)
                 cpu0 = time.process_time()
@@ -142,6 +155,8 @@ def main() -> None:
             pg.stop()
     assert stats["recipients"] == stats["unique"] == n, stats
     one, five, _ = os.getloadavg()
+    if args.schema:
+        print("schema variant: " + "; ".join(args.schema))
     print(f"{n:,} readers on {'PostgreSQL' if pg else 'SQLite'}: the send {wall:.2f} s, the sender's CPU {cpu:.2f} s"
           + (f", PostgreSQL's CPU {pg_cpu:.2f} s, WAL {wal / n:,.0f} bytes per reader" if pg else "")
           + f" (load average {one:.2f} {five:.2f} on {os.cpu_count()} cores)")
