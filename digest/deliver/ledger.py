@@ -393,12 +393,6 @@ def unknown_count(session: Session, issue_id: int) -> int:
                                                      t.c.worker.is_(None))) or 0
 
 
-def tally(outcomes: Sequence[Outcome]) -> tuple[int, int, int]:
-    """(submitted, failed, unknown) among a batch's outcomes, as `mark` counts them."""
-    return (sum(1 for o in outcomes if o.ok), sum(1 for o in outcomes if not o.ok and not o.unknown),
-            sum(1 for o in outcomes if o.unknown))
-
-
 def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
          editions: dict[int, str] | None = None) -> tuple[int, int, int]:
     """Record what became of a batch of `size` readers (the caller commits). Returns (submitted, failed,

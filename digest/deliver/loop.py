@@ -45,13 +45,11 @@ from digest.deliver.ledger import (
     release,
     renew,
     snapshot,
-    tally,
     unknown_count,
     waiting,
 )
 from digest.deliver.personalizer import Personalizer
 from digest.deliver.protocol import Message, Outcome, Rows, SendInterrupted, SendReport, Transport
-from digest.deliver.recorder import Recorder
 from digest.errors import DeliveryError
 from digest.locks import beat_send_lock, forget_workers, join_send, leave_send, send_workers
 from digest.moments import local_home
@@ -81,14 +79,12 @@ def deliver(factory: sessionmaker[Session], settings: Settings, issue_id: int, t
         # thousand long-lived ones (modules, SQLAlchemy's registries) for nothing: 0.8 s of 4 in the
         # benchmark. Frozen objects are still freed by reference counting; unfrozen again after.
         gc.freeze()
-        recorder = Recorder(factory, session)
         try:
-            return _run(session, recorder, settings, issue, transport, editions, personal, list_id, me, lease,
-                        progress, now, on_sending)
+            return _run(session, settings, issue, transport, editions, personal, list_id, me, lease, progress, now,
+                        on_sending)
         finally:
             gc.unfreeze()
             try:
-                recorder.close()
                 transport.close()
             finally:
                 try:  # rows still claimed by this worker: never posted back to the queue, posted ones unknown
@@ -97,13 +93,12 @@ def deliver(factory: sessionmaker[Session], settings: Settings, issue_id: int, t
                     leave_send(session, issue_id, me)
 
 
-def _run(session: Session, recorder: Recorder, settings: Settings, issue: IssueRow, transport: Transport,
+def _run(session: Session, settings: Settings, issue: IssueRow, transport: Transport,
          editions: Callable[[Any], Rendered], personal: Personalizer, list_id: int, me: str, lease: timedelta,
          progress: Callable[[int, int], None] | None, now: Callable[[], datetime],
          on_sending: Callable[[int], None] | None = None) -> SendReport:
-    """This thread claims and builds; the transport's workers send; the recorder writes what came back
-    (marks, releases, lease renewals: on PostgreSQL on a connection of its own, while the next batch is
-    claimed and built). (A separate builder thread was measured: the GIL made it slower, not faster.)"""
+    """This thread claims, builds and marks (every database write, in order); the transport's workers
+    send. (A separate builder thread was measured: the GIL made it slower, not faster.)"""
     report = SendReport(issue.number, issue.subject)
     session.flush()
     session.refresh(issue, with_for_update=True)  # several workers start together: one snapshots
@@ -190,25 +185,21 @@ def _run(session: Session, recorder: Recorder, settings: Settings, issue: IssueR
 
     stop: DeliveryError | None = None
     after = 0  # the last delivery id claimed (ledger.claim)
-    released = False  # the recorder was given readers to queue again: claim once more after it wrote them
     pending: dict[Future[list[Outcome]], tuple[str, list[int]]] = {}  # out to the provider
     last_beat = utcnow()
     beat_every = lease / 3
 
-    def renewal(s: Session) -> None:
-        beat_send_lock(s, issue_id, me)
-        renew(s, issue_id, me, lease)
-
     def beat() -> None:
-        """Renew this worker's heartbeat and its rows' lease (while requests are out, too): by the recorder,
-        after the marks before it, so a renewal and a mark of the same rows never run at once."""
+        """Renew this worker's heartbeat and its rows' lease (while requests are out, too)."""
         nonlocal last_beat
         if utcnow() - last_beat > beat_every:
-            recorder.submit(renewal)
+            beat_send_lock(session, issue_id, me)
+            renew(session, issue_id, me, lease)
+            session.commit()
             last_beat = utcnow()
 
     def settle(fut: Future[list[Outcome]]) -> None:
-        nonlocal stop, done, released
+        nonlocal stop, done, last_beat
         batch, ids = pending.pop(fut)
         try:
             outcomes = fut.result()
@@ -216,28 +207,22 @@ def _run(session: Session, recorder: Recorder, settings: Settings, issue: IssueR
             outcomes = list(getattr(e, "outcomes", []))
             stop = stop or e
         handled = {o.delivery_id for o in outcomes}
-        # what each copy showed (listings, appeal variant), whatever its fate: the reports' reach; written
-        # by the statement that marks the batch when it is one edition (the common case)
-        seen = {o.delivery_id: shown[o.delivery_id] for o in outcomes if o.delivery_id in shown}
-        ok, bad, unknown = tally(outcomes)
-        report.submitted += ok
-        report.failed += bad
-        report.unknown += unknown
-        done += ok + bad
+        if outcomes:
+            # what each copy showed (listings, appeal variant), whatever its fate: the reports' reach; written
+            # by the statement that marks the batch when it is one edition (the common case)
+            ok, bad, unknown = mark(session, batch, outcomes, len(ids), {
+                o.delivery_id: shown[o.delivery_id] for o in outcomes if o.delivery_id in shown})
+            report.submitted += ok
+            report.failed += bad
+            report.unknown += unknown
+            done += ok + bad
         for i in ids:
             shown.pop(i, None)
-        unanswered = [i for i in ids if i not in handled]
-        released = released or bool(unanswered)
-
-        def record(s: Session) -> None:
-            if outcomes:
-                mark(s, batch, outcomes, len(ids), seen)
-            # what the transport did not answer for was not sent: back to the queue, in the same transaction
-            release(s, unanswered, batch)
-            if recovering:  # cancels made for lost answers (or slots freed): recorded, so a later run frees them
-                sync_cancels(s, transport)  # type: ignore[arg-type]
-
-        recorder.submit(record)
+        # what the transport did not answer for was not sent: back to the queue, in the same transaction
+        release(session, [i for i in ids if i not in handled], batch)
+        if recovering:  # cancels made for lost answers (or slots freed): recorded, so a later run frees them
+            sync_cancels(session, transport)  # type: ignore[arg-type]
+        session.commit()
         beat()
         if progress:
             progress(done, total)
@@ -267,14 +252,7 @@ def _run(session: Session, recorder: Recorder, settings: Settings, issue: IssueR
                         after = 0
                         continue
                     if claimed is None:
-                        if pending:
-                            break
-                        session.commit()  # (nothing claimed: a fresh snapshot for the next look)
-                        recorder.drain()
-                        if released:  # readers the recorder queued again: claim them now
-                            released = False
-                            continue
-                        if not _wait_for_others(session, issue_id, me, lease, take_over, beat):
+                        if pending or not _wait_for_others(session, issue_id, me, lease, take_over, beat):
                             break
                         continue
                     done += claimed.skipped
@@ -321,10 +299,7 @@ def _run(session: Session, recorder: Recorder, settings: Settings, issue: IssueR
                 fut.exception()  # waits for it
                 with contextlib.suppress(Exception):  # the original error matters more
                     settle(fut)
-            with contextlib.suppress(Exception):
-                recorder.drain()
             raise
-    recorder.drain()  # every answer written before the counts are read
     if stop is not None:
         if isinstance(stop, SendInterrupted):
             report.unknown = unknown_count(session, issue_id)
