@@ -344,30 +344,26 @@ class SendGridTransport:
         self._batch_pool: ThreadPoolExecutor | None = None
         self._paused_until = 0.0
         self._pause_lock = threading.Lock()
-        self._shared: dict[tuple[int, int, Common], dict[str, Any]] = {}
         self._shared_json: dict[tuple[int, int, Common], tuple[str, int]] = {}
 
     # -- the request ---------------------------------------------------------------------------------
 
     def shared(self, edition: Rendered, issue_number: int, common: Common = ()) -> dict[str, Any]:
-        """Everything but the personalizations, built once per edition with the library's helpers; `common`:
-        the headers every reader of the request has (`common_headers`)."""
-        key = (id(edition), issue_number, common)
-        if key not in self._shared:
-            pub = self.settings.publication
-            mail = Mail(from_email=From(pub.from_email, display_name(pub.from_name or pub.name) or None),
-                        subject=Subject(edition.subject), plain_text_content=PlainTextContent(edition.text),
-                        html_content=HtmlContent(edition.html))
-            if pub.reply_to:
-                mail.reply_to = ReplyTo(pub.reply_to)
-            mail.category = [Category(c) for c in categories_for(self.settings, issue_number)]
-            for name, value in common:
-                mail.header = Header(name, value)
-            body = mail.get()
-            body.pop("personalizations", None)
-            check_shared(body)
-            self._shared[key] = body
-        return self._shared[key]
+        """Everything but the personalizations, built with the library's helpers (once per edition and
+        headers: `shared_json` keeps it); `common`: the headers every reader of the request has."""
+        pub = self.settings.publication
+        mail = Mail(from_email=From(pub.from_email, display_name(pub.from_name or pub.name) or None),
+                    subject=Subject(edition.subject), plain_text_content=PlainTextContent(edition.text),
+                    html_content=HtmlContent(edition.html))
+        if pub.reply_to:
+            mail.reply_to = ReplyTo(pub.reply_to)
+        mail.category = [Category(c) for c in categories_for(self.settings, issue_number)]
+        for name, value in common:
+            mail.header = Header(name, value)
+        body = mail.get()
+        body.pop("personalizations", None)
+        check_shared(body)
+        return body
 
     def shared_json(self, edition: Rendered, issue_number: int, common: Common = ()) -> tuple[str, int]:
         """The shared part serialized once per edition (the HTML is not re-encoded for every request),
@@ -728,7 +724,6 @@ class SendGridTransport:
             self.sleep(left)
 
     def close(self) -> None:
-        self._shared.clear()
         self._shared_json.clear()
         if self._batch_pool is not None:
             for ahead in self._batches_ahead:
