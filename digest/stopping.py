@@ -9,9 +9,11 @@ shell's convention: 143 for SIGTERM, 129 for SIGHUP), and `digest send` resumes 
 
 from __future__ import annotations
 
+import select
 import signal
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -65,3 +67,41 @@ def on_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextmanager
+def waits_on(stop: threading.Event) -> Iterator[Callable[[float], bool]]:
+    """Yields `wait(seconds)`: as `stop.wait(seconds)` (True once `stop` is set), but in the main thread it
+    also returns as soon as a signal arrives, so the signal's handler runs at once.
+
+    `Event.wait` alone can sleep through a signal for its whole timeout: Python runs a handler in the main
+    thread between two bytecodes, and a signal that the kernel gives to another thread, or that lands just
+    before the main thread blocks, does not wake the wait (`digest schedule` took 30 s, a heartbeat, to
+    obey a SIGTERM). The C-level handler writes every signal to the wakeup fd, whatever thread it runs
+    on, and a select on that fd cannot miss a byte written before it
+    (https://docs.python.org/3/library/signal.html#signal.set_wakeup_fd). In the main thread `stop` is
+    read after each wait, not waited on: another thread setting it is seen at the next wake."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop.wait
+        return
+    ours, theirs = socket.socketpair()
+    for s in (ours, theirs):
+        s.setblocking(False)
+    previous = signal.set_wakeup_fd(theirs.fileno(), warn_on_full_buffer=False)
+
+    def wait(seconds: float) -> bool:
+        if not stop.is_set():
+            select.select([ours], [], [], seconds)
+            try:
+                while ours.recv(512):
+                    pass
+            except BlockingIOError:  # drained
+                pass
+        return stop.is_set()
+
+    try:
+        yield wait
+    finally:
+        signal.set_wakeup_fd(previous)
+        ours.close()
+        theirs.close()

@@ -7,12 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from digest import stopping
 from digest.config import Settings
 from digest.locks import SchedulerLock
 from digest.store import Lock, engine_for
@@ -44,7 +47,8 @@ def lock_owner(settings: Settings) -> str | None:
 def stop(proc: subprocess.Popen[str], how: signal.Signals) -> tuple[str, str]:
     proc.send_signal(how)
     try:
-        return proc.communicate(timeout=30)
+        # well under a heartbeat (30 s): a stop that waits for the next heartbeat to be seen fails here
+        return proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -93,3 +97,35 @@ def test_digest_schedule_stops_cleanly_on_sigterm(settings: Settings, workdir: P
     assert proc.returncode == 0, err
     assert "scheduler stopped" in out and "Traceback" not in err
     assert lock_owner(settings) is None
+
+
+def _wait_through_a_signal_taken_by_another_thread(wait: Callable[[float], bool], seconds: float) -> float:
+    """How long `wait(seconds)` in the main thread lasts when, 0.2 s in, a SIGUSR1 arrives on another
+    thread (as the kernel may deliver a process's signal to any thread that does not block it)."""
+    assert threading.current_thread() is threading.main_thread(), "signals are handled in the main thread"
+    handled: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(signum))
+
+    def other() -> None:
+        time.sleep(0.2)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+    helper = threading.Thread(target=other)
+    try:
+        started = time.monotonic()
+        helper.start()
+        wait(seconds)
+        took = time.monotonic() - started
+        helper.join()
+        time.sleep(0)  # the Python-level handler runs here at the latest
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert handled == [signal.SIGUSR1]
+    return took
+
+
+def test_the_schedulers_wait_ends_when_a_signal_arrives_on_another_thread() -> None:
+    # the cause of a SIGTERM obeyed only at the next heartbeat (30 s): Event.wait sleeps through it
+    assert _wait_through_a_signal_taken_by_another_thread(threading.Event().wait, 2) >= 2
+    with stopping.waits_on(threading.Event()) as wait:
+        assert _wait_through_a_signal_taken_by_another_thread(wait, 20) < 10

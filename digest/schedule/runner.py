@@ -269,7 +269,6 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
     While another scheduler holds the lock this one waits as a standby when the holder is on another host
     (or `standby`); one on this host is refused with LockHeld (a duplicate here would fail with this host).
     """
-    global _lock
     draft_trigger(settings)  # a bad [schedule] is reported before anything is taken
     scheduler = build_scheduler(settings)
     expiry = timedelta(seconds=settings.schedule.lock_expiry_seconds)
@@ -280,8 +279,17 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
         for signum in stopping.SIGNALS:  # systemd's stop, `kill`, a closed terminal: as Ctrl-C
             signal.signal(signum, _stop_on_signal)
     interval = heartbeat_seconds or max(1.0, expiry.total_seconds() / 4)
+    with stopping.waits_on(stop) as wait:
+        return _run(settings, scheduler, lock, wait, interval, say, standby)
+
+
+def _run(settings: Settings, scheduler: BackgroundScheduler, lock: SchedulerLock, wait: Callable[[float], bool],
+         interval: float, say: Callable[[str], None], standby: bool) -> int:
+    """`serve` once its signals are set: stand by or take the lock, run the jobs, heartbeat every `interval`
+    until `wait` says stop (or a signal raises KeyboardInterrupt), then shut down."""
+    global _lock
     try:
-        taken = _standby(lock, stop, interval, say, standby)
+        taken = _standby(lock, wait, interval, say, standby)
     except KeyboardInterrupt:
         say("standby stopped")
         return 0
@@ -303,7 +311,7 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
             if jobs.get(job_id) is not None:
                 say(f"{name} {describe(settings, jobs[job_id])}")
         zones = schedule_zones(settings)
-        while not stop.wait(interval):
+        while not wait(interval):
             try:
                 if not lock.heartbeat():
                     log.error("this scheduler lost its lock (silent too long; another took over): stopping")
@@ -330,7 +338,7 @@ def serve(settings: Settings, *, say: Callable[[str], None] = log.info, stop: th
             say("scheduler stopped")
 
 
-def _standby(lock: SchedulerLock, stop: threading.Event, interval: float, say: Callable[[str], None],
+def _standby(lock: SchedulerLock, wait: Callable[[float], bool], interval: float, say: Callable[[str], None],
              always: bool) -> str | None:
     """Take the lock, or wait as a standby while another scheduler holds it: polled every `interval`, and
     again just after the holder's lock would expire, so a dead holder is replaced within
@@ -346,9 +354,9 @@ def _standby(lock: SchedulerLock, stop: threading.Event, interval: float, say: C
                 say(f"standby: {held.holder} is the active scheduler; this one ({lock.owner}) takes over if it "
                     f"stays silent {lock.expiry.total_seconds():.0f} s")
                 told = held.holder
-            wait = min(interval, held.retry_in + 0.05)
+            pause = min(interval, held.retry_in + 0.05)
         except Exception as e:  # the database away for a moment: keep waiting
             log.warning("standby: the lock could not be read: %s", e)
-            wait = interval
-        if stop.wait(max(0.05, wait)):
+            pause = interval
+        if wait(max(0.05, pause)):
             return None
