@@ -9,12 +9,13 @@ shell's convention: 143 for SIGTERM, 129 for SIGHUP), and `digest send` resumes 
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from types import FrameType
 
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -49,24 +50,30 @@ def reset() -> None:
     _requested.clear()
 
 
-def _handler(signum: int, frame: FrameType | None) -> None:
-    request(signum)
-
-
 @contextmanager
-def on_signals() -> Iterator[None]:
+def on_signals(forward_to: Callable[[], Iterable[int]] = tuple) -> Iterator[None]:
     """While inside: SIGTERM and SIGHUP set the flag instead of killing the process (main thread only,
-    where Python runs signal handlers; elsewhere a no-op). The previous handlers come back after."""
+    where Python runs signal handlers; elsewhere a no-op), and are passed on to the processes whose pids
+    `forward_to` gives (the workers `digest send --workers` started: `kill <pid>` reaches the parent alone,
+    while systemd signals the whole group, so a worker may get it twice, which is the same stop). The
+    previous handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     reset()
-    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        request(signum)
+        for pid in forward_to():
+            with suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(pid, signum)
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, was in previous.items():
+            signal.signal(s, was)
 
 
 @contextmanager

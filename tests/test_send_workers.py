@@ -48,6 +48,18 @@ def rows(settings: Settings) -> list[tuple[str, str, str | None, object]]:
                               .join(SendBatch, SendBatch.batch == Delivery.batch, isouter=True)))
 
 
+def three_thousand_on_sendgrid(workdir: Path, server: SendGridServer) -> tuple[Settings, list[str], dict[str, str]]:
+    """3,000 readers to send through `server` in batches of 50 under a 3 s lease: the settings, the readers'
+    addresses and the environment of a `digest send` process."""
+    set_keys(workdir, "delivery", transport="sendgrid", allow_http_public_url=True, lease_seconds=3)
+    set_keys(workdir, "delivery.sendgrid", batch_size=50, concurrency=2, backoff_seconds=0.01)
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    emails = seed_readers(settings, 3000)
+    return settings, emails, {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY,
+                              "DIGEST_SENDGRID_API_URL": server.url, "COLUMNS": "250"}
+
+
 def run_three_workers_and_kill_one(workdir: Path, settings: Settings, env: dict[str, str],
                                    sent: object) -> tuple[subprocess.CompletedProcess[str], str, int]:
     """`digest send --workers 3`; once the three have claimed, SIGKILL a child worker that holds claimed
@@ -74,13 +86,7 @@ def test_three_sendgrid_workers_one_killed_mid_send_each_reader_exactly_once(
         backend: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     only(backend, "postgresql")
     with SendGridServer(KEY, delay=0.5) as server:  # slow: the kill lands mid-send
-        set_keys(workdir, "delivery", transport="sendgrid", allow_http_public_url=True, lease_seconds=3)
-        set_keys(workdir, "delivery.sendgrid", batch_size=50, concurrency=2, backoff_seconds=0.01)
-        settings = load_settings(workdir / "digest.toml")
-        migrate(settings.database_url)
-        emails = seed_readers(settings, 3000)
-        env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY,
-               "DIGEST_SENDGRID_API_URL": server.url, "COLUMNS": "250"}
+        settings, emails, env = three_thousand_on_sendgrid(workdir, server)
         done, victim, held = run_three_workers_and_kill_one(workdir, settings, env,
                                                              lambda: server.stats()["requests"])
         assert victim, f"no worker was killed mid-send: {done.stdout}{done.stderr}"
@@ -98,6 +104,41 @@ def test_three_sendgrid_workers_one_killed_mid_send_each_reader_exactly_once(
         assert len(senders) >= 3000 // 50
     print(f"killed worker {victim} holding {held} claimed reader(s); cancelled batches: "
           f"{sum(1 for v in server.scheduled.values() if v == 'cancel')}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_parent_alone_stops_every_worker_and_the_next_send_gives_each_reader_one_copy(
+        backend: str, workdir: Path) -> None:
+    only(backend, "postgresql")
+    with SendGridServer(KEY, delay=0.5) as server:  # slow: the stop lands mid-send
+        settings, emails, env = three_thousand_on_sendgrid(workdir, server)
+        proc = subprocess.Popen([sys.executable, "-m", "digest", "send", "--workers", "3"], cwd=workdir, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        children: set[int] = set()
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and not children:
+            live = {w: pid for w, pid in workers_of(settings).items() if pid != proc.pid}
+            holding = Counter(worker for _e, status, worker, _p in rows(settings) if status == "claimed" and worker)
+            if len(live) == 2 and all(holding[w] for w in live) and server.stats()["requests"] >= 2:
+                children = set(live.values())
+            time.sleep(0.02)
+        assert children, "the two other workers never held claimed readers at once"
+        proc.send_signal(signal.SIGTERM)  # the parent alone, as `kill <pid>` does (systemd signals the group)
+        out, errs = proc.communicate(timeout=120)
+        assert proc.returncode == 143, f"{out}{errs}"
+        for pid in children:  # both other workers were told, and stopped the same way
+            assert f"worker {pid} stopped by SIGTERM" in errs, errs
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        ledger = Counter(status for _e, status, _w, _p in rows(settings))
+        assert ledger.get("claimed", 0) == 0, "nothing of unknown fate: every request in flight was answered"
+        assert 0 < ledger["submitted"] < 3000, f"stopped midway: {ledger}"
+        again = subprocess.run([sys.executable, "-m", "digest", "send"], cwd=workdir, env=env, capture_output=True,
+                               text=True, timeout=180)
+        assert again.returncode == 0, again.stderr
+        assert Counter(server.recipients()) == Counter(emails), "every reader exactly once"
+        with session_factory(settings.database_url)() as s:
+            assert counts(s, s.scalar(select(IssueRow.id))) == {"submitted": 3000}
 
 
 @pytest.mark.slow

@@ -243,28 +243,34 @@ def send(config: ConfigOpt = None,
     from digest.deliver.protocol import SendInterrupted
 
     started: list[subprocess.Popen[bytes]] = []
-    try:
-        # SIGTERM/SIGHUP (systemd, docker, `kill`, a closed terminal): stop as Ctrl-C would, with the
-        # requests in flight answered and recorded; exit 128 + the signal (143, 129)
-        with stopping.on_signals(), progress_bar("sending") as bar:
-            task = bar.add_task("send", total=None)
-            outcome = issues.send(settings, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                     total=total),
-                                  join=join, on_sending=lambda _number: started.extend(_start_workers(
-                                      settings, workers - 1)))
-    except SendInterrupted as e:
-        _wait_workers(started)
-        r = e.report
-        if r is not None:
-            console.print(f"issue {r.issue_number}: submitted {r.submitted}, failed {r.failed}, "
-                          f"unknown {r.unknown} before stopping")
-        err.print(f"[yellow]stopped:[/] {e}", highlight=False)
-        raise typer.Exit(stopping.exit_code()) from None
-    except BaseException:
-        _wait_workers(started)
-        raise
+    # SIGTERM/SIGHUP (systemd, docker, `kill`, a closed terminal): stop as Ctrl-C would, with the requests in
+    # flight answered and recorded; passed on to the other workers; exit 128 + the signal (143, 129)
+    with stopping.on_signals(forward_to=lambda: [p.pid for p in started if p.returncode is None]):
+        try:
+            with progress_bar("sending") as bar:
+                task = bar.add_task("send", total=None)
+                outcome = issues.send(settings, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                         total=total),
+                                      join=join, on_sending=lambda _number: started.extend(_start_workers(
+                                          settings, workers - 1)))
+        except SendInterrupted as e:
+            _wait_workers(started)
+            r = e.report
+            if r is not None:
+                console.print(f"issue {r.issue_number}: submitted {r.submitted}, failed {r.failed}, "
+                              f"unknown {r.unknown} before stopping")
+            err.print(f"[yellow]{e}[/]", highlight=False)
+            raise typer.Exit(stopping.exit_code()) from None
+        except BaseException:
+            _wait_workers(started)
+            raise
+        workers_ok = _wait_workers(started)  # a stop asked meanwhile reaches them too
     _print_send(outcome)
-    if not _wait_workers(started) or (outcome.report and not outcome.report.ok):
+    if stopping.requested():
+        err.print(f"[yellow]stopped by {stopping.signal_name()}[/] while the other workers were sending; "
+                  "`digest send` resumes the rest", highlight=False)
+        raise typer.Exit(stopping.exit_code())
+    if not workers_ok or (outcome.report and not outcome.report.ok):
         raise typer.Exit(1)
 
 
@@ -288,10 +294,16 @@ def _start_workers(settings: Settings, n: int) -> list[subprocess.Popen[bytes]]:
 def _wait_workers(started: list[subprocess.Popen[bytes]]) -> bool:
     """Wait for the other workers; True when each ended well. One that died is reported: its batches are
     taken over by the others when its lease runs out (docs/deployment.md)."""
+    from digest import stopping
+
     ok = True
     for proc in started:
         code = proc.wait()
-        if code:
+        if code and code == stopping.exit_code() and stopping.requested():
+            ok = False
+            err.print(f"[yellow]worker {proc.pid} stopped by {stopping.signal_name()}[/]: what it had in flight "
+                      "is recorded", highlight=False)
+        elif code:
             ok = False
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
             err.print(f"[yellow]worker {proc.pid} {how}[/]: its claimed batches are taken over after its lease",
