@@ -222,6 +222,22 @@ def drop(admin_url: str, name: str) -> None:
     _admin(admin_url).execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def wait_for_killed_clients(url: str, timeout: float = 30) -> None:
+    """After a client process is SIGKILLed, wait until the database has no other backend running a statement
+    or holding a transaction open. A backend carries out a COMMIT it has already read although its client is
+    gone, and only then finds the closed socket and exits: read too early, a ledger row of the dead process
+    can still change under the test (a batch listed as of unknown fate, then marked)."""
+    import psycopg
+
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        deadline = time.monotonic() + timeout
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+                           "AND state <> 'idle'").fetchone() != (0,):
+            assert time.monotonic() < deadline, "a killed client's PostgreSQL backend did not end"
+            time.sleep(0.01)
+
+
 def make_template(admin_url: str) -> None:
     """The migrated database every test's database is copied from; no connection to it may stay open."""
     from digest.store import engine_for, migrate

@@ -21,6 +21,7 @@ from digest.deliver.ledger import counts, resolve, unknown_batches
 from digest.errors import DeliveryError
 from digest.issues import send
 from digest.store import Delivery, IssueRow, Lock, migrate, session_factory
+from tests import pgserver
 from tests.conftest import SECRET, run_cli
 from tests.fakes.readers import odd_even_editions, seed_readers, sending_issue, set_keys
 from tests.fakes.sendgrid_server import SendGridServer
@@ -74,6 +75,8 @@ def test_sigkill_at_random_points_then_resume_sends_everyone_exactly_once(workdi
                 kills += 1
             proc.wait()
             wait_for(lambda: server.in_flight == 0)  # SendGrid finishes what it received, client or not
+            if settings.database_url.startswith("postgresql"):  # and PostgreSQL a COMMIT it received
+                pgserver.wait_for_killed_clients(settings.database_url)
             with session_factory(settings.database_url)() as s:
                 issue = s.scalar(select(IssueRow))
                 if issue is None:
