@@ -266,7 +266,7 @@ def send(config: ConfigOpt = None,
             raise
         workers_ok = _wait_workers(started)  # a stop asked meanwhile reaches them too
     _print_send(outcome)
-    if stopping.requested():
+    if stopping.requested() and any(p.returncode == stopping.exit_code() for p in started):
         err.print(f"[yellow]stopped by {stopping.signal_name()}[/] while the other workers were sending; "
                   "`digest send` resumes the rest", highlight=False)
         raise typer.Exit(stopping.exit_code())
