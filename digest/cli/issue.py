@@ -299,7 +299,7 @@ def _wait_workers(started: list[subprocess.Popen[bytes]]) -> bool:
     ok = True
     for proc in started:
         code = proc.wait()
-        if code and code == stopping.exit_code() and stopping.requested():
+        if code == stopping.exit_code() and stopping.requested():
             ok = False
             err.print(f"[yellow]worker {proc.pid} stopped by {stopping.signal_name()}[/]: what it had in flight "
                       "is recorded", highlight=False)
