@@ -79,6 +79,17 @@ def wal_bytes(admin_url: str) -> int:
         return int(row[0])
 
 
+def hot_updates(url: str) -> tuple[int, int]:
+    """(rows updated, of them heap-only) in deliveries so far: a HOT update writes no index entry."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")  # PostgreSQL 15: counts are flushed lazily
+        row = conn.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                           "WHERE relname = 'deliveries'").fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="the ledger's statements in one send")
     parser.add_argument("-n", "--readers", type=int, default=30_000)
@@ -146,6 +157,7 @@ def main() -> None:
                 wall = time.perf_counter() - t0
                 cpu = time.process_time() - cpu0
                 wal, pg_cpu = (wal_bytes(pg.url) - wal0, server_cpu(pg.folder) - pg0) if pg else (0, 0.0)
+                updated, hot = hot_updates(os.environ["DIGEST_DATABASE_URL"]) if pg else (0, 0)
                 stats = json.loads(urllib.request.urlopen(f"{url}/_stats").read())
             finally:
                 server.kill()
@@ -158,7 +170,8 @@ def main() -> None:
     if args.schema:
         print("schema variant: " + "; ".join(args.schema))
     print(f"{n:,} readers on {'PostgreSQL' if pg else 'SQLite'}: the send {wall:.2f} s, the sender's CPU {cpu:.2f} s"
-          + (f", PostgreSQL's CPU {pg_cpu:.2f} s, WAL {wal / n:,.0f} bytes per reader" if pg else "")
+          + (f", PostgreSQL's CPU {pg_cpu:.2f} s, WAL {wal / n:,.0f} bytes per reader, {updated:,} rows updated "
+             f"({hot:,} heap-only)" if pg else "")
           + f" (load average {one:.2f} {five:.2f} on {os.cpu_count()} cores)")
     batches = max(1, times["mark"][0])
     print(f"{'total s':>8} {'count':>6} {'ms each':>8} {'ms/batch':>8}  statement")

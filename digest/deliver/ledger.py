@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -57,6 +57,21 @@ class DeliveryStatus(StrEnum):
 
 
 QUEUED, CLAIMED, SUBMITTED, FAILED, SKIPPED = DeliveryStatus
+
+
+def _in_batch(batch: Any, lo: Any, hi: Any) -> tuple[Any, ...]:
+    """A claimed batch's rows: by their id range (the primary key) and the batch. No index names `batch` or
+    `status`, so that claiming and marking a row writes no index entry (migration 0014_deliveries_hot); the
+    range holds the batch, which was claimed in id order, and whatever else lay between, which `batch`
+    leaves out."""
+    D = DELIVERIES.c
+    return D.id.between(lo, hi), D.batch == batch, D.status == CLAIMED
+
+
+def _span(ids: Iterable[int]) -> dict[str, int]:
+    """The id range of a batch's rows, as `_in_batch`'s parameters (c_lo, c_hi) bind it."""
+    listed = list(ids)
+    return {"c_lo": min(listed), "c_hi": max(listed)}
 _batch_ids = random.Random()  # seeded from os.urandom once per process; batch ids need uniqueness, not secrecy
 
 
@@ -136,9 +151,12 @@ def next_moment(session: Session, issue_id: int) -> datetime | None:
 
 
 def queued_zones(session: Session) -> set[str]:
-    """The zones of readers still queued for their zone's moment, in any issue (the scheduler fires at them)."""
-    return {z for z in session.scalars(select(Delivery.zone).where(Delivery.status == QUEUED,
-                                                                   Delivery.due_at.is_not(None)).distinct()) if z}
+    """The zones of readers still queued for their zone's moment, in any issue (the scheduler fires at them).
+    Only issues not sent are looked at, each by its own rows: no index names `status`, and a sent issue has
+    nobody queued (`finish_if_done`)."""
+    open_issues = select(IssueRow.id).where(IssueRow.status != IssueStatus.SENT)
+    return {z for z in session.scalars(select(Delivery.zone).where(
+        Delivery.issue_id.in_(open_issues), Delivery.status == QUEUED, Delivery.due_at.is_not(None)).distinct()) if z}
 
 
 def waiting_zones(session: Session, issue_id: int, now: datetime) -> list[tuple[str, datetime, int]]:
@@ -237,6 +255,8 @@ def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled:
     else:
         picked = D.id.in_(pick.scalar_subquery())
     take = update(DELIVERIES).where(picked, D.status == QUEUED).values(**stamp)
+    if not postgresql:  # the ids it took, for the read below (SQLite 3.35+ has RETURNING)
+        take = take.returning(D.id)
     # the JSON columns as their stored text, decoded once per distinct value (_JSONCache): a SQL CAST, as
     # psycopg decodes a PostgreSQL `json` value itself (a type_coerce would only change SQLAlchemy's view)
     reader = (Subscriber.id, Subscriber.email, Subscriber.name, cast(Subscriber.attributes, Text),
@@ -246,7 +266,7 @@ def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled:
             .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
             .join(Membership, and_(Membership.subscriber_id == D.subscriber_id,
                                    Membership.list_id == bindparam("c_list")), isouter=True)
-            .where(D.batch == bindparam("c_batch"), D.status == CLAIMED)  # both: the batch index is of claimed rows
+            .where(*_in_batch(bindparam("c_batch"), bindparam("c_lo"), bindparam("c_hi")))
             .order_by(D.id))
     return pick, take, read
 
@@ -277,9 +297,11 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     if scheduled:  # a scheduled send's provider batch and send moment, committed with the claim
         values |= {"c_provider_batch": scheduled[0], "c_send_at": datetime.fromtimestamp(scheduled[1], UTC)}
     if postgresql:
-        values["c_ids"] = list(conn.scalars(pick, values))
-    conn.execute(take, values)
-    rows = conn.execute(read, values).all()
+        values["c_ids"] = ids = list(conn.scalars(pick, values))
+        conn.execute(take, values)
+    else:
+        ids = list(conn.scalars(take, values))
+    rows = conn.execute(read, values | _span(ids)).all() if ids else []
     if not rows:
         session.commit()
         return None
@@ -318,8 +340,9 @@ def post(session: Session, batch: str, worker: str | None, size: int, *, held: b
     t, b = DELIVERIES, BATCHES
     now = utcnow()
     where = [b.c.batch == batch, b.c.posted_at.is_(None), b.c.reaped_at.is_(None)]
-    if not held:
-        rows = [t.c.batch == batch, t.c.status == CLAIMED]
+    if not held:  # the batch's issue, by its row: no index names `batch` (migration 0014_deliveries_hot)
+        issue = select(b.c.issue_id).where(b.c.batch == batch).scalar_subquery()
+        rows = [t.c.issue_id == issue, t.c.batch == batch, t.c.status == CLAIMED]
         if worker is not None:
             rows += [t.c.worker == worker, t.c.lease_until >= now]
         where.append(select(func.count()).select_from(t).where(*rows).scalar_subquery() == size)
@@ -410,7 +433,8 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
         if editions and edition is None:  # before the mark: the rows are found by batch while claimed
             note_editions(session, batch, editions)
         session.connection().execute(_mark_statement(edition is not None), {
-            "m_batch": batch, "m_message": ok[0].message_id, "m_now": now, "m_edition": edition})
+            "c_batch": batch, "m_message": ok[0].message_id, "m_now": now, "m_edition": edition,
+            **_span(o.delivery_id for o in ok)})
         return len(ok), 0, 0
     if editions:
         note_editions(session, batch, editions)
@@ -439,7 +463,7 @@ def _mark_statement(edition: bool) -> Any:
                               "lease_until": None}
     if edition:
         values["edition"] = bindparam("m_edition")
-    return update(t).where(t.c.batch == bindparam("m_batch"), t.c.status == CLAIMED).values(**values)
+    return update(t).where(*_in_batch(bindparam("c_batch"), bindparam("c_lo"), bindparam("c_hi"))).values(**values)
 
 
 def note_editions(session: Session, batch: str, editions: dict[int, str]) -> None:
@@ -451,7 +475,8 @@ def note_editions(session: Session, batch: str, editions: dict[int, str]) -> Non
         by_edition.setdefault(key, []).append(delivery_id)
     t = DELIVERIES
     if len(by_edition) == 1:
-        session.connection().execute(update(t).where(t.c.batch == batch, t.c.status == CLAIMED)
+        span = _span(editions)
+        session.connection().execute(update(t).where(*_in_batch(batch, span["c_lo"], span["c_hi"]))
                                      .values(edition=next(iter(by_edition))))
         return
     for key, ids in by_edition.items():
