@@ -47,10 +47,10 @@ def kind(sql: str) -> str:
     for text, name in KINDS:
         if text in s[:400]:
             return name
-    if s.startswith("UPDATE deliveries SET status") and "lease_until" in s and (" IN (" in s or "ANY (" in s):
-        return "claim: UPDATE the batch's rows"
     if s.startswith("UPDATE deliveries SET status") and "message_id" in s:
         return "mark"
+    if s.startswith("UPDATE deliveries SET status") and "lease_until" in s and (" IN (" in s or "ANY (" in s):
+        return "claim: UPDATE the batch's rows"
     return "other: " + s[:80]
 
 

@@ -2,6 +2,7 @@
 
     /work/venv/bin/python benchmarks/send.py                 # N = 10,000 and 100,000
     /work/venv/bin/python benchmarks/send.py -n 100000 --concurrency 8
+    /work/venv/bin/python benchmarks/send.py -n 100000 --no-heap --repeat 5   # five pairs, the median ratio
     /work/venv/bin/python benchmarks/send.py -n 100000 --postgresql --workers 1 --workers 2
 
 With --postgresql (a throwaway server started as tests/pgserver.py does) or --database-url (the admin URL
@@ -22,6 +23,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -375,6 +377,8 @@ def main() -> None:
     parser.add_argument("-n", "--readers", type=int, action="append", help="readers (repeatable)")
     parser.add_argument("--concurrency", type=int, default=0, help="requests in flight (default: the config's 4)")
     parser.add_argument("--no-heap", action="store_true", help="skip the tracemalloc run (a third send)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="pairs (send, baseline) per size, each on a fresh seed; prints the median ratio")
     parser.add_argument("--callgrind", action="store_true",
                         help="count instructions (valgrind) at two sizes (-n twice; default 5,000 and 15,000)")
     parser.add_argument("--workers", type=int, action="append", help="send workers on PostgreSQL (repeatable)")
@@ -401,12 +405,18 @@ def main() -> None:
           f"{'server cpu s':>12} {'process s':>9} {'readers/s':>10} {'peak RSS MB':>11} {'RSS growth MB':>13} "
           f"{'heap growth MB':>14} {'requests':>8} {'in flight':>9}")
     for n in args.readers or [10_000, 100_000]:
-        r = run(n, args.concurrency, heap=not args.no_heap)
-        print(f"{r['n']:>8} {r['wall']:>7.2f} {r['cpu']:>6.2f} {r['base_wall']:>6.2f} {r['base_cpu']:>8.2f} "
-              f"{r['wall'] / r['base_wall']:>5.2f}x {r['cpu'] / r['base_cpu']:>8.2f}x "
-              f"{r['server_cpu']:>12.2f} {r['process']:>9.2f} "
-              f"{r['rate']:>10,.0f} {r['peak_mb']:>11.1f} {r['growth_mb']:>13.1f} {r['heap_mb']:>14.1f} "
-              f"{r['requests']:>8} {r['max_in_flight']:>9}  ({load()})", flush=True)
+        ratios = []
+        for _ in range(max(1, args.repeat)):  # pairs, each on a fresh seed: a send cannot be measured twice
+            r = run(n, args.concurrency, heap=not args.no_heap)
+            ratios.append(r["wall"] / r["base_wall"])
+            print(f"{r['n']:>8} {r['wall']:>7.2f} {r['cpu']:>6.2f} {r['base_wall']:>6.2f} {r['base_cpu']:>8.2f} "
+                  f"{r['wall'] / r['base_wall']:>5.2f}x {r['cpu'] / r['base_cpu']:>8.2f}x "
+                  f"{r['server_cpu']:>12.2f} {r['process']:>9.2f} "
+                  f"{r['rate']:>10,.0f} {r['peak_mb']:>11.1f} {r['growth_mb']:>13.1f} {r['heap_mb']:>14.1f} "
+                  f"{r['requests']:>8} {r['max_in_flight']:>9}  ({load()})", flush=True)
+        if len(ratios) > 1:
+            print(f"{n:>8} readers, {len(ratios)} pairs: ratio median {statistics.median(ratios):.2f}x, mean "
+                  f"{statistics.fmean(ratios):.2f}x, {min(ratios):.2f}-{max(ratios):.2f}x", flush=True)
     print("send s: wall time of issues.send (snapshot, claims, requests, marks); cpu s: the sender's CPU time; "
           "base s / base cpu: the same for the minimal sender written in this file (baseline), against the same "
           "server, same readers; ratio: send s / base s (the goal: 1.3x or less); process s: the whole `send` "

@@ -59,19 +59,29 @@ class DeliveryStatus(StrEnum):
 QUEUED, CLAIMED, SUBMITTED, FAILED, SKIPPED = DeliveryStatus
 
 
-def _in_batch(batch: Any, lo: Any, hi: Any) -> tuple[Any, ...]:
-    """A claimed batch's rows: by their id range (the primary key) and the batch. No index names `batch` or
-    `status`, so that claiming and marking a row writes no index entry (migration 0014_deliveries_hot); the
-    range holds the batch, which was claimed in id order, and whatever else lay between, which `batch`
-    leaves out."""
+@lru_cache(maxsize=2)
+def _in_batch(postgresql: bool) -> tuple[Any, ...]:
+    """A claimed batch's rows, by their ids (primary key lookups) and the batch, bound by name (`b_ids`,
+    `b_batch`; `_batch_values`). No index names `batch` or `status`, so that claiming and marking a row
+    writes no index entry (migration 0014_deliveries_hot). The ids, not their range: a claim of local
+    delivery or of readers queued again takes rows spread over the whole issue."""
     D = DELIVERIES.c
-    return D.id.between(lo, hi), D.batch == batch, D.status == CLAIMED
+    if postgresql:
+        ids = D.id == any_(bindparam("b_ids", type_=ARRAY(Integer)))
+    else:  # one parameter, not an IN list of 1,000 parsed again each time: a JSON array (SQLite's json_each)
+        ids = D.id.in_(select(func.json_each(bindparam("b_ids", type_=Text)).table_valued("value").c.value))
+    return ids, D.batch == bindparam("b_batch"), D.status == CLAIMED
 
 
-def _span(ids: Iterable[int]) -> dict[str, int]:
-    """The id range of a batch's rows, as `_in_batch`'s parameters (c_lo, c_hi) bind it."""
-    listed = list(ids)
-    return {"c_lo": min(listed), "c_hi": max(listed)}
+def _batch_values(postgresql: bool, batch: str, ids: Iterable[int]) -> dict[str, Any]:
+    """`_in_batch`'s parameters."""
+    return {"b_batch": batch, "b_ids": list(ids) if postgresql else json.dumps(list(ids))}
+
+
+def _is_postgresql(session: Session) -> bool:
+    return session.connection().dialect.name == "postgresql"
+
+
 _batch_ids = random.Random()  # seeded from os.urandom once per process; batch ids need uniqueness, not secrecy
 
 
@@ -266,7 +276,7 @@ def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled:
             .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
             .join(Membership, and_(Membership.subscriber_id == D.subscriber_id,
                                    Membership.list_id == bindparam("c_list")), isouter=True)
-            .where(*_in_batch(bindparam("c_batch"), bindparam("c_lo"), bindparam("c_hi")))
+            .where(*_in_batch(postgresql))
             .order_by(D.id))
     return pick, take, read
 
@@ -301,7 +311,7 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
         conn.execute(take, values)
     else:
         ids = list(conn.scalars(take, values))
-    rows = conn.execute(read, values | _span(ids)).all() if ids else []
+    rows = conn.execute(read, values | _batch_values(postgresql, batch, ids)).all() if ids else []
     if not rows:
         session.commit()
         return None
@@ -432,9 +442,10 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
         edition = shown.pop() if len(shown) == 1 and editions is not None and len(editions) == size else None
         if editions and edition is None:  # before the mark: the rows are found by batch while claimed
             note_editions(session, batch, editions)
-        session.connection().execute(_mark_statement(edition is not None), {
-            "c_batch": batch, "m_message": ok[0].message_id, "m_now": now, "m_edition": edition,
-            **_span(o.delivery_id for o in ok)})
+        postgresql = _is_postgresql(session)
+        session.connection().execute(_mark_statement(edition is not None, postgresql), {
+            "m_message": ok[0].message_id, "m_now": now, "m_edition": edition,
+            **_batch_values(postgresql, batch, (o.delivery_id for o in ok))})
         return len(ok), 0, 0
     if editions:
         note_editions(session, batch, editions)
@@ -454,8 +465,8 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
     return len(ok), len(bad), len(unknown)
 
 
-@lru_cache(maxsize=2)
-def _mark_statement(edition: bool) -> Any:
+@lru_cache(maxsize=4)
+def _mark_statement(edition: bool, postgresql: bool) -> Any:
     """The common mark (the whole batch submitted in one request), built once: see `_claim_statements`."""
     t = DELIVERIES
     values: dict[str, Any] = {"status": SUBMITTED, "message_id": bindparam("m_message"),
@@ -463,7 +474,7 @@ def _mark_statement(edition: bool) -> Any:
                               "lease_until": None}
     if edition:
         values["edition"] = bindparam("m_edition")
-    return update(t).where(*_in_batch(bindparam("c_batch"), bindparam("c_lo"), bindparam("c_hi"))).values(**values)
+    return update(t).where(*_in_batch(postgresql)).values(**values)
 
 
 def note_editions(session: Session, batch: str, editions: dict[int, str]) -> None:
@@ -475,9 +486,9 @@ def note_editions(session: Session, batch: str, editions: dict[int, str]) -> Non
         by_edition.setdefault(key, []).append(delivery_id)
     t = DELIVERIES
     if len(by_edition) == 1:
-        span = _span(editions)
-        session.connection().execute(update(t).where(*_in_batch(batch, span["c_lo"], span["c_hi"]))
-                                     .values(edition=next(iter(by_edition))))
+        postgresql = _is_postgresql(session)
+        session.connection().execute(update(t).where(*_in_batch(postgresql)).values(edition=next(iter(by_edition))),
+                                     _batch_values(postgresql, batch, editions))
         return
     for key, ids in by_edition.items():
         session.connection().execute(update(t).where(t.c.id.in_(ids)).values(edition=key))
