@@ -91,3 +91,31 @@ def test_marking_a_claimed_batch_on_postgresql_writes_heap_only_versions(databas
         assert hot >= 900, (updated, hot)
         marked = select(func.count()).where(Delivery.status == "submitted", Delivery.edition == "e1a2b3c")
         assert s.scalar(marked) == 1000
+
+
+def test_a_batch_spread_over_the_issue_is_read_and_marked_by_its_own_rows_alone(database_url: str) -> None:
+    """A claim of readers queued again (or of one zone's readers) takes ids spread over the issue: found by
+    their ids, not their range, and a mark touches none of the rows between them."""
+    migrate(database_url)
+    with session_factory(database_url)() as s:
+        issue, list_id = _readers(s, 300)
+        ledger.snapshot(s, issue, list_id)
+        s.commit()
+        first = ledger.claim(s, issue.id, list_id, 300, worker="w1")
+        assert first is not None and len(first.readers) == 300
+        spread = [r.delivery_id for r in first.readers][::50]  # six rows, 50 ids apart: not a dense run
+        ledger.release(s, spread, first.batch)
+        rest = [r for r in first.readers if r.delivery_id not in spread]
+        ok = [Outcome(r.delivery_id, True, message_id="first") for r in rest]
+        assert ledger.mark(s, first.batch, ok, len(rest), {r.delivery_id: "e1" for r in rest}) == (294, 0, 0)
+        s.commit()
+        again = ledger.claim(s, issue.id, list_id, 100, worker="w1")
+        assert again is not None and [r.delivery_id for r in again.readers] == spread
+        assert [r.email for r in again.readers] == [f"r{(i - spread[0]) + 1}@example.com" for i in spread]
+        ok = [Outcome(i, True, message_id="second") for i in spread]
+        assert ledger.mark(s, again.batch, ok, len(spread), {i: "e2" for i in spread}) == (6, 0, 0)
+        s.commit()
+        rows = dict(s.execute(select(Delivery.id, Delivery.message_id).where(Delivery.issue_id == issue.id)).all())
+        assert sorted(i for i, m in rows.items() if m == "second") == spread
+        assert sum(m == "first" for m in rows.values()) == 294
+        assert s.scalar(select(func.count()).where(Delivery.edition == "e2")) == 6

@@ -59,23 +59,31 @@ class DeliveryStatus(StrEnum):
 QUEUED, CLAIMED, SUBMITTED, FAILED, SKIPPED = DeliveryStatus
 
 
-@lru_cache(maxsize=2)
-def _in_batch(postgresql: bool) -> tuple[Any, ...]:
-    """A claimed batch's rows, by their ids (primary key lookups) and the batch, bound by name (`b_ids`,
-    `b_batch`; `_batch_values`). No index names `batch` or `status`, so that claiming and marking a row
-    writes no index entry (migration 0014_deliveries_hot). The ids, not their range: a claim of local
-    delivery or of readers queued again takes rows spread over the whole issue."""
+@lru_cache(maxsize=4)
+def _in_batch(postgresql: bool, dense: bool) -> tuple[Any, ...]:
+    """A claimed batch's rows, by the primary key and the batch, bound by name (`_batch_values`). No index
+    names `batch` or `status`, so that claiming and marking a row writes no index entry (migration
+    0014_deliveries_hot). `dense`: the batch's ids are a run with few gaps (a claim takes the queue in id
+    order), found as a range (`b_lo`, `b_hi`), the cheapest lookup; else by the ids themselves (`b_ids`):
+    a claim of local delivery, or of readers queued again, takes rows spread over the whole issue."""
     D = DELIVERIES.c
-    if postgresql:
+    ids: Any
+    if dense:
+        ids = D.id.between(bindparam("b_lo"), bindparam("b_hi"))
+    elif postgresql:
         ids = D.id == any_(bindparam("b_ids", type_=ARRAY(Integer)))
     else:  # one parameter, not an IN list of 1,000 parsed again each time: a JSON array (SQLite's json_each)
         ids = D.id.in_(select(func.json_each(bindparam("b_ids", type_=Text)).table_valued("value").c.value))
     return ids, D.batch == bindparam("b_batch"), D.status == CLAIMED
 
 
-def _batch_values(postgresql: bool, batch: str, ids: Iterable[int]) -> dict[str, Any]:
-    """`_in_batch`'s parameters."""
-    return {"b_batch": batch, "b_ids": list(ids) if postgresql else json.dumps(list(ids))}
+def _batch_values(postgresql: bool, batch: str, ids: Iterable[int]) -> tuple[bool, dict[str, Any]]:
+    """Whether the batch's ids are dense (see `_in_batch`), and `_in_batch`'s parameters for them."""
+    listed = list(ids)
+    lo, hi = min(listed), max(listed)
+    if hi - lo < 2 * len(listed):  # a range that reads at most twice the batch's rows
+        return True, {"b_batch": batch, "b_lo": lo, "b_hi": hi}
+    return False, {"b_batch": batch, "b_ids": listed if postgresql else json.dumps(listed)}
 
 
 def _is_postgresql(session: Session) -> bool:
@@ -231,10 +239,10 @@ _NEW_BATCH = insert(BATCHES)
 
 
 @lru_cache(maxsize=16)
-def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled: bool) -> tuple[Any, Any, Any]:
-    """The claim's statements (pick the ids, stamp the rows, read the readers), built once per shape: built
-    and hashed again for every batch they were a tenth of the send loop's own Python (issue 16). Values are
-    bound by name at execution (`c_*`)."""
+def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled: bool) -> tuple[Any, Any]:
+    """The claim's statements (pick the ids, stamp the rows; `_read_statement` reads the readers), built once
+    per shape: built and hashed again for every batch they were a tenth of the send loop's own Python
+    (issue 16). Values are bound by name at execution (`c_*`)."""
     D = DELIVERIES.c
     # `id > c_after`: past the last batch this sender claimed. PostgreSQL's plan walks the ids from the first
     # one, past every row already sent (its statistics cannot tell the queue sits at the end), so without
@@ -267,18 +275,23 @@ def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled:
     take = update(DELIVERIES).where(picked, D.status == QUEUED).values(**stamp)
     if not postgresql:  # the ids it took, for the read below (SQLite 3.35+ has RETURNING)
         take = take.returning(D.id)
+    return pick, take
+
+
+@lru_cache(maxsize=4)
+def _read_statement(postgresql: bool, dense: bool) -> Any:
+    """The claim's read of its readers (`_in_batch`), built once per shape as `_claim_statements`."""
+    D = DELIVERIES.c
     # the JSON columns as their stored text, decoded once per distinct value (_JSONCache): a SQL CAST, as
     # psycopg decodes a PostgreSQL `json` value itself (a type_coerce would only change SQLAlchemy's view)
     reader = (Subscriber.id, Subscriber.email, Subscriber.name, cast(Subscriber.attributes, Text),
               cast(Subscriber.categories, Text),
               cast(Membership.status, Text))  # the stored string: compared with a StrEnum, no Enum decoding
-    read = (select(D.id, *reader).select_from(DELIVERIES)
+    return (select(D.id, *reader).select_from(DELIVERIES)
             .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
             .join(Membership, and_(Membership.subscriber_id == D.subscriber_id,
                                    Membership.list_id == bindparam("c_list")), isouter=True)
-            .where(*_in_batch(postgresql))
-            .order_by(D.id))
-    return pick, take, read
+            .where(*_in_batch(postgresql, dense)).order_by(D.id))
 
 
 def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled: tuple[str, int] | None = None,
@@ -300,7 +313,7 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     now = utcnow()
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
     postgresql = conn.dialect.name == "postgresql"
-    pick, take, read = _claim_statements(postgresql, due_by is not None, moment is not None, scheduled is not None)
+    pick, take = _claim_statements(postgresql, due_by is not None, moment is not None, scheduled is not None)
     values: dict[str, Any] = {"c_issue": issue_id, "c_after": after, "c_size": size, "c_due_by": due_by,
                               "c_moment": moment, "c_batch": batch, "c_now": now, "c_worker": worker,
                               "c_lease_until": now + lease, "c_list": list_id}
@@ -311,7 +324,11 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
         conn.execute(take, values)
     else:
         ids = list(conn.scalars(take, values))
-    rows = conn.execute(read, values | _batch_values(postgresql, batch, ids)).all() if ids else []
+    if ids:
+        dense, found = _batch_values(postgresql, batch, ids)
+        rows = conn.execute(_read_statement(postgresql, dense), values | found).all()
+    else:
+        rows = []
     if not rows:
         session.commit()
         return None
@@ -443,9 +460,9 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
         if editions and edition is None:  # before the mark: the rows are found by batch while claimed
             note_editions(session, batch, editions)
         postgresql = _is_postgresql(session)
-        session.connection().execute(_mark_statement(edition is not None, postgresql), {
-            "m_message": ok[0].message_id, "m_now": now, "m_edition": edition,
-            **_batch_values(postgresql, batch, (o.delivery_id for o in ok))})
+        dense, found = _batch_values(postgresql, batch, (o.delivery_id for o in ok))
+        session.connection().execute(_mark_statement(edition is not None, postgresql, dense), {
+            "m_message": ok[0].message_id, "m_now": now, "m_edition": edition, **found})
         return len(ok), 0, 0
     if editions:
         note_editions(session, batch, editions)
@@ -465,8 +482,8 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
     return len(ok), len(bad), len(unknown)
 
 
-@lru_cache(maxsize=4)
-def _mark_statement(edition: bool, postgresql: bool) -> Any:
+@lru_cache(maxsize=8)
+def _mark_statement(edition: bool, postgresql: bool, dense: bool) -> Any:
     """The common mark (the whole batch submitted in one request), built once: see `_claim_statements`."""
     t = DELIVERIES
     values: dict[str, Any] = {"status": SUBMITTED, "message_id": bindparam("m_message"),
@@ -474,7 +491,7 @@ def _mark_statement(edition: bool, postgresql: bool) -> Any:
                               "lease_until": None}
     if edition:
         values["edition"] = bindparam("m_edition")
-    return update(t).where(*_in_batch(postgresql)).values(**values)
+    return update(t).where(*_in_batch(postgresql, dense)).values(**values)
 
 
 def note_editions(session: Session, batch: str, editions: dict[int, str]) -> None:
@@ -486,9 +503,9 @@ def note_editions(session: Session, batch: str, editions: dict[int, str]) -> Non
         by_edition.setdefault(key, []).append(delivery_id)
     t = DELIVERIES
     if len(by_edition) == 1:
-        postgresql = _is_postgresql(session)
-        session.connection().execute(update(t).where(*_in_batch(postgresql)).values(edition=next(iter(by_edition))),
-                                     _batch_values(postgresql, batch, editions))
+        dense, found = _batch_values(_is_postgresql(session), batch, editions)
+        session.connection().execute(update(t).where(*_in_batch(_is_postgresql(session), dense))
+                                     .values(edition=next(iter(by_edition))), found)
         return
     for key, ids in by_edition.items():
         session.connection().execute(update(t).where(t.c.id.in_(ids)).values(edition=key))
