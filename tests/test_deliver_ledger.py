@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy import select, update
 
 from digest.config import Settings, load_settings
 from digest.deliver.ledger import counts, resolve, unknown_batches
+from digest.deliver.protocol import Message, Outcome
 from digest.errors import DeliveryError
 from digest.issues import send
 from digest.store import Delivery, IssueRow, Lock, migrate, session_factory
@@ -258,3 +260,45 @@ def test_a_claim_starts_past_the_last_one_and_rows_queued_again_below_it_are_cla
         again = claim(s, issue_id, 1, 10)
         assert again is not None and [r.delivery_id for r in again.readers] == mine[:4]
         assert claim(s, issue_id, 1, 10) is None
+
+
+class _LeavesOutPartOfTheLastBatch:
+    """A transport whose last, short batch gets an answer for its first two readers only: the others were
+    never handed over (a connection that closed before them), which the protocol says by leaving them out.
+    Every request waits a little, so all three batches are out before the first answer comes back and the
+    loop has found the queue empty by then."""
+
+    name = "partial"
+    batch_size = 10
+    concurrency = 3
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.cut = False
+        self.lock = threading.Lock()
+
+    def send(self, messages: list[Message]) -> list[Outcome]:
+        time.sleep(0.2)
+        with self.lock:
+            short = len(messages) < self.batch_size and not self.cut
+            self.cut = self.cut or short
+            taken = messages[:2] if short else messages
+            self.sent += [m.to_email for m in taken]
+        return [Outcome(m.delivery_id, True, message_id=f"msg-{m.delivery_id}") for m in taken]
+
+    def close(self) -> None:
+        pass
+
+
+def test_readers_an_answer_left_out_after_the_queue_ran_dry_are_sent_in_the_same_run(workdir: Path) -> None:
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    emails = seed_readers(settings, 25)
+    transport = _LeavesOutPartOfTheLastBatch()
+    outcome = send(settings, transport=transport)
+    assert transport.cut, "the last batch was answered in part"
+    assert Counter(transport.sent) == Counter(emails), "the three left out went out in a later batch, once each"
+    assert outcome.report is not None and outcome.report.submitted == 25
+    with session_factory(settings.database_url)() as s:
+        issue = s.scalar(select(IssueRow))
+        assert counts(s, issue.id) == {"submitted": 25} and issue.status == "sent"

@@ -185,6 +185,10 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
 
     stop: DeliveryError | None = None
     after = 0  # the last delivery id claimed (ledger.claim)
+    # the whole queue was found empty (sending at once): no claim again until this run queued readers again.
+    # Each claim that finds nothing reads the issue's rows from its first id (no index names `status`,
+    # migration 0014_deliveries_hot), and the loop asked once per answer still out at the end.
+    drained = False
     pending: dict[Future[list[Outcome]], tuple[str, list[int]]] = {}  # out to the provider
     last_beat = utcnow()
     beat_every = lease / 3
@@ -199,7 +203,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             last_beat = utcnow()
 
     def settle(fut: Future[list[Outcome]]) -> None:
-        nonlocal stop, done, last_beat
+        nonlocal stop, done, last_beat, drained
         batch, ids = pending.pop(fut)
         try:
             outcomes = fut.result()
@@ -219,7 +223,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         for i in ids:
             shown.pop(i, None)
         # what the transport did not answer for was not sent: back to the queue, in the same transaction
-        release(session, [i for i in ids if i not in handled], batch)
+        unanswered = [i for i in ids if i not in handled]
+        release(session, unanswered, batch)
+        drained = drained and not unanswered
         if recovering:  # cancels made for lost answers (or slots freed): recorded, so a later run frees them
             sync_cancels(session, transport)  # type: ignore[arg-type]
         session.commit()
@@ -235,6 +241,11 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                         stop = SendInterrupted(f"stopped by {signal_name()}: every request in flight was "
                                                "answered and recorded; `digest send` resumes")
                         break
+                    if drained:  # the queue is empty: wait for the answers out, then for the other workers
+                        if pending or not _wait_for_others(session, issue_id, me, lease, take_over, beat):
+                            break
+                        drained = False  # readers came back to the queue (reaped)
+                        continue
                     moment = next_moment(session, issue_id) if local and schedule is not None else None
                     try:  # a scheduled provider batch, recorded with the claim: never a request without it
                         plan = schedule(moment or send_moment) if schedule is not None else None
@@ -252,8 +263,10 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
                         after = 0
                         continue
                     if claimed is None:
+                        drained = not local  # local delivery: a zone's moment may come while answers are out
                         if pending or not _wait_for_others(session, issue_id, me, lease, take_over, beat):
                             break
+                        drained = False  # readers came back to the queue (reaped)
                         continue
                     done += claimed.skipped
                     after = claimed.last
