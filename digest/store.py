@@ -117,9 +117,11 @@ class Delivery(Base):
         # 0013_no_worker_index)
         Index("ix_deliveries_provider_batch", "provider_batch", sqlite_where=text("provider_batch IS NOT NULL"),
               postgresql_where=text("provider_batch IS NOT NULL")),
-        # half of each page left free: a claim rewrites every row of its pages at once, in one transaction
-        # (none of its old versions can be pruned before it commits), so a page must hold each row twice; the
-        # mark after it finds the claim's old versions dead and prunes them (migration 0014_deliveries_hot)
+        # half of each page left free: a claim rewrites every row of its pages in one transaction (none of
+        # its old versions can be pruned before it commits); the mark after it finds them dead, prunes them
+        # and is heap-only. A claimed row grows (batch, worker, lease), so about 40% of a claim's versions
+        # still leave the page; fillfactor 35 and 25 were measured and cost more than that saves
+        # (migration 0014_deliveries_hot, docs/delivery.md)
         {"postgresql_with": {"fillfactor": 50}},
     )
 

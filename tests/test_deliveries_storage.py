@@ -5,6 +5,7 @@ half of each page is kept free, so those writes are heap-only updates that touch
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, inspect, select, text
@@ -12,11 +13,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
 
+from digest.config import load_settings
 from digest.deliver import ledger
 from digest.deliver.protocol import Outcome
-from digest.store import Delivery, IssueRow, engine_for, migrate, session_factory, utcnow
+from digest.store import Delivery, IssueRow, engine_for, migrate, session_factory
 from subscribers.lifecycle import ensure_list
-from subscribers.models import Membership, Subscriber
+from tests.fakes.readers import seed_readers, sending_issue
 
 # what a claim and a mark write on each reader's row (ledger._claim_statements, ledger._mark_statement)
 WRITTEN_PER_READER = {"status", "batch", "worker", "lease_until", "updated_at", "message_id", "edition"}
@@ -47,21 +49,14 @@ def test_no_index_of_deliveries_names_a_column_a_claim_or_a_mark_writes(database
         assert not named & WRITTEN_PER_READER, index
 
 
-def _readers(session: Session, n: int) -> tuple[IssueRow, int]:
-    now = utcnow()
-    list_id = ensure_list(session, "weekly").id
-    for i in range(1, n + 1):
-        session.add(Subscriber(id=i, email=f"r{i}@example.com", email_key=f"r{i}@example.com", name=f"R {i}",
-                               attributes={}, categories=[], created_at=now))
-    session.flush()
-    for i in range(1, n + 1):
-        session.add(Membership(subscriber_id=i, list_id=list_id, status="active", created_at=now, updated_at=now,
-                               confirmed_at=now))
-    issue = IssueRow(number=1, list_slug="weekly", status="approved", subject="s", content={}, html="h", text="t",
-                     html_bytes=1, checks={})
-    session.add(issue)
-    session.commit()
-    return issue, list_id
+def _readers(workdir: Path, n: int) -> tuple[str, int, int]:
+    """n active readers and issue 1 sending, its send not begun: (database URL, issue id, list id)."""
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    seed_readers(settings, n)
+    issue_id = sending_issue(settings)
+    with session_factory(settings.database_url)() as s:
+        return settings.database_url, issue_id, ensure_list(s, settings.delivery.list).id
 
 
 def _hot(session: Session) -> tuple[int, int]:
@@ -71,12 +66,13 @@ def _hot(session: Session) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def test_marking_a_claimed_batch_on_postgresql_writes_heap_only_versions(database_url: str) -> None:
-    migrate(database_url)
-    if engine_for(database_url).dialect.name != "postgresql":
+def test_marking_a_claimed_batch_on_postgresql_writes_heap_only_versions(workdir: Path, backend: str) -> None:
+    if backend != "postgresql":
         return  # heap-only tuples are PostgreSQL's; the schema test above holds for SQLite
-    with session_factory(database_url)() as s:
-        issue, list_id = _readers(s, 3000)
+    url, issue_id, list_id = _readers(workdir, 3000)
+    with session_factory(url)() as s:
+        issue = s.get(IssueRow, issue_id)
+        assert issue is not None
         assert ledger.snapshot(s, issue, list_id) == 3000
         s.commit()
         got = ledger.claim(s, issue.id, list_id, 1000, worker="0123456789abcdef")
@@ -93,12 +89,13 @@ def test_marking_a_claimed_batch_on_postgresql_writes_heap_only_versions(databas
         assert s.scalar(marked) == 1000
 
 
-def test_a_batch_spread_over_the_issue_is_read_and_marked_by_its_own_rows_alone(database_url: str) -> None:
+def test_a_batch_spread_over_the_issue_is_read_and_marked_by_its_own_rows_alone(workdir: Path) -> None:
     """A claim of readers queued again (or of one zone's readers) takes ids spread over the issue: found by
     their ids, not their range, and a mark touches none of the rows between them."""
-    migrate(database_url)
-    with session_factory(database_url)() as s:
-        issue, list_id = _readers(s, 300)
+    url, issue_id, list_id = _readers(workdir, 300)
+    with session_factory(url)() as s:
+        issue = s.get(IssueRow, issue_id)
+        assert issue is not None
         ledger.snapshot(s, issue, list_id)
         s.commit()
         first = ledger.claim(s, issue.id, list_id, 300, worker="w1")
@@ -111,7 +108,8 @@ def test_a_batch_spread_over_the_issue_is_read_and_marked_by_its_own_rows_alone(
         s.commit()
         again = ledger.claim(s, issue.id, list_id, 100, worker="w1")
         assert again is not None and [r.delivery_id for r in again.readers] == spread
-        assert [r.email for r in again.readers] == [f"r{(i - spread[0]) + 1}@example.com" for i in spread]
+        email_of = {r.delivery_id: r.email for r in first.readers}
+        assert [r.email for r in again.readers] == [email_of[i] for i in spread]
         ok = [Outcome(i, True, message_id="second") for i in spread]
         assert ledger.mark(s, again.batch, ok, len(spread), {i: "e2" for i in spread}) == (6, 0, 0)
         s.commit()

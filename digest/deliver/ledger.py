@@ -503,8 +503,9 @@ def note_editions(session: Session, batch: str, editions: dict[int, str]) -> Non
         by_edition.setdefault(key, []).append(delivery_id)
     t = DELIVERIES
     if len(by_edition) == 1:
-        dense, found = _batch_values(_is_postgresql(session), batch, editions)
-        session.connection().execute(update(t).where(*_in_batch(_is_postgresql(session), dense))
+        postgresql = _is_postgresql(session)
+        dense, found = _batch_values(postgresql, batch, editions)
+        session.connection().execute(update(t).where(*_in_batch(postgresql, dense))
                                      .values(edition=next(iter(by_edition))), found)
         return
     for key, ids in by_edition.items():
