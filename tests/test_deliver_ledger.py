@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -302,3 +303,48 @@ def test_readers_an_answer_left_out_after_the_queue_ran_dry_are_sent_in_the_same
     with session_factory(settings.database_url)() as s:
         issue = s.scalar(select(IssueRow))
         assert counts(s, issue.id) == {"submitted": 25} and issue.status == "sent"
+
+
+
+class _Accepts:
+    """Answers every reader of every batch of 10 as submitted."""
+
+    name = "accepts"
+    batch_size = 10
+    concurrency = 2
+
+    def send(self, messages: list[Message]) -> list[Outcome]:
+        return [Outcome(m.delivery_id, True, message_id=f"msg-{m.delivery_id}") for m in messages]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("readers", [30, 90])
+def test_a_send_reads_the_whole_issue_a_few_times_however_many_batches_it_has(workdir: Path, readers: int) -> None:
+    """Issue 16: no index names `status`, so each count, DISTINCT or GROUP BY over the issue's deliveries is a
+    pass over every reader's row. They are asked together (the ledger's `tally`: once at the start, once
+    under the issue's lock at the end), and a run that ended does not look for rows of its own still
+    claimed: a fixed few per send, not one per batch (3 and 9 batches here)."""
+    from sqlalchemy import event
+
+    from digest.store import engine_for
+
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    seed_readers(settings, readers)
+    seen: list[str] = []
+
+    def note(_conn, _cursor, statement: str, *_args) -> None:  # type: ignore[no-untyped-def]
+        flat = " ".join(statement.split())
+        if "FROM deliveries" in flat and re.search(r"count\(|DISTINCT|GROUP BY", flat):
+            seen.append(flat)
+
+    engine = engine_for(settings.database_url)
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        outcome = send(settings, transport=_Accepts())
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert outcome.report is not None and outcome.report.submitted == readers
+    assert len(seen) <= 7, "\n".join(seen)

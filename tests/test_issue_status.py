@@ -102,9 +102,9 @@ def test_the_ledger_moves_the_issue_through_the_machine(settings: Settings) -> N
         s.add(row)
         s.flush()
         assert snapshot(s, row, 1) == 3 and row.status == S.SENDING
-        assert not finish_if_done(s, row), "readers are still queued"
+        assert not finish_if_done(s, row).done, "readers are still queued"
         s.execute(update(Delivery).values(status=FAILED, error="refused"))
-        assert finish_if_done(s, row, lambda: NOW) and row.status == S.SENT and row.sent_at == NOW
+        assert finish_if_done(s, row, lambda: NOW).done and row.status == S.SENT and row.sent_at == NOW
         s.commit()
         assert requeue_failed(s, row) == 3 and row.status == S.SENDING
         with pytest.raises(DigestError, match="issue 2 is sending: only an issue that is draft or approved"):

@@ -156,12 +156,6 @@ def set_moments(session: Session, issue_id: int, send_at: datetime, home: str) -
                  .values(due_at=zone_moment(send_at, home_tz, home_tz)))
 
 
-def has_moments(session: Session, issue_id: int) -> bool:
-    """Whether the issue's readers are due at their own zone's moment (local delivery)."""
-    return session.scalar(select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.due_at.is_not(None))
-                          .limit(1)) is not None
-
-
 def next_moment(session: Session, issue_id: int) -> datetime | None:
     """The earliest moment a queued reader of the issue is due (None: nobody queued, or no moments)."""
     return session.scalar(select(func.min(Delivery.due_at)).where(Delivery.issue_id == issue_id,
@@ -202,6 +196,31 @@ def waiting(session: Session, issue_id: int, now: datetime) -> tuple[int, dateti
 def counts(session: Session, issue_id: int) -> dict[str, int]:
     return dict(session.execute(select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
                                 .group_by(Delivery.status)).all())
+
+
+@dataclass(frozen=True)
+class Tally:
+    """An issue's ledger in one read of its rows: readers by status; of the claimed ones, how many no live
+    worker holds (of unknown fate: `unknown_count`); whether readers are due at their own zone's moment
+    (local delivery). No index names `status` (migration 0014_deliveries_hot), so every such question reads
+    all of the issue's rows: the send asks them together, once at its start and once at its end."""
+
+    by_status: dict[str, int]
+    unknown: int
+    moments: bool
+
+    @property
+    def done(self) -> bool:
+        """Nobody queued and no batch claimed: the issue is sent (`finish_if_done`)."""
+        return not (self.by_status.get(QUEUED) or self.by_status.get(CLAIMED))
+
+
+def tally(session: Session, issue_id: int) -> Tally:
+    D = Delivery
+    rows = session.execute(select(D.status, func.count(), func.count(D.worker), func.count(D.due_at))
+                           .where(D.issue_id == issue_id).group_by(D.status)).all()
+    unknown = sum(n - held for status, n, held, _ in rows if status == CLAIMED)
+    return Tally({status: n for status, n, _, _ in rows}, unknown, any(due for *_, due in rows))
 
 
 class Reader(NamedTuple):
@@ -526,17 +545,16 @@ def release(session: Session, ids: Sequence[int], batch: str | None = None) -> N
             updated_at=utcnow()))
 
 
-def finish_if_done(session: Session, issue: IssueRow, now: Callable[[], datetime] = utcnow) -> bool:
-    """An issue is sent when nobody is queued and no batch is of unknown fate. With several workers the
-    issue's row is locked first (FOR UPDATE on PostgreSQL) and read again, so one of them moves it."""
+def finish_if_done(session: Session, issue: IssueRow, now: Callable[[], datetime] = utcnow) -> Tally:
+    """An issue is sent when nobody is queued and no batch is of unknown fate (`Tally.done`). With several
+    workers the issue's row is locked first (FOR UPDATE on PostgreSQL) and read again, so one of them moves
+    it. Returns the ledger as read under that lock."""
     session.flush()  # a refresh reloads the row: what this session changed in it must be written first
     session.refresh(issue, with_for_update=True)
-    left = counts(session, issue.id)
-    if left.get(QUEUED) or left.get(CLAIMED):
-        return False
-    if issue.status == IssueStatus.SENDING:
+    left = tally(session, issue.id)
+    if left.done and issue.status == IssueStatus.SENDING:
         move(issue, IssueStatus.SENT, now=now())
-    return True
+    return left
 
 
 def failure_reasons(session: Session, issue_id: int, limit: int = 5) -> list[str]:

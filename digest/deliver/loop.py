@@ -27,15 +27,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.config import Settings
 from digest.deliver.batches import recover_unknown, sync_cancels
 from digest.deliver.ledger import (
+    FAILED,
     QUEUED,
     SKIPPED,
     SUBMITTED,
     Reader,
     claim,
-    counts,
     failure_reasons,
     finish_if_done,
-    has_moments,
     held_elsewhere,
     mark,
     next_moment,
@@ -45,6 +44,7 @@ from digest.deliver.ledger import (
     release,
     renew,
     snapshot,
+    tally,
     unknown_count,
     waiting,
 )
@@ -79,16 +79,22 @@ def deliver(factory: sessionmaker[Session], settings: Settings, issue_id: int, t
         # thousand long-lived ones (modules, SQLAlchemy's registries) for nothing: 0.8 s of 4 in the
         # benchmark. Frozen objects are still freed by reference counting; unfrozen again after.
         gc.freeze()
+        ended = False
         try:
-            return _run(session, settings, issue, transport, editions, personal, list_id, me, lease, progress, now,
-                        on_sending)
+            report = _run(session, settings, issue, transport, editions, personal, list_id, me, lease, progress,
+                          now, on_sending)
+            ended = True
+            return report
         finally:
             gc.unfreeze()
             try:
                 transport.close()
             finally:
-                try:  # rows still claimed by this worker: never posted back to the queue, posted ones unknown
-                    reap(session, issue_id, [me])
+                try:  # rows still claimed by this worker: never posted back to the queue, posted ones unknown.
+                    # A run that ended has none (each of its batches was marked or released): no read of the
+                    # issue's rows for it
+                    if not ended:
+                        reap(session, issue_id, [me])
                 finally:
                     leave_send(session, issue_id, me)
 
@@ -104,7 +110,6 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     session.refresh(issue, with_for_update=True)  # several workers start together: one snapshots
     snapshot(session, issue, list_id, home=local_home(settings, issue.send_at, now()))
     session.commit()
-    local = has_moments(session, issue.id)  # local delivery: each reader is due at their zone's moment
     if on_sending is not None:  # the issue is sending and snapshotted: other workers may join now
         on_sending(issue.number)
     recovering = callable(getattr(transport, "cancel", None))
@@ -124,9 +129,11 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         return requeued
 
     take_over(first=True)
-    before = counts(session, issue.id)
+    start = tally(session, issue.id)
+    local = start.moments  # local delivery: each reader is due at their zone's moment
+    before = start.by_status
     report.already = before.get(SUBMITTED, 0)
-    report.unknown = unknown_count(session, issue.id)
+    report.unknown = start.unknown
     if report.unknown:
         report.errors.append(f"{report.unknown} reader(s) in a batch of unknown fate from an earlier run: "
                              "see `digest deliveries show` and `digest deliveries resolve`")
@@ -318,13 +325,13 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             report.unknown = unknown_count(session, issue_id)
             stop.report = report
         raise stop
-    final = counts(session, issue_id)
     if local:
         report.waiting, report.next_due = waiting(session, issue_id, now())
-    report.skipped = final.get(SKIPPED, 0)
-    report.unknown = unknown_count(session, issue_id)
-    report.errors += failure_reasons(session, issue_id)
-    finish_if_done(session, issue, now)
+    final = finish_if_done(session, issue, now)  # the ledger as the issue's lock holder reads it
+    report.skipped = final.by_status.get(SKIPPED, 0)
+    report.unknown = final.unknown
+    if final.by_status.get(FAILED):
+        report.errors += failure_reasons(session, issue_id)
     session.commit()
     return report
 
