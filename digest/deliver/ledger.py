@@ -112,11 +112,12 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
     rows = rows.where(Subscriber.id.not_in(already))
-    # counted, not taken from the cursor: psycopg reports -1 rows for this INSERT ... SELECT on PostgreSQL
-    in_ledger = select(func.count()).select_from(DELIVERIES).where(DELIVERIES.c.issue_id == issue.id)
-    before = session.connection().execute(in_ledger).scalar_one()
-    session.connection().execute(insert(DELIVERIES).from_select(
-        ["issue_id", "subscriber_id", "email", "status", "updated_at"], rows))
+    # the rows the INSERT wrote, from the cursor: SQLAlchemy 2 keeps an INSERT's rowcount only when asked
+    # (`preserve_rowcount`; without it psycopg's count reads -1), and two counts of the issue's rows around
+    # the INSERT were two passes over them
+    added = session.connection().execute(insert(DELIVERIES).from_select(
+        ["issue_id", "subscriber_id", "email", "status", "updated_at"], rows).execution_options(
+        preserve_rowcount=True)).rowcount
     if session.connection().dialect.name == "postgresql":
         # the table may have grown by a whole list in one statement, long before autovacuum's next look: with
         # the planner's old view of it (a few rows) each claim's `id IN (...)` UPDATE scanned every row, 250 ms
@@ -127,7 +128,7 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
     move(issue, IssueStatus.SENDING, now=now)
     if home is not None and issue.send_at is not None:
         set_moments(session, issue.id, issue.send_at, home)
-    return int(session.connection().execute(in_ledger).scalar_one() - before)
+    return int(added)
 
 
 # -- local delivery: each reader's zone and the moment their copy is due ---------------------------------

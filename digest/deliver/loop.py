@@ -350,5 +350,5 @@ def _wait_for_others(session: Session, issue_id: int, me: str, lease: timedelta,
             return False
         beat()
         time.sleep(poll)
-    session.commit()
-    return bool(take_over())
+    session.commit()  # no other worker holds a row, and this one holds none: nobody's rows to reap
+    return False
