@@ -43,10 +43,14 @@ _EVENT_COLUMN = "CASE kind " + " ".join(f"WHEN '{k}' THEN '{c}'" for k, c in EVE
 EVENT_COUNTS = f"""SELECT issue_id, {_EVENT_COLUMN} AS figure, count(DISTINCT subscriber_id) FROM delivery_events
 WHERE issue_id IN (:ids) AND kind IN (:kinds) GROUP BY issue_id, {_EVENT_COLUMN}"""
 
+#: a reader's send moment: its row's own, else its claimed batch's (migration 0015_batch_schedule)
+_SEND_AT = "coalesce(d.send_at, b.send_at)"
+_WITH_BATCHES = "deliveries d LEFT JOIN send_batches b ON b.batch = d.batch"
+
 #: SendGrid's scheduled batches: readers whose copy waits at SendGrid for its send_at, and the moment the
 #: issue reaches (reached) the readers
-SCHEDULED = """SELECT issue_id, sum(CASE WHEN send_at > :now THEN 1 ELSE 0 END), max(send_at) FROM deliveries
-WHERE issue_id IN (:ids) AND status = 'submitted' GROUP BY issue_id"""
+SCHEDULED = f"""SELECT d.issue_id, sum(CASE WHEN {_SEND_AT} > :now THEN 1 ELSE 0 END), max({_SEND_AT})
+FROM {_WITH_BATCHES} WHERE d.issue_id IN (:ids) AND d.status = 'submitted' GROUP BY d.issue_id"""
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,9 @@ class ZoneProgress:
 
 ISSUE_IDS = "SELECT id, number FROM issues WHERE number IN (:numbers)"
 
-ZONE_GROUPS = """SELECT issue_id, zone, due_at, status, count(*), sum(CASE WHEN send_at > :now THEN 1 ELSE 0 END),
-max(coalesce(send_at, updated_at)) FROM deliveries
-WHERE issue_id IN (:ids) AND zone IS NOT NULL GROUP BY issue_id, zone, due_at, status"""
+ZONE_GROUPS = f"""SELECT d.issue_id, d.zone, d.due_at, d.status, count(*),
+sum(CASE WHEN {_SEND_AT} > :now THEN 1 ELSE 0 END), max(coalesce({_SEND_AT}, d.updated_at)) FROM {_WITH_BATCHES}
+WHERE d.issue_id IN (:ids) AND d.zone IS NOT NULL GROUP BY d.issue_id, d.zone, d.due_at, d.status"""
 
 ZONE_DELIVERED = """SELECT d.issue_id, d.zone, count(DISTINCT e.subscriber_id), max(e.at)
 FROM deliveries d JOIN delivery_events e ON e.issue_id = d.issue_id AND e.subscriber_id = d.subscriber_id

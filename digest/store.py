@@ -136,7 +136,9 @@ class Delivery(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # the provider's scheduled batch (SendGrid batch_id) and its send moment, recorded before the request
-    # goes out: a request of unknown fate can then be cancelled, and a scheduled issue recalled
+    # goes out: a request of unknown fate can then be cancelled, and a scheduled issue recalled. Set here
+    # only for readers whose claim was split into several requests (and rows claimed before migration
+    # 0015_batch_schedule); a claim's own is its batch's (`SendBatch.provider_batch`)
     provider_batch: Mapped[str | None] = mapped_column(String(128), nullable=True)
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # local delivery ([schedule] local_delivery): the reader's zone at the snapshot and the moment their copy
@@ -168,6 +170,15 @@ class SendBatch(Base):
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), index=True)
     posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     reaped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # a scheduled send's provider batch (SendGrid batch_id) and send moment for the claim's readers, written
+    # once here instead of on each reader's row (migration 0015_batch_schedule): a row's own
+    # `Delivery.provider_batch`, where set, comes first (`digest.deliver.ledger`, `_provider`)
+    provider_batch: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the lowest and highest delivery id the claim took: its readers' rows are found by this range and the
+    # batch (no index names `Delivery.batch`, migration 0014_deliveries_hot)
+    first_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class DeliveryEvent(Base):

@@ -26,9 +26,9 @@ from digest.deliver.sendgrid import SendGridTransport
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus
 from digest.issues import build_draft, send
-from digest.store import Delivery, IssueRow, migrate, session_factory
+from digest.store import Delivery, IssueRow, SendBatch, migrate, session_factory
 from tests.conftest import SECRET, SENDGRID_KEY, run_cli, run_main
-from tests.fakes.readers import odd_even_editions, seed_readers, sending_issue, set_keys
+from tests.fakes.readers import odd_even_editions, scheduled_of, seed_readers, sending_issue, set_keys
 from tests.fakes.sendgrid_server import (
     Fault,
     SendGridServer,
@@ -134,9 +134,9 @@ def test_each_claim_has_its_own_batch_recorded_and_the_list_is_scheduled_for_the
     assert len(set(batches)) == 3 and all(batches), "each request its own batch"
     assert {r.send_at for r in server.received} == {int(moment.timestamp())}, "everyone at the send moment"
     with session_factory(sg.database_url)() as s:
-        rows = s.scalars(select(Delivery).where(Delivery.issue_id == row.id)).all()
-    assert {r.provider_batch for r in rows} == set(batches)
-    assert {r.send_at for r in rows} == {moment}
+        rows = scheduled_of(s, row.id)
+    assert {pb for pb, _ in rows.values()} == set(batches)
+    assert {at for _, at in rows.values()} == {moment}
     assert Counter(server.recipients()) == Counter(emails)
 
 
@@ -233,7 +233,7 @@ def test_recall_cancels_batches_still_ten_minutes_out_and_lists_the_rest(
         # the order the server accepted them in is not the order they were claimed in
         first = next(r.batch_id for r in server.received if emails[0] in r.recipients)
         # one batch's send moment is only 5 minutes away: too late to recall
-        s.execute(update(Delivery).where(Delivery.provider_batch == first)
+        s.execute(update(SendBatch).where(SendBatch.provider_batch == first)
                   .values(send_at=datetime.now(UTC) + timedelta(minutes=5)))
         s.commit()
         report = recall(s, issue, SendGridTransport(sg), by="ed@example.com")
@@ -383,9 +383,9 @@ def test_each_request_of_a_claim_has_its_own_batch_so_a_lost_answer_cancels_that
     assert Counter(server.recipients()) == Counter(emails), "every reader exactly once"
     carried = {e: r.batch_id for r in server.received if r.batch_id != second.batch_id for e in r.recipients}
     with factory() as s:
-        rows = {d.email: d for d in s.scalars(select(Delivery).where(Delivery.issue_id == issue_id))}
+        rows = scheduled_of(s, issue_id)
         assert counts(s, issue_id) == {"submitted": 100}
-    assert {e: d.provider_batch for e, d in rows.items()} == carried, "the ledger names each copy's batch"
+    assert {e: pb for e, (pb, _) in rows.items()} == carried, "the ledger names each copy's batch"
     assert set(first.recipients) <= set(carried) and carried[first.recipients[0]] == first.batch_id
 
 

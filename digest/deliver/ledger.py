@@ -259,7 +259,7 @@ _NEW_BATCH = insert(BATCHES)
 
 
 @lru_cache(maxsize=16)
-def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled: bool) -> tuple[Any, Any]:
+def _claim_statements(postgresql: bool, local: bool, at_moment: bool) -> tuple[Any, Any]:
     """The claim's statements (pick the ids, stamp the rows; `_read_statement` reads the readers), built once
     per shape: built and hashed again for every batch they were a tenth of the send loop's own Python
     (issue 16). Values are bound by name at execution (`c_*`)."""
@@ -278,9 +278,9 @@ def _claim_statements(postgresql: bool, local: bool, at_moment: bool, scheduled:
                              "updated_at": bindparam("c_now", type_=D.updated_at.type),
                              "worker": bindparam("c_worker"),
                              "lease_until": bindparam("c_lease_until", type_=D.lease_until.type)}
-    if scheduled:  # in the claiming UPDATE itself (one pass over the batch's rows and indexes, not two)
-        stamp |= {"provider_batch": bindparam("c_provider_batch"),
-                  "send_at": bindparam("c_send_at", type_=D.send_at.type)}
+    # a scheduled send's provider batch and send moment: on the batch's row (`_NEW_BATCH`), not on each reader's,
+    # where they made every claimed row 60 bytes longer and wrote an entry in ix_deliveries_provider_batch per
+    # reader (migration 0015_batch_schedule)
     if postgresql:
         # the ids first, locked: PostgreSQL may run a LIMIT ... SKIP LOCKED subquery inside an UPDATE more than
         # once (each run skipping the rows the last one locked), so the UPDATE would take more than `size`.
@@ -333,12 +333,10 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     now = utcnow()
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
     postgresql = conn.dialect.name == "postgresql"
-    pick, take = _claim_statements(postgresql, due_by is not None, moment is not None, scheduled is not None)
+    pick, take = _claim_statements(postgresql, due_by is not None, moment is not None)
     values: dict[str, Any] = {"c_issue": issue_id, "c_after": after, "c_size": size, "c_due_by": due_by,
                               "c_moment": moment, "c_batch": batch, "c_now": now, "c_worker": worker,
                               "c_lease_until": now + lease, "c_list": list_id}
-    if scheduled:  # a scheduled send's provider batch and send moment, committed with the claim
-        values |= {"c_provider_batch": scheduled[0], "c_send_at": datetime.fromtimestamp(scheduled[1], UTC)}
     if postgresql:
         values["c_ids"] = ids = list(conn.scalars(pick, values))
         conn.execute(take, values)
@@ -358,14 +356,15 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
             gone.append(did)
         else:
             readers.append(Reader(did, sid, email, name or "", _json[attributes] or {}, _json[categories] or []))
-    if readers:  # the batch's own row, not posted yet (`post`), committed with the claim
-        conn.execute(_NEW_BATCH, {"batch": batch, "issue_id": issue_id})
-    if gone:
-        # skipped readers were in no request: no provider batch either
+    if readers:  # the batch's own row, not posted yet (`post`), committed with the claim; a scheduled send's
+        # provider batch and send moment with it, for every reader of the claim (`_provider_rows`)
+        conn.execute(_NEW_BATCH, {"batch": batch, "issue_id": issue_id, "first_id": min(ids), "last_id": max(ids),
+                                  "provider_batch": scheduled[0] if scheduled else None,
+                                  "send_at": datetime.fromtimestamp(scheduled[1], UTC) if scheduled else None})
+    if gone:  # skipped readers were in no request: no batch, so no provider batch either
         D = DELIVERIES.c
         conn.execute(update(DELIVERIES).where(D.id.in_(gone))
-                     .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now,
-                             **({"provider_batch": None, "send_at": None} if scheduled else {})))
+                     .values(status=SKIPPED, batch=None, error="left the list before sending", updated_at=now))
     if commit:
         session.commit()
     return Claimed(batch, readers, len(gone), rows[-1][0])
@@ -649,22 +648,48 @@ def requeue_failed(session: Session, issue: IssueRow) -> int:
 # -- scheduled provider batches (SendGrid send_at + batch_id): recorded, recovered, recalled -------------
 
 
+def _with_batches() -> Any:
+    """The issue's deliveries with their claimed batch's row, for a reader's provider batch and send moment
+    (`_provider`)."""
+    return DELIVERIES.outerjoin(BATCHES, BATCHES.c.batch == DELIVERIES.c.batch)
+
+
+def _provider(column: str) -> Any:
+    """A reader's provider batch or send moment: its row's own where set (a claim split into several
+    requests, `record_batches`; rows claimed before migration 0015_batch_schedule), else its claimed batch's.
+    Only over `_with_batches()`."""
+    return func.coalesce(DELIVERIES.c[column], BATCHES.c[column])
+
+
+def _provider_rows(session: Session, issue_id: int, provider_batch: str) -> list[tuple[Any, ...]]:
+    """The WHERE clauses that find a provider batch's readers for an UPDATE: the rows that name it
+    themselves (ix_deliveries_provider_batch), and the rows of each claimed batch that has it, by the
+    claim's id range (no index names `batch`, migration 0014_deliveries_hot). One provider batch is one or
+    the other: `record_batches` gives a split claim's other requests batch ids of their own."""
+    D, B = DELIVERIES.c, BATCHES.c
+    found: list[tuple[Any, ...]] = [(D.issue_id == issue_id, D.provider_batch == provider_batch)]
+    for batch, first, last in session.execute(select(B.batch, B.first_id, B.last_id).where(
+            B.issue_id == issue_id, B.provider_batch == provider_batch)):
+        found.append((D.id.between(first, last), D.batch == batch, D.provider_batch.is_(None)))
+    return found
+
+
 def unknown_provider_batches(session: Session, issue_id: int) -> list[str]:
     """Provider batches with readers of unknown fate (claimed, no answer recorded)."""
-    return list(session.scalars(select(Delivery.provider_batch).where(
-        Delivery.issue_id == issue_id, Delivery.status == CLAIMED, Delivery.provider_batch.is_not(None),
-        Delivery.worker.is_(None))  # a live worker's batch is in flight, not lost; a dead one's is reaped first
-        .group_by(Delivery.provider_batch).order_by(func.min(Delivery.id))))
+    D, provider = DELIVERIES.c, _provider("provider_batch")
+    return list(session.scalars(select(provider).select_from(_with_batches()).where(
+        D.issue_id == issue_id, D.status == CLAIMED, provider.is_not(None),
+        D.worker.is_(None))  # a live worker's batch is in flight, not lost; a dead one's is reaped first
+        .group_by(provider).order_by(func.min(D.id))))
 
 
 def requeue_batch(session: Session, issue_id: int, provider_batch: str, from_status: DeliveryStatus,
                   note: str) -> int:
     """A provider batch SendGrid cancelled: its readers certainly get nothing from it, so back to queued."""
-    t = DELIVERIES
-    return session.connection().execute(
-        update(t).where(t.c.issue_id == issue_id, t.c.provider_batch == provider_batch, t.c.status == from_status)
-        .values(status=QUEUED, batch=None, provider_batch=None, send_at=None, error=note[:2000], worker=None,
-                lease_until=None, updated_at=utcnow())).rowcount or 0
+    t, now = DELIVERIES, utcnow()
+    return sum(session.connection().execute(update(t).where(*rows, t.c.status == from_status).values(
+        status=QUEUED, batch=None, provider_batch=None, send_at=None, error=note[:2000], worker=None,
+        lease_until=None, updated_at=now)).rowcount or 0 for rows in _provider_rows(session, issue_id, provider_batch))
 
 
 def record_batches(session: Session, batches: Sequence[tuple[str, int, Sequence[int]]]) -> None:
@@ -682,10 +707,9 @@ def adopt_batch(session: Session, issue_id: int, provider_batch: str, worker: st
     workers starting together, one cancels it. False when another worker has it."""
     if worker is None:
         return True
-    t = DELIVERIES
-    n = session.connection().execute(update(t).where(
-        t.c.issue_id == issue_id, t.c.provider_batch == provider_batch, t.c.status == CLAIMED,
-        t.c.worker.is_(None)).values(worker=worker, lease_until=utcnow() + lease)).rowcount
+    t, until = DELIVERIES, utcnow() + lease
+    n = sum(session.connection().execute(update(t).where(*rows, t.c.status == CLAIMED, t.c.worker.is_(None)).values(
+        worker=worker, lease_until=until)).rowcount or 0 for rows in _provider_rows(session, issue_id, provider_batch))
     session.commit()
     return bool(n)
 
@@ -693,9 +717,9 @@ def adopt_batch(session: Session, issue_id: int, provider_batch: str, worker: st
 def note_batch(session: Session, issue_id: int, provider_batch: str, note: str) -> None:
     """Why a batch stays of unknown fate; it is left to nobody (adopt_batch gave it to this worker)."""
     t = DELIVERIES
-    session.connection().execute(update(t).where(t.c.issue_id == issue_id, t.c.provider_batch == provider_batch,
-                                                 t.c.status == CLAIMED).values(error=note[:2000], worker=None,
-                                                                               lease_until=None))
+    for rows in _provider_rows(session, issue_id, provider_batch):
+        session.connection().execute(update(t).where(*rows, t.c.status == CLAIMED).values(
+            error=note[:2000], worker=None, lease_until=None))
 
 
 @dataclass(frozen=True)
@@ -709,30 +733,34 @@ class ScheduledBatch:
 
 
 def scheduled_batches(session: Session, issue_id: int) -> list[ScheduledBatch]:
+    D, provider = DELIVERIES.c, _provider("provider_batch")
     rows = session.execute(
-        select(Delivery.provider_batch, Delivery.status, func.count(), func.min(Delivery.send_at))
-        .where(Delivery.issue_id == issue_id, Delivery.provider_batch.is_not(None),
-               Delivery.status.in_([SUBMITTED, CLAIMED]))
-        .group_by(Delivery.provider_batch, Delivery.status).order_by(func.min(Delivery.id))).all()
+        select(provider, D.status, func.count(), func.min(_provider("send_at"))).select_from(_with_batches())
+        .where(D.issue_id == issue_id, provider.is_not(None), D.status.in_([SUBMITTED, CLAIMED]))
+        .group_by(provider, D.status).order_by(func.min(D.id))).all()
     return [ScheduledBatch(b or "", s, n, at) for b, s, n, at in rows]
 
 
 def scheduled_count(session: Session, issue_id: int, now: datetime) -> int:
     """Readers submitted for a send moment still ahead (SendGrid holds their copy until then)."""
-    return session.scalar(select(func.count()).where(
-        Delivery.issue_id == issue_id, Delivery.status == SUBMITTED, Delivery.send_at > now)) or 0
+    D = DELIVERIES.c
+    return session.scalar(select(func.count()).select_from(_with_batches()).where(
+        D.issue_id == issue_id, D.status == SUBMITTED, _provider("send_at") > now)) or 0
 
 
 def sent_without_batch(session: Session, issue_id: int) -> int:
     """Readers submitted at once, without a scheduled batch: nothing can call their copy back."""
-    return session.scalar(select(func.count()).where(
-        Delivery.issue_id == issue_id, Delivery.status == SUBMITTED, Delivery.provider_batch.is_(None))) or 0
+    D = DELIVERIES.c
+    return session.scalar(select(func.count()).select_from(_with_batches()).where(
+        D.issue_id == issue_id, D.status == SUBMITTED, _provider("provider_batch").is_(None))) or 0
 
 
 def batch_send_at(session: Session, issue_id: int, provider_batch: str) -> datetime | None:
     """The send moment recorded for a provider batch (its earliest, as SendGrid counts it)."""
-    return session.scalar(select(func.min(Delivery.send_at)).where(
-        Delivery.issue_id == issue_id, Delivery.provider_batch == provider_batch))
+    D, B = DELIVERIES.c, BATCHES.c
+    own = select(func.min(D.send_at)).where(D.issue_id == issue_id, D.provider_batch == provider_batch)
+    claimed = select(func.min(B.send_at)).where(B.issue_id == issue_id, B.provider_batch == provider_batch)
+    return min((at for at in (session.scalar(own), session.scalar(claimed)) if at is not None), default=None)
 
 
 # -- cancels SendGrid holds for us: 10 slots, each freed only once its batch's send_at has passed ----------

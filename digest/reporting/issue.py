@@ -23,7 +23,7 @@ from digest.editions import DEFAULT, shown_in
 from digest.errors import NotFound
 from digest.models import Issue
 from digest.reporting.links import APPEAL, ARTICLE, LISTING, OTHER, LinkMap, Target
-from digest.store import Delivery, DeliveryEvent, IssueRow, utcnow
+from digest.store import Delivery, DeliveryEvent, IssueRow, SendBatch, utcnow
 from subscribers.models import Event, MailingList, MembershipStatus
 
 SUBMITTED = "submitted"  # digest.deliver.ledger.DeliveryStatus.SUBMITTED (a layer above: named here)
@@ -230,7 +230,10 @@ def send_moment(session: Session, row: IssueRow) -> datetime | None:
     """When the issue went out: its scheduled send moment, else when it was finished, else its first copy."""
     first = session.scalar(select(func.min(Delivery.updated_at)).where(Delivery.issue_id == row.id,
                                                                        Delivery.status == SUBMITTED))
-    scheduled = session.scalar(select(func.min(Delivery.send_at)).where(Delivery.issue_id == row.id))
+    # a reader's send moment is its row's own, else its claimed batch's (migration 0015_batch_schedule)
+    scheduled = session.scalar(select(func.min(func.coalesce(Delivery.send_at, SendBatch.send_at)))
+                               .select_from(Delivery).outerjoin(SendBatch, SendBatch.batch == Delivery.batch)
+                               .where(Delivery.issue_id == row.id))
     return scheduled or first or row.sent_at
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
 
 from digest.config import Settings
-from digest.store import session_factory, utcnow
+from digest.store import Delivery, SendBatch, session_factory, utcnow
 from subscribers.lifecycle import ensure_list
 from subscribers.models import Membership, Subscriber
 
@@ -74,3 +76,14 @@ def odd_even_editions() -> Callable[[Any], Any]:
     odd = Rendered("Issue 1", "", "<p>odd %%GREETING%%</p>", "odd", [], "odd")
     even = Rendered("Issue 1", "", "<p>even %%GREETING%%</p>", "even", [], "even")
     return lambda r: odd if r.id % 2 else even
+
+
+def scheduled_of(session: Session, issue_id: int) -> dict[str, tuple[str | None, datetime | None]]:
+    """Each reader's provider batch and send moment as the ledger holds them: the row's own, else its claimed
+    batch's (migration 0015_batch_schedule)."""
+    rows = session.execute(
+        select(Delivery.email, func.coalesce(Delivery.provider_batch, SendBatch.provider_batch),
+               func.coalesce(Delivery.send_at, SendBatch.send_at))
+        .select_from(Delivery).outerjoin(SendBatch, SendBatch.batch == Delivery.batch)
+        .where(Delivery.issue_id == issue_id))
+    return {email: (batch, at) for email, batch, at in rows}
