@@ -92,8 +92,10 @@ def test_marking_a_claimed_batch_on_postgresql_writes_heap_only_versions(workdir
         updated, hot = (a - b for a, b in zip(_hot(s), before, strict=True))
         s.commit()
         assert updated == 1000
-        # the claim's old versions are dead once it committed: the mark's pages prune them and have room
-        assert hot >= 900, (updated, hot)
+        # the claim's old versions are dead once it committed: the mark's pages prune them and have room (97%
+        # on a quiet machine; a page another process has pinned just then, the background writer writing it
+        # out, is not pruned, and under a loaded parallel run that left 70-80%: with an index on `status`, none)
+        assert hot >= 650, (updated, hot)
         marked = select(func.count()).where(Delivery.status == "submitted", Delivery.edition == "e1a2b3c")
         assert s.scalar(marked) == 1000
 
@@ -176,3 +178,39 @@ def test_a_scheduled_claim_writes_its_provider_batch_once_and_its_readers_rows_s
         # that share of its rows twice at that size (docs/delivery.md, the sixth round). Before migration
         # 0015_batch_schedule none was: the claim changed ix_deliveries_provider_batch's column
         assert hot >= 500, (updated, hot)
+
+
+def test_a_scheduled_claim_of_readers_spread_over_the_issue_stamps_their_own_rows(workdir: Path) -> None:
+    """One zone's readers, or readers queued again, are spread over the issue's ids: their claim's id range may
+    span the whole issue, which a recall would read once per batch. Their provider batch goes on their own
+    rows (found by ix_deliveries_provider_batch), as before migration 0015_batch_schedule."""
+    from datetime import UTC, datetime
+
+    from digest.store import SendBatch
+    from tests.fakes.readers import scheduled_of
+
+    url, issue_id, list_id = _readers(workdir, 300)
+    at = datetime(2031, 5, 6, 7, 0, tzinfo=UTC)
+    with session_factory(url)() as s:
+        issue = s.get(IssueRow, issue_id)
+        assert issue is not None
+        ledger.snapshot(s, issue, list_id)
+        s.commit()
+        first = ledger.claim(s, issue.id, list_id, 300, scheduled=("sg-1", int(at.timestamp())), worker="w1")
+        assert first is not None
+        spread = [r.delivery_id for r in first.readers][::50]  # six rows, 50 ids apart: not a dense run
+        ledger.release(s, spread, first.batch)
+        s.commit()
+        again = ledger.claim(s, issue.id, list_id, 100, scheduled=("sg-2", int(at.timestamp())), worker="w1")
+        assert again is not None and [r.delivery_id for r in again.readers] == spread
+        own = dict(s.execute(select(Delivery.id, Delivery.provider_batch).where(
+            Delivery.issue_id == issue.id, Delivery.provider_batch.is_not(None))).all())
+        assert own == dict.fromkeys(spread, "sg-2"), "the spread claim's rows carry it themselves"
+        assert s.get_one(SendBatch, again.batch).provider_batch is None
+        assert s.get_one(SendBatch, first.batch).provider_batch == "sg-1", "the dense claim's batch row has it"
+        effective = scheduled_of(s, issue.id)
+        assert sorted(b for b, _ in effective.values()) == ["sg-1"] * 294 + ["sg-2"] * 6
+        assert ledger.requeue_batch(s, issue.id, "sg-2", ledger.CLAIMED, "cancelled") == 6
+        assert ledger.requeue_batch(s, issue.id, "sg-1", ledger.CLAIMED, "cancelled") == 294
+        s.commit()
+        assert ledger.counts(s, issue.id) == {"queued": 300}

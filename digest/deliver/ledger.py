@@ -357,10 +357,16 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
         else:
             readers.append(Reader(did, sid, email, name or "", _json[attributes] or {}, _json[categories] or []))
     if readers:  # the batch's own row, not posted yet (`post`), committed with the claim; a scheduled send's
-        # provider batch and send moment with it, for every reader of the claim (`_provider_rows`)
+        # provider batch and send moment with it, for every reader of the claim, found by the claim's id range
+        # (`_provider_rows`). Readers spread over the issue (one zone's, readers queued again) carry them on
+        # their own rows instead (ix_deliveries_provider_batch): a recall would otherwise read a range that may
+        # span the whole issue once for each of its batches
+        on_batch = scheduled if scheduled and dense else None
         conn.execute(_NEW_BATCH, {"batch": batch, "issue_id": issue_id, "first_id": min(ids), "last_id": max(ids),
-                                  "provider_batch": scheduled[0] if scheduled else None,
-                                  "send_at": datetime.fromtimestamp(scheduled[1], UTC) if scheduled else None})
+                                  "provider_batch": on_batch[0] if on_batch else None,
+                                  "send_at": datetime.fromtimestamp(on_batch[1], UTC) if on_batch else None})
+        if scheduled and not on_batch:
+            record_batches(session, [(scheduled[0], scheduled[1], [r.delivery_id for r in readers])])
     if gone:  # skipped readers were in no request: no batch, so no provider batch either
         D = DELIVERIES.c
         conn.execute(update(DELIVERIES).where(D.id.in_(gone))
