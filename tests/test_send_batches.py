@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
 
 from digest.config import Settings, load_settings
-from digest.deliver.ledger import claim, counts, post, reap, snapshot, unknown_batches, unknown_count
+from digest.deliver.ledger import claim, counts, post, reap, snapshot, tally, unknown_batches
 from digest.issues import build_draft, start_sending
 from digest.store import Delivery, IssueRow, SendBatch, UTCDateTime, engine_for, migrate, session_factory, utcnow
 from tests.fakes.readers import seed_readers, set_keys
@@ -65,7 +65,7 @@ def test_post_stamps_the_batch_once_and_leaves_its_readers_rows_alone(backend: s
         _expire(ready)
         assert reap(s, issue.id) == (10, 10)
         assert counts(s, issue.id) == {"queued": 20, "claimed": 10}
-        assert unknown_count(s, issue.id) == 10
+        assert tally(s, issue.id).unknown == 10
         assert [b.batch for b in unknown_batches(s, issue.id)] == [got.batch]
         assert not post(s, other.batch, "w1", 10), "a reaped batch never goes out"
 
@@ -102,7 +102,7 @@ def test_a_reap_waits_for_a_post_in_progress_and_then_leaves_the_batch_unknown(b
         thread.join(30)
     assert out == [(0, 10)], "the post committed first: the request may be out, so its readers are unknown"
     with factory() as s:
-        assert unknown_count(s, issue.id) == 10 and counts(s, issue.id).get("queued") == 20
+        assert tally(s, issue.id).unknown == 10 and counts(s, issue.id).get("queued") == 20
 
 
 def test_a_post_waits_for_a_reap_in_progress_and_then_sends_nothing(backend: str, ready: Settings) -> None:
@@ -167,7 +167,7 @@ def test_batches_claimed_before_the_upgrade_keep_their_fate(database_url: str) -
         assert dict(s.execute(select(SendBatch.batch, SendBatch.posted_at.is_not(None))).all()) == {
             "posted": True, "not-posted": False}
         assert reap(s, issue) == (2, 2)
-        assert unknown_count(s, issue) == 2 and [b.batch for b in unknown_batches(s, issue)] == ["posted"]
+        assert tally(s, issue).unknown == 2 and [b.batch for b in unknown_batches(s, issue)] == ["posted"]
     _to(database_url, "0011_list_counts", down=True)
     with engine_for(database_url).connect() as conn:
         assert conn.execute(text("SELECT email, posted_at IS NOT NULL FROM deliveries WHERE status = 'claimed' "

@@ -195,16 +195,16 @@ def waiting(session: Session, issue_id: int, now: datetime) -> tuple[int, dateti
 
 
 def counts(session: Session, issue_id: int) -> dict[str, int]:
-    return dict(session.execute(select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
-                                .group_by(Delivery.status)).all())
+    """The issue's readers by status (`tally`)."""
+    return tally(session, issue_id).by_status
 
 
 @dataclass(frozen=True)
 class Tally:
     """An issue's ledger in one read of its rows: readers by status; of the claimed ones, how many no live
-    worker holds (of unknown fate: `unknown_count`); whether readers are due at their own zone's moment
-    (local delivery). No index names `status` (migration 0014_deliveries_hot), so every such question reads
-    all of the issue's rows: the send asks them together, once at its start and once at its end."""
+    worker holds (posted, their worker gone: of unknown fate); whether readers are due at their own zone's
+    moment (local delivery). No index names `status` (migration 0014_deliveries_hot), so every such question
+    reads all of the issue's rows: the send asks them together, once at its start and once at its end."""
 
     by_status: dict[str, int]
     unknown: int
@@ -459,13 +459,6 @@ def held_elsewhere(session: Session, issue_id: int, worker: str | None) -> int:
     if worker is not None:
         where.append(t.c.worker != worker)
     return session.scalar(select(func.count()).where(*where)) or 0
-
-
-def unknown_count(session: Session, issue_id: int) -> int:
-    """Readers of unknown fate: claimed, posted, and held by no live worker's lease."""
-    t = DELIVERIES
-    return session.scalar(select(func.count()).where(t.c.issue_id == issue_id, t.c.status == CLAIMED,
-                                                     t.c.worker.is_(None))) or 0
 
 
 def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,

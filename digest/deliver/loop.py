@@ -45,7 +45,6 @@ from digest.deliver.ledger import (
     renew,
     snapshot,
     tally,
-    unknown_count,
     waiting,
 )
 from digest.deliver.personalizer import Personalizer
@@ -322,7 +321,7 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             raise
     if stop is not None:
         if isinstance(stop, SendInterrupted):
-            report.unknown = unknown_count(session, issue_id)
+            report.unknown = tally(session, issue_id).unknown
             stop.report = report
         raise stop
     if local:
