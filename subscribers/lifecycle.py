@@ -221,13 +221,17 @@ def erase(session: Session, email: str, *, reason: str = "erasure request") -> b
     address = normalize(email)
     if session.get(Suppression, address.hash) is None:
         session.add(Suppression(email_hash=address.hash, reason=reason[:64]))
-    sub = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key))
+    # locked first: a send's snapshot holds each reader FOR KEY SHARE until it commits, so the ledger's
+    # rows read below include any it is writing now (the ledger has no foreign key that would unlink them,
+    # migration 0016_deliveries_no_fk)
+    sub = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key).with_for_update())
     if sub is None:
         session.flush()
         return False
     from digest.store import Delivery, DeliveryEvent
 
-    session.execute(update(Delivery).where(Delivery.subscriber_id == sub.id).values(email="(erased)"))
+    session.execute(update(Delivery).where(Delivery.subscriber_id == sub.id).values(email="(erased)",
+                                                                                     subscriber_id=None))
     session.execute(update(DeliveryEvent).where(DeliveryEvent.subscriber_id == sub.id)
                     .values(payload={"erased": True}))
     session.execute(delete(Event).where(Event.subscriber_id == sub.id))

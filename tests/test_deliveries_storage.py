@@ -20,7 +20,7 @@ from digest.store import Delivery, IssueRow, engine_for, migrate, session_factor
 from subscribers.lifecycle import ensure_list
 from tests.fakes.readers import seed_readers, sending_issue
 
-# what a claim and a mark write on each reader's row (ledger._claim_statements, ledger._mark_statement)
+# what a claim and a mark write on each reader's row (ledger._claim_statement, ledger._mark_statement)
 WRITTEN_PER_READER = {"status", "batch", "worker", "lease_until", "updated_at", "message_id", "edition"}
 
 

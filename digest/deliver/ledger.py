@@ -29,7 +29,22 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, Text, and_, any_, bindparam, cast, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -111,7 +126,11 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
                             Membership.status == MembershipStatus.ACTIVE))
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
-    rows = rows.where(Subscriber.id.not_in(already))
+    # each reader's row FOR KEY SHARE (SQLite, one writer at a time, has no row locks): an erasure, which
+    # locks the person FOR UPDATE before it unlinks their deliveries, either waits for this snapshot and then
+    # sees its rows, or went first and the person is not here. The lock the foreign key's check took, one
+    # query per row (migration 0016_deliveries_no_fk), taken here by the join itself
+    rows = rows.where(Subscriber.id.not_in(already)).with_for_update(key_share=True, of=Subscriber)
     # the rows the INSERT wrote, from the cursor: SQLAlchemy 2 keeps an INSERT's rowcount only when asked
     # (`preserve_rowcount`; without it psycopg's count reads -1), and two counts of the issue's rows around
     # the INSERT were two passes over them
@@ -259,10 +278,10 @@ _NEW_BATCH = insert(BATCHES)
 
 
 @lru_cache(maxsize=16)
-def _claim_statements(postgresql: bool, local: bool, at_moment: bool) -> tuple[Any, Any]:
-    """The claim's statements (pick the ids, stamp the rows; `_read_statement` reads the readers), built once
-    per shape: built and hashed again for every batch they were a tenth of the send loop's own Python
-    (issue 16). Values are bound by name at execution (`c_*`)."""
+def _claim_statement(postgresql: bool, local: bool, at_moment: bool) -> Any:
+    """The claim's statement (pick the ids, stamp the rows, and on PostgreSQL read their readers; SQLite's
+    `_read_statement` reads them after), built once per shape: built and hashed again for every batch they
+    were a tenth of the send loop's own Python (issue 16). Values are bound by name at execution (`c_*`)."""
     D = DELIVERIES.c
     # `id > c_after`: past the last batch this sender claimed. PostgreSQL's plan walks the ids from the first
     # one, past every row already sent (its statistics cannot tell the queue sits at the end), so without
@@ -282,36 +301,47 @@ def _claim_statements(postgresql: bool, local: bool, at_moment: bool) -> tuple[A
     # where they made every claimed row 60 bytes longer and wrote an entry in ix_deliveries_provider_batch per
     # reader (migration 0015_batch_schedule)
     if postgresql:
-        # the ids first, locked: PostgreSQL may run a LIMIT ... SKIP LOCKED subquery inside an UPDATE more than
-        # once (each run skipping the rows the last one locked), so the UPDATE would take more than `size`.
-        # (One statement instead, the pick in a MATERIALIZED CTE, was measured: no faster, 18.8 ms against
-        # 17.2 ms a claim of 1,000, the rows' own writes being the cost; docs/delivery.md, Speed.)
-        # The ids as one array parameter, `id = ANY(:ids)`: an IN list of 1,000 parameters is parsed and
-        # planned anew by every claim
-        pick = pick.with_for_update(skip_locked=True)
-        picked: Any = D.id == any_(bindparam("c_ids", type_=ARRAY(Integer)))
-    else:
-        picked = D.id.in_(pick.scalar_subquery())
-    take = update(DELIVERIES).where(picked, D.status == QUEUED).values(**stamp)
-    if not postgresql:  # the ids it took, for the read below (SQLite 3.35+ has RETURNING)
-        take = take.returning(D.id)
-    return pick, take
+        # one statement, one round trip: the ids picked (locked, SKIP LOCKED: a concurrent worker's claim passes
+        # over them), their rows stamped, their readers read. The pick is a MATERIALIZED CTE: as a subquery of
+        # the UPDATE, PostgreSQL may run a LIMIT ... SKIP LOCKED more than once (each run skipping the rows the
+        # last one locked) and take more than `size`. Three statements did the same in three round trips, each
+        # a wake-up of this thread on a busy machine: 26 ms a claim in the send against 11 ms of PostgreSQL's
+        # own time (issue 16; docs/delivery.md, Speed)
+        ids = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        took = (update(DELIVERIES).where(D.id == ids.c.id, D.status == QUEUED).values(**stamp)
+                .returning(D.id, D.subscriber_id).cte("took"))
+        # each reader looked up by key, a LATERAL subquery per row: joined plainly, the planner cannot tell
+        # how many rows the UPDATE returns and hashes both tables whole (48-55 ms a claim at 100,000 readers,
+        # not 5). LIMIT 1 keeps it a subquery (one reader per key anyway); a reader erased since: NULLs
+        reader = (select(*_reader_columns()).select_from(Subscriber)
+                  .join(Membership, and_(Membership.subscriber_id == Subscriber.id,
+                                         Membership.list_id == bindparam("c_list")), isouter=True)
+                  .where(Subscriber.id == took.c.subscriber_id).limit(1).lateral("reader"))
+        return (select(took.c.id, *reader.c).select_from(took).join(reader, true(), isouter=True)
+                .order_by(took.c.id))
+    # SQLite (no UPDATE in a WITH): the UPDATE returns the ids it took, read by `_read_statement`
+    take = update(DELIVERIES).where(D.id.in_(pick.scalar_subquery()), D.status == QUEUED).values(**stamp)
+    return take.returning(D.id)
+
+
+def _reader_columns() -> tuple[Any, ...]:
+    """What a claim reads of each reader: as they are now, and their membership's status (`c_list`)."""
+    # the JSON columns as their stored text, decoded once per distinct value (_JSONCache): a SQL CAST, as
+    # psycopg decodes a PostgreSQL `json` value itself (a type_coerce would only change SQLAlchemy's view)
+    return (Subscriber.id, Subscriber.email, Subscriber.name, cast(Subscriber.attributes, Text),
+            cast(Subscriber.categories, Text),
+            cast(Membership.status, Text))  # the stored string: compared with a StrEnum, no Enum decoding
 
 
 @lru_cache(maxsize=4)
-def _read_statement(postgresql: bool, dense: bool) -> Any:
-    """The claim's read of its readers (`_in_batch`), built once per shape as `_claim_statements`."""
+def _read_statement(dense: bool) -> Any:
+    """SQLite's read of a claim's readers (`_in_batch`), built once per shape as `_claim_statement`."""
     D = DELIVERIES.c
-    # the JSON columns as their stored text, decoded once per distinct value (_JSONCache): a SQL CAST, as
-    # psycopg decodes a PostgreSQL `json` value itself (a type_coerce would only change SQLAlchemy's view)
-    reader = (Subscriber.id, Subscriber.email, Subscriber.name, cast(Subscriber.attributes, Text),
-              cast(Subscriber.categories, Text),
-              cast(Membership.status, Text))  # the stored string: compared with a StrEnum, no Enum decoding
-    return (select(D.id, *reader).select_from(DELIVERIES)
+    return (select(D.id, *_reader_columns()).select_from(DELIVERIES)
             .join(Subscriber, Subscriber.id == D.subscriber_id, isouter=True)
             .join(Membership, and_(Membership.subscriber_id == D.subscriber_id,
                                    Membership.list_id == bindparam("c_list")), isouter=True)
-            .where(*_in_batch(postgresql, dense)).order_by(D.id))
+            .where(*_in_batch(False, dense)).order_by(D.id))
 
 
 def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled: tuple[str, int] | None = None,
@@ -333,20 +363,20 @@ def claim(session: Session, issue_id: int, list_id: int, size: int, *, scheduled
     now = utcnow()
     conn = session.connection()  # Core, not the ORM: these statements run once per batch, on the hot path
     postgresql = conn.dialect.name == "postgresql"
-    pick, take = _claim_statements(postgresql, due_by is not None, moment is not None)
+    statement = _claim_statement(postgresql, due_by is not None, moment is not None)
     values: dict[str, Any] = {"c_issue": issue_id, "c_after": after, "c_size": size, "c_due_by": due_by,
                               "c_moment": moment, "c_batch": batch, "c_now": now, "c_worker": worker,
                               "c_lease_until": now + lease, "c_list": list_id}
-    if postgresql:
-        values["c_ids"] = ids = list(conn.scalars(pick, values))
-        conn.execute(take, values)
+    if postgresql:  # claimed and read in one statement
+        rows: Sequence[Any] = conn.execute(statement, values).all()
+        ids = [r[0] for r in rows]
+        dense = _batch_values(postgresql, batch, ids)[0] if ids else False
     else:
-        ids = list(conn.scalars(take, values))
-    if ids:
-        dense, found = _batch_values(postgresql, batch, ids)
-        rows = conn.execute(_read_statement(postgresql, dense), values | found).all()
-    else:
+        ids = list(conn.scalars(statement, values))
         rows = []
+        if ids:
+            dense, found = _batch_values(postgresql, batch, ids)
+            rows = conn.execute(_read_statement(dense), values | found).all()
     if not rows:
         session.commit()
         return None
@@ -502,7 +532,7 @@ def mark(session: Session, batch: str, outcomes: Sequence[Outcome], size: int,
 
 @lru_cache(maxsize=8)
 def _mark_statement(edition: bool, postgresql: bool, dense: bool) -> Any:
-    """The common mark (the whole batch submitted in one request), built once: see `_claim_statements`."""
+    """The common mark (the whole batch submitted in one request), built once: see `_claim_statement`."""
     t = DELIVERIES
     values: dict[str, Any] = {"status": SUBMITTED, "message_id": bindparam("m_message"),
                               "updated_at": bindparam("m_now", type_=t.c.updated_at.type), "worker": None,

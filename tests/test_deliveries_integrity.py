@@ -1,0 +1,116 @@
+"""The ledger has no foreign keys (migration 0016_deliveries_no_fk: PostgreSQL checked each row the
+snapshot inserted with a query of its own). What they guarded still holds: every row names a reader who
+existed when it was written, and an erased reader is unlinked from every row, even one a send is writing
+while the erasure runs (the snapshot holds each reader FOR KEY SHARE; the erasure locks the person first)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+from sqlalchemy.orm import Session
+
+from digest.config import load_settings
+from digest.deliver import ledger
+from digest.store import Delivery, IssueRow, engine_for, migrate, session_factory
+from subscribers import lifecycle
+from subscribers.lifecycle import ensure_list
+from tests.fakes.readers import seed_readers, sending_issue
+
+
+def _issue(workdir: Path, n: int) -> tuple[str, int, int, list[str]]:
+    """n active readers and issue 1 sending, not snapshotted: (URL, issue id, list id, addresses)."""
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    emails = seed_readers(settings, n)
+    issue_id = sending_issue(settings)
+    with session_factory(settings.database_url)() as s:
+        return settings.database_url, issue_id, ensure_list(s, settings.delivery.list).id, emails
+
+
+def _snapshot(s: Session, issue_id: int, list_id: int) -> int:
+    issue = s.get(IssueRow, issue_id, with_for_update=True)
+    assert issue is not None
+    return ledger.snapshot(s, issue, list_id)
+
+
+def _ledger(url: str, issue_id: int) -> dict[str, int | None]:
+    with session_factory(url)() as s:
+        return dict(s.execute(select(Delivery.email, Delivery.subscriber_id).where(Delivery.issue_id == issue_id)
+                              ).all())  # type: ignore[arg-type]
+
+
+def test_an_erased_reader_is_unlinked_from_the_ledger_though_no_foreign_key_does_it(workdir: Path) -> None:
+    url, issue_id, list_id, emails = _issue(workdir, 3)
+    assert inspect(engine_for(url)).get_foreign_keys("deliveries") == []
+    with session_factory(url)() as s:
+        assert _snapshot(s, issue_id, list_id) == 3
+        s.commit()
+        assert lifecycle.erase(s, emails[1])
+        s.commit()
+    rows = _ledger(url, issue_id)
+    assert rows.pop("(erased)") is None  # address and link both gone
+    assert sorted(rows) == [emails[0], emails[2]] and all(rows.values())
+
+
+def _blocked(url: str, timeout: float = 10.0) -> None:
+    """Wait until some other session of this database waits for a row lock."""
+    with engine_for(url).connect() as conn:
+        deadline = time.monotonic() + timeout
+        while not conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                   "AND wait_event_type = 'Lock'")):
+            assert time.monotonic() < deadline, "the other session never waited for the lock"
+            time.sleep(0.02)
+            conn.rollback()
+
+
+def _overlap(url: str, first: Callable[[Session], object], then: Callable[[Session], object]) -> None:
+    """`first` in a transaction left open; `then` in another thread's session, which must wait for a row
+    lock of `first`'s; `first` commits, and `then` completes."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with session_factory(url)() as s:
+                then(s)
+                s.commit()
+        except BaseException as e:  # re-raised below
+            errors.append(e)
+
+    with session_factory(url)() as s:
+        first(s)
+        thread = threading.Thread(target=run)
+        thread.start()
+        _blocked(url)
+        s.commit()
+    thread.join(30)
+    assert not thread.is_alive() and not errors, errors
+
+
+@pytest.mark.parametrize("erasure_first", [False, True])
+def test_an_erasure_and_a_snapshot_overlapping_on_postgresql_wait_for_each_other(workdir: Path, backend: str,
+                                                                               erasure_first: bool) -> None:
+    """Either the erasure waits for the snapshot and then blanks and unlinks the rows it wrote, or the
+    snapshot waits for the erasure and leaves the reader out."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: a snapshot and an erasure cannot overlap")
+    url, issue_id, list_id, emails = _issue(workdir, 3)
+    added: list[int] = []
+    erased: list[bool] = []
+
+    def snapshot(s: Session) -> None:
+        added.append(_snapshot(s, issue_id, list_id))
+
+    def erase(s: Session) -> None:
+        erased.append(lifecycle.erase(s, emails[0]))
+
+    _overlap(url, *((erase, snapshot) if erasure_first else (snapshot, erase)))
+    assert erased == [True] and added == [2 if erasure_first else 3]
+    rows = _ledger(url, issue_id)
+    if not erasure_first:
+        assert rows.pop("(erased)") is None  # the row the snapshot was writing: blanked and unlinked
+    assert sorted(rows) == emails[1:] and all(rows.values())
