@@ -4,6 +4,7 @@
     /work/venv/bin/python benchmarks/send.py -n 100000 --concurrency 8
     /work/venv/bin/python benchmarks/send.py -n 100000 --no-heap --repeat 5   # five pairs, the median ratio
     /work/venv/bin/python benchmarks/send.py -n 100000 --postgresql --workers 1 --workers 2
+    /work/venv/bin/python benchmarks/send.py -n 100000 --postgresql --repeat 5   # five sends, a baseline between each
 
 With --postgresql (a throwaway server started as tests/pgserver.py does) or --database-url (the admin URL
 of a PostgreSQL server), each run gets a fresh database there; --workers N runs `digest send --workers N`
@@ -277,24 +278,43 @@ def run_workers(args: argparse.Namespace) -> None:
         print(f"{'readers':>8} {'workers':>7} {'send s':>7} {'readers/s':>10} {'seed s':>7} {'requests':>8} "
               f"{'in flight':>9} {'server cpu s':>12}  load (1/5/15 min)")
         for n in args.readers or [100_000]:
+            ratios: dict[int, list[float]] = {w: [] for w in args.workers}
             b = send_baseline(n, args.concurrency, admin)
-            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            print(f"{n:>8} {'base':>7} {b['process']:>7.2f} {n / b['process']:>10,.0f} {'':>7} "
-                  f"{b['server_accepted']:>8} {b['server_max_in_flight']:>9} {b['server_cpu']:>12.2f}  {load}"
-                  f"  (baseline sender: {b['wall']:.2f} s without start-up)", flush=True)
-            for w in args.workers:
-                r = send_workers(n, args.concurrency, w, admin)
-                load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-                print(f"{r['n']:>8} {r['workers']:>7} {r['wall']:>7.2f} {r['rate']:>10,.0f} {r['seed']:>7.1f} "
-                      f"{r['requests']:>8} {r['max_in_flight']:>9} {r['server_cpu']:>12.2f}  {load}"
-                      f"  (ratio to the baseline {r['wall'] / b['process']:.2f}x)", flush=True)
+            _print_base(n, b)
+            for _ in range(max(1, args.repeat)):
+                for w in args.workers:
+                    r = send_workers(n, args.concurrency, w, admin)
+                    # the baseline again after each send, and the send's ratio to the mean of the runs on either
+                    # side of it: the baseline alone varied 1.4-2.4 s between runs of one session (issue 16)
+                    a = send_baseline(n, args.concurrency, admin)
+                    _print_base(n, a)
+                    around = (b["process"] + a["process"]) / 2
+                    ratios[w].append(r["wall"] / around)
+                    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+                    print(f"{r['n']:>8} {r['workers']:>7} {r['wall']:>7.2f} {r['rate']:>10,.0f} {r['seed']:>7.1f} "
+                          f"{r['requests']:>8} {r['max_in_flight']:>9} {r['server_cpu']:>12.2f}  {load}"
+                          f"  (ratio to the baselines around it, {around:.2f} s: {ratios[w][-1]:.2f}x)", flush=True)
+                    b = a
+            for w, got in ratios.items():
+                if len(got) > 1:
+                    print(f"{n:>8} readers, --workers {w}, {len(got)} sends: ratio median "
+                          f"{statistics.median(got):.2f}x, mean {statistics.fmean(got):.2f}x, "
+                          f"{min(got):.2f}-{max(got):.2f}x", flush=True)
         print("send s: wall time of `digest send --workers N` (Python start-up, the issue's start, snapshot, "
               "claims, requests, marks, the other workers' start-up); every reader checked exactly once at the "
               "server. base: the minimal sender written in this file (`baseline`), reading the same PostgreSQL "
-              "database with psycopg, start-up included; the ratio is send s over it.")
+              "database with psycopg, start-up included; the ratio is send s over the mean of the baselines run just "
+              "before and just after it.")
     finally:
         if server is not None:
             server.stop()
+
+
+def _print_base(n: int, b: dict[str, float]) -> None:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{n:>8} {'base':>7} {b['process']:>7.2f} {n / b['process']:>10,.0f} {'':>7} {b['server_accepted']:>8} "
+          f"{b['server_max_in_flight']:>9} {b['server_cpu']:>12.2f}  {load}  (baseline sender: {b['wall']:.2f} s "
+          "without start-up)", flush=True)
 
 
 def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | None = None) -> dict[str, float]:

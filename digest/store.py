@@ -103,7 +103,10 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
+        # a reader once per issue; subscriber first, so that it also finds a reader's rows (an erasure, the
+        # reports) and no index of its own is written for every row the snapshot inserts (migration
+        # 0016_deliveries_keys)
+        UniqueConstraint("subscriber_id", "issue_id", name="uq_delivery_subscriber_issue"),
         # the issue's rows in id order: the claim's pick (`id > after`), and every look at one issue's rows.
         # No index names `status` or `batch`, the columns a claim and a mark change: PostgreSQL then writes
         # both as heap-only tuples, without an entry in any index (PostgreSQL docs, "Heap-Only Tuples (HOT)"),
@@ -126,13 +129,13 @@ class Delivery(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # No foreign keys (migration 0016_deliveries_no_fk): PostgreSQL checks one per row inserted, a query of
+    # No foreign keys (migration 0016_deliveries_keys): PostgreSQL checks one per row inserted, a query of
     # its own each time, and the two were half of the snapshot's INSERT (issue 16). Every row is written by
     # `ledger.snapshot` alone, from a join with the subscribers, with the issue's row locked and each
     # subscriber's FOR KEY SHARE, as the keys' checks locked them; issues are never deleted; an erasure
     # (`subscribers.lifecycle.erase`) locks the person first, then blanks and unlinks their rows itself
     issue_id: Mapped[int] = mapped_column(Integer)
-    subscriber_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    subscriber_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     email: Mapped[str] = mapped_column(String(320))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     batch: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -223,7 +223,7 @@ def erase(session: Session, email: str, *, reason: str = "erasure request") -> b
         session.add(Suppression(email_hash=address.hash, reason=reason[:64]))
     # locked first: a send's snapshot holds each reader FOR KEY SHARE until it commits, so the ledger's
     # rows read below include any it is writing now (the ledger has no foreign key that would unlink them,
-    # migration 0016_deliveries_no_fk)
+    # migration 0016_deliveries_keys)
     sub = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key).with_for_update())
     if sub is None:
         session.flush()

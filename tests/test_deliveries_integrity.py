@@ -1,4 +1,4 @@
-"""The ledger has no foreign keys (migration 0016_deliveries_no_fk: PostgreSQL checked each row the
+"""The ledger has no foreign keys (migration 0016_deliveries_keys: PostgreSQL checked each row the
 snapshot inserted with a query of its own). What they guarded still holds: every row names a reader who
 existed when it was written, and an erased reader is unlinked from every row, even one a send is writing
 while the erasure runs (the snapshot holds each reader FOR KEY SHARE; the erasure locks the person first)."""

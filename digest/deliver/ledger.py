@@ -129,7 +129,7 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
     # each reader's row FOR KEY SHARE (SQLite, one writer at a time, has no row locks): an erasure, which
     # locks the person FOR UPDATE before it unlinks their deliveries, either waits for this snapshot and then
     # sees its rows, or went first and the person is not here. The lock the foreign key's check took, one
-    # query per row (migration 0016_deliveries_no_fk), taken here by the join itself
+    # query per row (migration 0016_deliveries_keys), taken here by the join itself
     rows = rows.where(Subscriber.id.not_in(already)).with_for_update(key_share=True, of=Subscriber)
     # the rows the INSERT wrote, from the cursor: SQLAlchemy 2 keeps an INSERT's rowcount only when asked
     # (`preserve_rowcount`; without it psycopg's count reads -1), and two counts of the issue's rows around
