@@ -12,11 +12,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from digest.compose import FeatureHistory, compose
 from digest.config import Settings
 from digest.deliver import make_transport, send_outside_ledger
 from digest.deliver.loop import deliver
@@ -29,11 +29,14 @@ from digest.locks import hold_send_start
 from digest.models import Collected, Issue
 from digest.moments import next_send_at
 from digest.render import Check, check_links, issue_links, personalize, public_values
-from digest.sources.collect import collect, health_summary, mark_sent
+from digest.sources.seen import mark_sent
 from digest.store import IssueRow, ListingFeature, session_factory, utcnow
 from digest.wording import plural
 from subscribers import lifecycle
 from subscribers.models import Membership, MembershipStatus, Subscriber
+
+if TYPE_CHECKING:
+    from digest.compose import FeatureHistory
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Draft:
 
 
 def feature_history(session: Session) -> FeatureHistory:
+    from digest.compose import FeatureHistory
+
     featured: dict[str, list[int]] = defaultdict(list)
     for key, number in session.execute(select(ListingFeature.listing_key, ListingFeature.issue_number)
                                        .order_by(ListingFeature.issue_number)):
@@ -111,6 +116,11 @@ def build_draft(settings: Settings, session: Session, *, now: datetime | None = 
     issue that is rebuilt becomes a draft again. `send_at` is the send moment the draft is for (default:
     the one it already has if still ahead, else the schedule's next).
     """
+    # the sources (httpx, feedparser) and composing, here: a send of a built issue needs neither (issue 16,
+    # the start-up of `digest send`)
+    from digest.compose import compose
+    from digest.sources.collect import collect, health_summary
+
     now = now or datetime.now(UTC)
     lifecycle.configured_list(session, settings.delivery.list)  # a mistyped list fails here, before any work
     newest = newest_issue(session)

@@ -17,7 +17,6 @@ from html import escape, unescape
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import jinja2
 import jinja2.runtime
 from mjml import mjml2html
@@ -274,6 +273,8 @@ def checks(issue: Issue, rendered: Rendered) -> list[Check]:
 
 def check_links(urls: Iterable[str], *, timeout: float = 5.0, workers: int = 8) -> Check:
     """HEAD every distinct link (GET when HEAD is refused); any that do not answer are named."""
+    import httpx  # here, not at the top: `digest send` renders but never checks links (issue 16, start-up)
+
     targets = sorted({u for u in urls if u.startswith(("http://", "https://"))})
 
     def probe(url: str) -> str | None:

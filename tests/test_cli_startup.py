@@ -263,3 +263,17 @@ def test_plain_parameters_convert_as_typers_own(tmp_path: Path) -> None:
 
     walk(typer.main.get_command(app))
     assert checked > 100  # every command's --config, the addresses, the files, the flags
+
+
+def test_sending_a_built_issue_imports_no_source_fetcher(workdir: Path) -> None:
+    """`digest send` of an approved issue renders and sends; it fetches nothing, so it imports neither the
+    sources' fetchers (httpx, feedparser) nor the collecting that uses them (issue 16: the send's start-up)."""
+    env = {**os.environ, "DIGEST_SECRET_KEY": SECRET}
+    for args in (["subscribers", "add", "reader@example.com", "--confirmed", "--source", "test"],
+                 ["draft", "--offline"], ["approve"]):
+        done = subprocess.run([sys.executable, "-m", "digest", *args], cwd=workdir, capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    text, modules = _imported("send", cwd=workdir)
+    assert "submitted 1," in text and "status sent" in text  # the probe sent the approved issue
+    assert _heavy(modules, ("httpx", "feedparser", "digest.sources.collect", "digest.sources.fetch")) == []

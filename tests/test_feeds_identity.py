@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from digest.config import Settings, load_settings
-from digest.sources.collect import candidates, collect, health_summary, mark_sent
+from digest.sources.collect import candidates, collect, health_summary
+from digest.sources.seen import mark_sent
 from digest.store import FeedState, IssueRow, SeenArticle
 from tests.conftest import edit_config, run_cli
 

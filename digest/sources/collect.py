@@ -195,9 +195,3 @@ def collect(session: Session, settings: Settings, now: datetime | None = None) -
         collected.listings = listings
         collected.problems.extend(problems)
     return collected
-
-
-def mark_sent(session: Session, issue_id: int, article_keys: list[str]) -> None:
-    """Articles in a sent issue never appear again."""
-    for row in session.scalars(select(SeenArticle).where(SeenArticle.key.in_(article_keys))):
-        row.sent_issue_id = issue_id
