@@ -2,7 +2,7 @@
 
     python benchmarks/ledger_statements.py -n 30000 --postgresql     # a throwaway PostgreSQL 15
     python benchmarks/ledger_statements.py -n 30000                  # SQLite
-    python benchmarks/ledger_statements.py -n 100000 --postgresql --schema "DROP INDEX ix_deliveries_subscriber_id"
+    python benchmarks/ledger_statements.py -n 100000 --postgresql --schema "DROP INDEX ix_deliveries_issue_id"
 
 Seeds N readers as benchmarks/send.py does, starts the SendGrid contract server, and runs `issues.send` in
 this process with every statement timed (SQLAlchemy cursor events; the commits too), grouped by what it
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.send import KEY, SECRET, seed, start_server  # noqa: E402
 
 KINDS = (  # (what the statement text starts with or contains, its name), first match wins
+    ("WITH picked AS MATERIALIZED", "claim: pick, UPDATE and read the readers (PostgreSQL, one statement)"),
     ("FOR UPDATE SKIP LOCKED", "claim: SELECT ids FOR UPDATE SKIP LOCKED"),
     ("SELECT deliveries.id, subscribers.id", "claim: SELECT the readers"),
     ("INSERT INTO send_batches", "claim: INSERT the batch's row"),
