@@ -12,11 +12,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from digest.compose import FeatureHistory, compose
 from digest.config import Settings
 from digest.deliver import make_transport, send_outside_ledger
 from digest.deliver.loop import deliver
@@ -35,9 +35,6 @@ from digest.wording import plural
 from subscribers import lifecycle
 from subscribers.models import Membership, MembershipStatus, Subscriber
 
-if TYPE_CHECKING:
-    from digest.compose import FeatureHistory
-
 
 @dataclass
 class Draft:
@@ -48,8 +45,6 @@ class Draft:
 
 
 def feature_history(session: Session) -> FeatureHistory:
-    from digest.compose import FeatureHistory
-
     featured: dict[str, list[int]] = defaultdict(list)
     for key, number in session.execute(select(ListingFeature.listing_key, ListingFeature.issue_number)
                                        .order_by(ListingFeature.issue_number)):
@@ -116,9 +111,8 @@ def build_draft(settings: Settings, session: Session, *, now: datetime | None = 
     issue that is rebuilt becomes a draft again. `send_at` is the send moment the draft is for (default:
     the one it already has if still ahead, else the schedule's next).
     """
-    # the sources (httpx, feedparser) and composing, here: a send of a built issue needs neither (issue 16,
-    # the start-up of `digest send`)
-    from digest.compose import compose
+    # the sources' fetchers (httpx, feedparser) here: a send of a built issue fetches nothing (issue 16, the
+    # start-up of `digest send`)
     from digest.sources.collect import collect, health_summary
 
     now = now or datetime.now(UTC)
