@@ -1,3 +1,3 @@
-from digest.cli.main import main
+from digest.cli.main import run
 
-main()
+run()

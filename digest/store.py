@@ -6,6 +6,7 @@ by Alembic (`migrations/`), never by `create_all`, so what tests run is what pro
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -347,6 +348,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # the engines made (`close_engines`); lru_cache keeps 16
+
+
 @lru_cache(maxsize=16)
 def engine_for(url: str) -> Engine:
     """One engine per URL per process; SQLite gets WAL, foreign keys and a busy timeout."""
@@ -355,7 +359,14 @@ def engine_for(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
+    _engines.add(engine)
     return engine
+
+
+def close_engines() -> None:
+    """Close every engine's pooled connections (at the command's end, `digest.cli.main`)."""
+    for engine in list(_engines):
+        engine.dispose()
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
