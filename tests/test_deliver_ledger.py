@@ -349,3 +349,31 @@ def test_a_send_reads_the_whole_issue_a_few_times_however_many_batches_it_has(wo
         event.remove(engine, "before_cursor_execute", note)
     assert outcome.report is not None and outcome.report.submitted == readers
     assert len(seen) <= 4, "\n".join(seen)
+
+
+@pytest.mark.parametrize("readers", [30, 90])
+def test_a_send_keeps_one_connection_however_many_batches_it_has(workdir: Path, readers: int) -> None:
+    """Issue 16: a session gives its connection back to the pool at each commit and takes one again at its
+    next statement, on PostgreSQL with a ping (`pool_pre_ping`): two round trips more per batch. The send
+    loop holds one connection instead; the few other checkouts are the send's start and end (3 and 9
+    batches here)."""
+    from sqlalchemy import event
+
+    from digest.store import engine_for
+
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    seed_readers(settings, readers)
+    checkouts: list[object] = []
+
+    def note(dbapi_connection, *_args) -> None:  # type: ignore[no-untyped-def]
+        checkouts.append(dbapi_connection)
+
+    engine = engine_for(settings.database_url)
+    event.listen(engine, "checkout", note)
+    try:
+        outcome = send(settings, transport=_Accepts())
+    finally:
+        event.remove(engine, "checkout", note)
+    assert outcome.report is not None and outcome.report.submitted == readers
+    assert 1 <= len(checkouts) <= 4, len(checkouts)

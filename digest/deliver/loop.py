@@ -70,7 +70,10 @@ def deliver(factory: sessionmaker[Session], settings: Settings, issue_id: int, t
     """
     personal = Personalizer(settings)
     lease = timedelta(seconds=settings.delivery.lease_seconds)
-    with factory() as session:
+    # one connection for the whole send: a session gives its connection back to the pool at each commit and
+    # checks one out again at its next statement, on PostgreSQL with a ping (`pool_pre_ping`): two round trips
+    # more per batch, 0.1 s of the sending thread's time at 100,000 readers (issue 16)
+    with factory.kw["bind"].connect() as connection, factory(bind=connection) as session:
         issue = session.get(IssueRow, issue_id)
         assert issue is not None
         me = join_send(session, issue_id, issue.number, lease)
