@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -320,13 +321,8 @@ class _Accepts:
         pass
 
 
-@pytest.mark.parametrize("readers", [30, 90])
-def test_a_send_reads_the_whole_issue_a_few_times_however_many_batches_it_has(workdir: Path, readers: int) -> None:
-    """Issue 16: no index names `status`, so each count, DISTINCT or GROUP BY over the issue's deliveries is a
-    pass over every reader's row. They are asked together (the ledger's `tally`: once at the start, once
-    under the issue's lock at the end); the snapshot takes its count from the INSERT; once no worker holds
-    a row there is nothing to reap; and a run that ended does not look for rows of its own still claimed.
-    Four per send here (12 before), not one per batch (3 and 9 batches)."""
+def _send_watched(workdir: Path, readers: int, name: str, listener: Callable[..., None]) -> None:
+    """`readers` readers sent in batches of 10 (`_Accepts`), with `listener` on the engine's event `name`."""
     from sqlalchemy import event
 
     from digest.store import engine_for
@@ -334,6 +330,22 @@ def test_a_send_reads_the_whole_issue_a_few_times_however_many_batches_it_has(wo
     settings = load_settings(workdir / "digest.toml")
     migrate(settings.database_url)
     seed_readers(settings, readers)
+    engine = engine_for(settings.database_url)
+    event.listen(engine, name, listener)
+    try:
+        outcome = send(settings, transport=_Accepts())
+    finally:
+        event.remove(engine, name, listener)
+    assert outcome.report is not None and outcome.report.submitted == readers
+
+
+@pytest.mark.parametrize("readers", [30, 90])
+def test_a_send_reads_the_whole_issue_a_few_times_however_many_batches_it_has(workdir: Path, readers: int) -> None:
+    """Issue 16: no index names `status`, so each count, DISTINCT or GROUP BY over the issue's deliveries is a
+    pass over every reader's row. They are asked together (the ledger's `tally`: once at the start, once
+    under the issue's lock at the end); the snapshot takes its count from the INSERT; once no worker holds
+    a row there is nothing to reap; and a run that ended does not look for rows of its own still claimed.
+    Four per send here (12 before), not one per batch (3 and 9 batches)."""
     seen: list[str] = []
 
     def note(_conn, _cursor, statement: str, *_args) -> None:  # type: ignore[no-untyped-def]
@@ -341,13 +353,7 @@ def test_a_send_reads_the_whole_issue_a_few_times_however_many_batches_it_has(wo
         if "FROM deliveries" in flat and re.search(r"count\(|DISTINCT|GROUP BY", flat):
             seen.append(flat)
 
-    engine = engine_for(settings.database_url)
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        outcome = send(settings, transport=_Accepts())
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
-    assert outcome.report is not None and outcome.report.submitted == readers
+    _send_watched(workdir, readers, "before_cursor_execute", note)
     assert len(seen) <= 4, "\n".join(seen)
 
 
@@ -357,23 +363,6 @@ def test_a_send_keeps_one_connection_however_many_batches_it_has(workdir: Path, 
     next statement, on PostgreSQL with a ping (`pool_pre_ping`): two round trips more per batch. The send
     loop holds one connection instead; the few other checkouts are the send's start and end (3 and 9
     batches here)."""
-    from sqlalchemy import event
-
-    from digest.store import engine_for
-
-    settings = load_settings(workdir / "digest.toml")
-    migrate(settings.database_url)
-    seed_readers(settings, readers)
     checkouts: list[object] = []
-
-    def note(dbapi_connection, *_args) -> None:  # type: ignore[no-untyped-def]
-        checkouts.append(dbapi_connection)
-
-    engine = engine_for(settings.database_url)
-    event.listen(engine, "checkout", note)
-    try:
-        outcome = send(settings, transport=_Accepts())
-    finally:
-        event.remove(engine, "checkout", note)
-    assert outcome.report is not None and outcome.report.submitted == readers
+    _send_watched(workdir, readers, "checkout", lambda dbapi_connection, *_: checkouts.append(dbapi_connection))
     assert 1 <= len(checkouts) <= 4, len(checkouts)
