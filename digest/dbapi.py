@@ -19,8 +19,10 @@ The conventions are SQLAlchemy's, so both paths read and write the same values:
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -123,6 +125,19 @@ def reader(db: Reader | Session) -> Reader:
     return Reader(driver, connection.dialect.name)
 
 
+def application_name() -> str:
+    """How this process's PostgreSQL connections name themselves (`pg_stat_activity.application_name`):
+    "digest <command> <pid>", e.g. "digest send 4242", so an admin can tell which process holds a lock or
+    a long transaction. At most 63 bytes of printable ASCII: longer is cut, others are replaced by "?"
+    (https://www.postgresql.org/docs/current/runtime-config-logging.html, application_name)."""
+    words = []  # the command and its subcommand: the arguments before the first option, two at most
+    for arg in sys.argv[1:3]:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return re.sub(r"[^\x20-\x7e]", "?", " ".join(["digest", *words, str(os.getpid())]))[:63]
+
+
 def readable(url: str) -> bool:
     """Whether `connect` opens this URL: an SQLite file or PostgreSQL through psycopg, with no options in
     the URL's query (any other URL is read through SQLAlchemy, which knows them all)."""
@@ -148,7 +163,8 @@ def connect(url: str) -> Iterator[Reader]:
     else:
         import psycopg  # only for a PostgreSQL database (`pip install '.[postgres]'`)
 
-        connection = psycopg.connect("postgresql://" + url.removeprefix(_PSYCOPG_PREFIX))
+        connection = psycopg.connect("postgresql://" + url.removeprefix(_PSYCOPG_PREFIX),
+                                     application_name=application_name())  # (`readable`: no query in the URL)
         connection.read_only = True
         dialect = "postgresql"
     try:

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from digest.dbapi import application_name
 from digest.issue_status import IssueStatus
 from digest.resources import MIGRATIONS
 from digest.revisions import migration_heads
@@ -358,7 +359,9 @@ def engine_for(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        # each connection names its process (`application_name`), unless the URL names it itself
+        named = {} if "application_name=" in url else {"application_name": application_name()}
+        engine = create_engine(url, pool_pre_ping=True, connect_args=named)
     _engines.add(engine)
     return engine
 
