@@ -32,6 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.installed import as_installed  # noqa: E402
+
 EMAIL = "reader@example.com"
 
 
@@ -82,9 +86,8 @@ def main() -> None:
     if args.instructions and shutil.which("valgrind") is None:
         ap.error("--instructions needs valgrind (apt-get install valgrind)")
     digest = digest_command()
-    # a user's Python reads its bytecode caches (pip writes them at install): with PYTHONDONTWRITEBYTECODE
-    # set, every module edited since its last cache would be compiled again at each run and counted
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    as_installed()  # a user's Python reads its bytecode caches (pip writes them at install)
+    env = dict(os.environ)
     env |= {"DIGEST_SECRET_KEY": env.get("DIGEST_SECRET_KEY", "bench-secret-key-0123456789abcdef"), "COLUMNS": "100"}
     with tempfile.TemporaryDirectory(prefix="digest-bench-cli-") as tmp:
         folder = Path(tmp)

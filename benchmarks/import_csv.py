@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.callgrind import instructions, print_marginal  # noqa: E402
+from benchmarks.installed import as_installed  # noqa: E402
 
 SYLLABLES = ["an", "bo", "ca", "de", "el", "fi", "go", "ha", "is", "jo", "ka", "li", "mo", "na", "ol", "pe",
              "qu", "ra", "si", "ta", "ul", "vi", "wu", "xa", "yo", "ze"]
@@ -244,6 +245,7 @@ def main() -> None:
     if args.baseline_child:
         db, path, batch = args.baseline_child
         return baseline(db, path, "weekly", int(batch))
+    as_installed()
     if args.callgrind:
         print(f"callgrind ({load()})", flush=True)
         callgrind(args.rows or [])

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.callgrind import instructions, print_marginal  # noqa: E402
+from benchmarks.installed import as_installed  # noqa: E402
 
 KEY = "SG.benchmark-key"
 SECRET = "benchmark-secret-key-0123456789abcdef"
@@ -413,6 +414,7 @@ def main() -> None:
     if args.baseline:
         return baseline(args.baseline, args.url, args.concurrency)
     os.environ.setdefault("DIGEST_SECRET_KEY", SECRET)
+    as_installed()
     if args.postgresql or args.database_url:
         args.workers = args.workers or [1]
         return run_workers(args)
