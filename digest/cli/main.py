@@ -29,7 +29,7 @@ from typer.core import TyperGroup, TyperOption
 from typer.models import CommandInfo, DefaultPlaceholder, TyperInfo
 
 from digest.cli import deliveries, issue, listings, recall, report, schedule, subscribers, users, web
-from digest.cli.common import err
+from digest.cli.common import err, starting
 from digest.cli.params import plain
 from digest.errors import DigestError
 
@@ -200,7 +200,9 @@ def main() -> None:
 
 def run() -> None:
     """The process's entry point (`digest`, `python -m digest`): `main`, then `_leave` (the tests call `main`
-    in their own process, which goes on)."""
+    in their own process, which goes on). The collector is quieter until the command has started
+    (`digest.cli.common.starting`)."""
+    starting()
     try:
         main()
     finally:
