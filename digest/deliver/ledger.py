@@ -37,6 +37,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -149,9 +150,26 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
         session.connection().exec_driver_sql("ANALYZE deliveries")
     issue.snapshot_at = now
     move(issue, IssueStatus.SENDING, now=now)
-    if home is not None and issue.send_at is not None:
-        set_moments(session, issue.id, issue.send_at, home)
+    if _local(issue, home):
+        set_moments(session, issue.id, issue.send_at, home)  # type: ignore[arg-type]
     return int(added)
+
+
+def _local(issue: IssueRow, home: str | None) -> bool:
+    """Whether a snapshot taken with `home` gives each reader a zone and a moment (`set_moments`)."""
+    return home is not None and issue.send_at is not None
+
+
+def unsnapshotted(session: Session, issue: IssueRow) -> bool:
+    """Whether the issue has no snapshot and no row yet: then the snapshot about to be taken is the whole
+    ledger, and `snapshot_tally` knows it without reading it. One index lookup (ix_deliveries_issue_id)."""
+    return issue.snapshot_at is None and not session.scalar(select(exists().where(Delivery.issue_id == issue.id)))
+
+
+def snapshot_tally(issue: IssueRow, added: int, home: str | None) -> Tally:
+    """`tally` of a ledger that is only the snapshot just taken (`unsnapshotted` before it): `added` readers,
+    all queued, none claimed, each with a moment if it was taken for local delivery."""
+    return Tally({QUEUED: added} if added else {}, 0, bool(added) and _local(issue, home))
 
 
 # -- local delivery: each reader's zone and the moment their copy is due ---------------------------------

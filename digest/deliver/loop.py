@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
-from digest.deliver.batches import recover_unknown, sync_cancels
+from digest.deliver.batches import free_slots, recover_unknown, sync_cancels
 from digest.deliver.ledger import (
     FAILED,
     QUEUED,
@@ -44,7 +44,9 @@ from digest.deliver.ledger import (
     release,
     renew,
     snapshot,
+    snapshot_tally,
     tally,
+    unsnapshotted,
     waiting,
 )
 from digest.deliver.personalizer import Personalizer
@@ -110,7 +112,9 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
     report = SendReport(issue.number, issue.subject)
     session.flush()
     session.refresh(issue, with_for_update=True)  # several workers start together: one snapshots
-    snapshot(session, issue, list_id, home=local_home(settings, issue.send_at, now()))
+    home = local_home(settings, issue.send_at, now())
+    fresh = unsnapshotted(session, issue)
+    added = snapshot(session, issue, list_id, home=home)
     session.commit()
     if on_sending is not None:  # the issue is sending and snapshotted: other workers may join now
         on_sending(issue.number)
@@ -130,8 +134,17 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
             report.errors += left
         return requeued
 
-    take_over(first=True)
-    start = tally(session, issue.id)
+    if fresh:
+        # the ledger is the snapshot this run wrote just now: no row of it was ever claimed, so there is
+        # nothing to reap or recover, and its count is known. Each of those three questions reads all the
+        # issue's rows (no index names `status`): 60 ms before the first claim at 100,000 readers (issue 16)
+        forget_workers(session, issue.id, send_workers(session, issue.id, lease)[1])
+        if recovering:
+            free_slots(session, transport)  # type: ignore[arg-type]
+        start = snapshot_tally(issue, added, home)
+    else:
+        take_over(first=True)
+        start = tally(session, issue.id)
     local = start.moments  # local delivery: each reader is due at their zone's moment
     before = start.by_status
     report.already = before.get(SUBMITTED, 0)
