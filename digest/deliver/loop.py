@@ -120,31 +120,27 @@ def _run(session: Session, settings: Settings, issue: IssueRow, transport: Trans
         on_sending(issue.number)
     recovering = callable(getattr(transport, "cancel", None))
 
-    def take_over(first: bool = False) -> int:
+    def take_over(first: bool = False, fresh: bool = False) -> int:
         """Reap the rows of dead workers; cancel and re-queue their scheduled batches of unknown fate (at the
         start, and when a worker's posted rows were just reaped: a cancel that failed is not retried every
-        poll). Returns how many readers were queued again."""
+        poll). Returns how many readers were queued again. `fresh`: the ledger is only the snapshot this
+        run wrote just now, of which no row was ever claimed, so nothing is read to reap or recover (each
+        such question reads all the issue's rows, as no index names `status`: 60 ms before the first claim
+        at 100,000 readers, issue 16)."""
         _, dead = send_workers(session, issue.id, lease)
-        requeued, unknown = reap(session, issue.id, [w.id for w in dead])
+        requeued, unknown = (0, 0) if fresh else reap(session, issue.id, [w.id for w in dead])
         forget_workers(session, issue.id, dead)
         session.commit()
-        if recovering and (first or unknown):  # scheduled batches left of unknown fate by a dead run or worker
+        if recovering and fresh:
+            free_slots(session, transport)  # type: ignore[arg-type]  # the cancels earlier runs left held
+        elif recovering and (first or unknown):  # scheduled batches left of unknown fate by a dead run or worker
             cancelled, left = recover_unknown(session, issue.id, transport, worker=me)  # type: ignore[arg-type]
             requeued += cancelled
             report.errors += left
         return requeued
 
-    if fresh:
-        # the ledger is the snapshot this run wrote just now: no row of it was ever claimed, so there is
-        # nothing to reap or recover, and its count is known. Each of those three questions reads all the
-        # issue's rows (no index names `status`): 60 ms before the first claim at 100,000 readers (issue 16)
-        forget_workers(session, issue.id, send_workers(session, issue.id, lease)[1])
-        if recovering:
-            free_slots(session, transport)  # type: ignore[arg-type]
-        start = snapshot_tally(issue, added, home)
-    else:
-        take_over(first=True)
-        start = tally(session, issue.id)
+    take_over(first=True, fresh=fresh)
+    start = snapshot_tally(issue, added, home) if fresh else tally(session, issue.id)  # fresh: known, not read
     local = start.moments  # local delivery: each reader is due at their zone's moment
     before = start.by_status
     report.already = before.get(SUBMITTED, 0)
