@@ -5,10 +5,13 @@
     /work/venv/bin/python benchmarks/send.py -n 100000 --no-heap --repeat 5   # five pairs, the median ratio
     /work/venv/bin/python benchmarks/send.py -n 100000 --postgresql --workers 1 --workers 2
     /work/venv/bin/python benchmarks/send.py -n 100000 --postgresql --repeat 5   # five sends, a baseline between each
+    /work/venv/bin/python benchmarks/send.py -n 100000 -n 300000 --postgresql --repeat 3   # and the marginal per reader
 
 With --postgresql (a throwaway server started as tests/pgserver.py does) or --database-url (the admin URL
 of a PostgreSQL server), each run gets a fresh database there; --workers N runs `digest send --workers N`
-(N processes sharing the issue) and reports its wall time, Python start-up included.
+(N processes sharing the issue) and reports its wall time, Python start-up included. It also reports each
+run's CPU time (the sender's processes, PostgreSQL's, the contract server's) and, given two sizes, the
+marginal cost of one reader between them (medians), where start-up cancels.
 
 For each N: a fresh folder and SQLite file, N active readers seeded in bulk, the draft built; the strict
 mail/send server (tests/fakes/sendgrid_server.py) in its own process on loopback; then `issues.send` in a
@@ -92,6 +95,29 @@ def reset_peak() -> int:
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
     return peak_kb()
+
+
+def postgres_cpu(pid: int | None) -> float:
+    """CPU seconds a PostgreSQL server has used so far: its postmaster, the processes running now (backends,
+    background writers) and the ones that exited, counted in the postmaster's children's times (proc(5),
+    /proc/PID/stat fields 14-17). 0 without a pid (a server this benchmark did not start)."""
+    if pid is None:
+        return 0.0
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    ticks = 0
+    for i, each in enumerate([pid, *map(int, children)]):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile: counted in the postmaster's children's times
+            continue
+        ticks += int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if i == 0 else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have exited (each waited for), start-up included."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def child(config: str) -> None:
@@ -219,8 +245,9 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-def send_workers(n: int, concurrency: int, workers: int, admin_url: str) -> dict[str, float]:
-    """A fresh PostgreSQL database and folder, the server, then `digest send --workers N`: its wall time."""
+def send_workers(n: int, concurrency: int, workers: int, admin_url: str, pg: int | None) -> dict[str, float]:
+    """A fresh PostgreSQL database and folder, the server, then `digest send --workers N`: its wall time, and
+    the CPU time of its processes and of the PostgreSQL server `pg` (its pid, when this benchmark started it)."""
     from tests import pgserver
 
     name = pgserver.new_name()
@@ -238,10 +265,10 @@ def send_workers(n: int, concurrency: int, workers: int, admin_url: str) -> dict
             try:
                 env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY,
                        "DIGEST_SENDGRID_API_URL": url}
-                t0 = time.perf_counter()
+                t0, c0, p0 = time.perf_counter(), children_cpu(), postgres_cpu(pg)
                 out = subprocess.run([sys.executable, "-m", "digest", "send", "--workers", str(workers), "--config",
                                       str(config)], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-                wall = time.perf_counter() - t0
+                wall, cpu, pg_cpu = time.perf_counter() - t0, children_cpu() - c0, postgres_cpu(pg) - p0
                 if out.returncode:
                     raise SystemExit(f"the send failed:\n{out.stdout}\n{out.stderr}")
                 stats = json.loads(urllib.request.urlopen(f"{url}/_stats").read())
@@ -253,18 +280,22 @@ def send_workers(n: int, concurrency: int, workers: int, admin_url: str) -> dict
         pgserver.drop(admin_url, name)
     assert stats["recipients"] == stats["unique"] == n, stats
     return {"n": n, "workers": workers, "wall": wall, "seed": seeded, "rate": n / wall,
-            "requests": stats["accepted"], "max_in_flight": stats["max_in_flight"], "server_cpu": stats["cpu"]}
+            "requests": stats["accepted"], "max_in_flight": stats["max_in_flight"], "server_cpu": stats["cpu"],
+            "cpu": cpu, "pg_cpu": pg_cpu}
 
 
-def send_baseline(n: int, concurrency: int, admin_url: str) -> dict[str, float]:
-    """The baseline sender (see `baseline`) on a fresh PostgreSQL database seeded as for the workers."""
+def send_baseline(n: int, concurrency: int, admin_url: str, pg: int | None) -> dict[str, float]:
+    """The baseline sender (see `baseline`) on a fresh PostgreSQL database seeded as for the workers, with
+    the CPU time the PostgreSQL server `pg` used meanwhile (`send_workers`)."""
     from tests import pgserver
 
     name = pgserver.new_name()
     os.environ["DIGEST_DATABASE_URL"] = pgserver.create(admin_url, name)
     try:
         with seeded(n, concurrency) as config:
-            return measure(config, "baseline")
+            p0 = postgres_cpu(pg)
+            figures = measure(config, "baseline")
+            return {**figures, "pg_cpu": postgres_cpu(pg) - p0}
     finally:
         os.environ.pop("DIGEST_DATABASE_URL", None)
         pgserver.drop(admin_url, name)
@@ -275,47 +306,99 @@ def run_workers(args: argparse.Namespace) -> None:
 
     server = pgserver.start() if args.postgresql else None
     admin = server.url if server is not None else args.database_url
+    pg = server.process.pid if server is not None else None
     try:
         print(f"{'readers':>8} {'workers':>7} {'send s':>7} {'readers/s':>10} {'seed s':>7} {'requests':>8} "
-              f"{'in flight':>9} {'server cpu s':>12}  load (1/5/15 min)")
+              f"{'in flight':>9} {'cpu s':>6} {'pg cpu s':>8} {'server cpu s':>12}  load (1/5/15 min)")
+        # per size, for the marginal cost between the smallest and the largest: (send, baseline) wall and CPU
+        walls: dict[int, tuple[list[float], list[float]]] = {}
+        cpus: dict[int, tuple[list[float], list[float]]] = {}
         for n in args.readers or [100_000]:
             ratios: dict[int, list[float]] = {w: [] for w in args.workers}
-            b = send_baseline(n, args.concurrency, admin)
-            _print_base(n, b)
+            cpu_ratios: dict[int, list[float]] = {w: [] for w in args.workers}
+            walls[n], cpus[n] = ([], []), ([], [])
+            b = send_baseline(n, args.concurrency, admin, pg)
+            _print_base(n, b, pg)
+            walls[n][1].append(b["process"])
+            cpus[n][1].append(_cpu_used(b))
             for _ in range(max(1, args.repeat)):
                 for w in args.workers:
-                    r = send_workers(n, args.concurrency, w, admin)
+                    r = send_workers(n, args.concurrency, w, admin, pg)
                     # the baseline again after each send, and the send's ratio to the mean of the runs on either
                     # side of it: the baseline alone varied 1.4-2.4 s between runs of one session (issue 16)
-                    a = send_baseline(n, args.concurrency, admin)
-                    _print_base(n, a)
+                    a = send_baseline(n, args.concurrency, admin, pg)
+                    _print_base(n, a, pg)
+                    walls[n][1].append(a["process"])
+                    cpus[n][1].append(_cpu_used(a))
                     around = (b["process"] + a["process"]) / 2
                     ratios[w].append(r["wall"] / around)
-                    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+                    # the CPU the three processes used (sender, PostgreSQL, contract server): on these two cores
+                    # the wall time cannot fall below half of it, whatever runs at once
+                    used = r["cpu"] + r["pg_cpu"] + r["server_cpu"]
+                    if w == args.workers[0]:
+                        walls[n][0].append(r["wall"])
+                        cpus[n][0].append(used)
+                    cpu_ratios[w].append(used / ((_cpu_used(b) + _cpu_used(a)) / 2))
                     print(f"{r['n']:>8} {r['workers']:>7} {r['wall']:>7.2f} {r['rate']:>10,.0f} {r['seed']:>7.1f} "
-                          f"{r['requests']:>8} {r['max_in_flight']:>9} {r['server_cpu']:>12.2f}  {load}"
-                          f"  (ratio to the baselines around it, {around:.2f} s: {ratios[w][-1]:.2f}x)", flush=True)
+                          f"{r['requests']:>8} {r['max_in_flight']:>9} {r['cpu']:>6.2f} {_pg(r, pg):>8} "
+                          f"{r['server_cpu']:>12.2f}  {load()}  (ratio to the baselines around it, {around:.2f} s: "
+                          f"{ratios[w][-1]:.2f}x{_cpu_ratio(used, cpu_ratios[w][-1], pg)})", flush=True)
                     b = a
             for w, got in ratios.items():
                 if len(got) > 1:
                     print(f"{n:>8} readers, --workers {w}, {len(got)} sends: ratio median "
                           f"{statistics.median(got):.2f}x, mean {statistics.fmean(got):.2f}x, "
-                          f"{min(got):.2f}-{max(got):.2f}x", flush=True)
+                          f"{min(got):.2f}-{max(got):.2f}x"
+                          + (f"; CPU ratio median {statistics.median(cpu_ratios[w]):.2f}x" if pg else ""), flush=True)
+        if len(walls) > 1:
+            _print_marginal(walls, cpus, args.workers[0], pg)
         print("send s: wall time of `digest send --workers N` (Python start-up, the issue's start, snapshot, "
               "claims, requests, marks, the other workers' start-up); every reader checked exactly once at the "
               "server. base: the minimal sender written in this file (`baseline`), reading the same PostgreSQL "
               "database with psycopg, start-up included; the ratio is send s over the mean of the baselines run just "
-              "before and just after it.")
+              "before and just after it. cpu s: the sender's processes, start-up included; pg cpu s: the PostgreSQL "
+              "server's processes meanwhile (--postgresql only); the CPU ratio is the three processes' CPU over the "
+              "baselines' (sender + PostgreSQL + contract server).")
     finally:
         if server is not None:
             server.stop()
 
 
-def _print_base(n: int, b: dict[str, float]) -> None:
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+def _print_marginal(walls: dict[int, tuple[list[float], list[float]]], cpus: dict[int, tuple[list[float], list[float]]],
+                    workers: int, pg: int | None) -> None:
+    """The cost of one more reader, between the smallest and the largest size (medians of each): start-up and
+    every other fixed cost cancel, as in the callgrind mode."""
+    small, large = min(walls), max(walls)
+
+    def per_reader(figures: dict[int, tuple[list[float], list[float]]], side: int) -> float:
+        return (statistics.median(figures[large][side]) - statistics.median(figures[small][side])) / (large - small)
+
+    send, base = per_reader(walls, 0), per_reader(walls, 1)
+    line = (f"marginal per reader, {small:,} -> {large:,} readers (medians), --workers {workers}: send "
+            f"{send * 1e6:.1f} µs, baseline {base * 1e6:.1f} µs: {send / base:.2f}x")
+    if pg is not None:
+        send_cpu, base_cpu = per_reader(cpus, 0), per_reader(cpus, 1)
+        line += (f"; CPU of the three processes {send_cpu * 1e6:.1f} µs against {base_cpu * 1e6:.1f} µs: "
+                 f"{send_cpu / base_cpu:.2f}x")
+    print(line, flush=True)
+
+
+def _cpu_used(b: dict[str, float]) -> float:
+    return b["process_cpu"] + b["pg_cpu"] + b["server_cpu"]
+
+
+def _cpu_ratio(used: float, ratio: float, pg: int | None) -> str:
+    return f"; CPU of the three processes {used:.2f} s: {ratio:.2f}x" if pg is not None else ""
+
+
+def _pg(r: dict[str, float], pg: int | None) -> str:
+    return f"{r['pg_cpu']:.2f}" if pg is not None else "-"
+
+
+def _print_base(n: int, b: dict[str, float], pg: int | None) -> None:
     print(f"{n:>8} {'base':>7} {b['process']:>7.2f} {n / b['process']:>10,.0f} {'':>7} {b['server_accepted']:>8} "
-          f"{b['server_max_in_flight']:>9} {b['server_cpu']:>12.2f}  {load}  (baseline sender: {b['wall']:.2f} s "
-          "without start-up)", flush=True)
+          f"{b['server_max_in_flight']:>9} {b['process_cpu']:>6.2f} {_pg(b, pg):>8} {b['server_cpu']:>12.2f}  "
+          f"{load()}  (baseline sender: {b['wall']:.2f} s without start-up)", flush=True)
 
 
 def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | None = None) -> dict[str, float]:
@@ -331,9 +414,9 @@ def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | 
             [sys.executable, __file__, "--baseline", str(config), "--url", url, "--concurrency", str(concurrency)]
         if callgrind is not None:
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *argv]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), children_cpu()
         out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-        process_wall = time.perf_counter() - t0
+        process_wall, process_cpu = time.perf_counter() - t0, children_cpu() - c0
         if out.returncode:
             raise SystemExit(f"the {which} send failed:\n{out.stderr}")
         figures = json.loads(out.stdout.strip().splitlines()[-1])
@@ -342,7 +425,8 @@ def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | 
         server.kill()
         server.wait()
     assert stats["recipients"] == stats["unique"] == n == figures["submitted"], (which, stats, figures)
-    return {**figures, "process": process_wall, **{f"server_{k}": v for k, v in stats.items()}}
+    return {**figures, "process": process_wall, "process_cpu": process_cpu,
+            **{f"server_{k}": v for k, v in stats.items()}}
 
 
 @contextlib.contextmanager

@@ -103,6 +103,30 @@ def test_claiming_and_marking_a_batch_on_postgresql_write_heap_only_versions(wor
         assert s.scalar(marked) == 1000
 
 
+def test_a_snapshot_on_postgresql_leaves_the_planner_the_tables_size_and_the_issues_share(
+        workdir: Path, backend: str) -> None:
+    """The snapshot grows the table by a whole list in one statement, long before autovacuum looks: it
+    analyzes what the claim's plan depends on (the table's size, the issue's and the statuses' share), from a
+    small sample, in its own transaction. Without it the planner kept the view it had of the table empty."""
+    if backend != "postgresql":
+        return  # SQLite's planner keeps no statistics of its own here
+    url, issue_id, list_id = _readers(workdir, 3000)
+    with session_factory(url)() as s:
+        s.execute(text("ANALYZE deliveries"))  # the table as autovacuum last saw it: empty
+        s.commit()
+        issue = s.get(IssueRow, issue_id)
+        assert issue is not None
+        assert ledger.snapshot(s, issue, list_id) == 3000
+        target = s.scalar(text("SHOW default_statistics_target"))
+        s.commit()
+        assert target == "10"  # for the snapshot's transaction only
+        assert s.scalar(text("SHOW default_statistics_target")) == "100"
+        assert s.scalar(text("SELECT reltuples FROM pg_class WHERE relname = 'deliveries'")) == 3000
+        stats = dict(s.execute(text("SELECT attname, most_common_vals::text FROM pg_stats "
+                                    "WHERE tablename = 'deliveries' AND attname IN ('issue_id', 'status')")).all())
+        assert stats == {"issue_id": f"{{{issue_id}}}", "status": "{queued}"}, stats
+
+
 def test_a_batch_spread_over_the_issue_is_read_and_marked_by_its_own_rows_alone(workdir: Path) -> None:
     """A claim of readers queued again (or of one zone's readers) takes ids spread over the issue: found by
     their ids, not their range, and a mark touches none of the rows between them."""

@@ -145,9 +145,12 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
     if session.connection().dialect.name == "postgresql":
         # the table may have grown by a whole list in one statement, long before autovacuum's next look: with
         # the planner's old view of it (a few rows) each claim's UPDATE scanned every row, 250 ms a claim at
-        # 100,000 readers instead of 7 ms (ANALYZE may run inside a transaction; it samples 30,000 rows,
-        # whatever the table's size)
-        session.connection().exec_driver_sql("ANALYZE deliveries")
+        # 100,000 readers instead of 7 ms (ANALYZE may run inside a transaction). The claim's plan needs the
+        # table's size (which any ANALYZE counts) and how the issue's rows and statuses fall: those two columns
+        # alone, from 3,000 sampled rows rather than the default 30,000 (statistics target 10, for this
+        # transaction only; autovacuum's next ANALYZE samples as usual): 31-57 ms -> 4-5 ms at 100,000 readers
+        session.connection().exec_driver_sql("SET LOCAL default_statistics_target = 10")
+        session.connection().exec_driver_sql("ANALYZE deliveries (issue_id, status)")
     issue.snapshot_at = now
     move(issue, IssueStatus.SENDING, now=now)
     if _local(issue, home):
