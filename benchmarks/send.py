@@ -6,12 +6,14 @@
     /work/venv/bin/python benchmarks/send.py -n 100000 --postgresql --workers 1 --workers 2
     /work/venv/bin/python benchmarks/send.py -n 100000 --postgresql --repeat 5   # five sends, a baseline between each
     /work/venv/bin/python benchmarks/send.py -n 100000 -n 300000 --postgresql --repeat 3   # and the marginal per reader
+    /work/venv/bin/python benchmarks/send.py --postgresql --callgrind -n 5000 -n 15000   # instructions, three processes
 
 With --postgresql (a throwaway server started as tests/pgserver.py does) or --database-url (the admin URL
 of a PostgreSQL server), each run gets a fresh database there; --workers N runs `digest send --workers N`
 (N processes sharing the issue) and reports its wall time, Python start-up included. It also reports each
 run's CPU time (the sender's processes, PostgreSQL's, the contract server's) and, given two sizes, the
-marginal cost of one reader between them (medians), where start-up cancels.
+marginal cost of one reader between them (medians), where start-up cancels. With --callgrind it counts instructions
+instead: the sender's, the PostgreSQL backends' that served it, and the contract server's (`callgrind_postgresql`).
 
 For each N: a fresh folder and SQLite file, N active readers seeded in bulk, the draft built; the strict
 mail/send server (tests/fakes/sendgrid_server.py) in its own process on loopback; then `issues.send` in a
@@ -238,11 +240,25 @@ def baseline(config: str, url: str, concurrency: int) -> None:
                       "submitted": sent, "failed": 0}))
 
 
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.sendgrid_server", "--key", KEY], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def start_server(callgrind: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+    """The contract server in its own process (under callgrind, writing `callgrind` when stopped by
+    `stop_server`); its URL."""
+    wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}"] if callgrind else []
+    proc = subprocess.Popen([*wrapper, sys.executable, "-m", "tests.fakes.sendgrid_server", "--key", KEY], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.DEVNULL if callgrind else None)  # valgrind's own lines
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
+
+
+def stop_server(proc: subprocess.Popen[str], graceful: bool) -> None:
+    """Kill the server, or (`graceful`, under callgrind) close its stdin, on which it stops and exits."""
+    if graceful and proc.stdin is not None:
+        proc.stdin.close()
+        proc.wait(timeout=300)
+        return
+    proc.kill()
+    proc.wait()
 
 
 def send_workers(n: int, concurrency: int, workers: int, admin_url: str, pg: int | None) -> dict[str, float]:
@@ -401,12 +417,14 @@ def _print_base(n: int, b: dict[str, float], pg: int | None) -> None:
           f"{load()}  (baseline sender: {b['wall']:.2f} s without start-up)", flush=True)
 
 
-def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | None = None) -> dict[str, float]:
+def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | None = None,
+            server_callgrind: Path | None = None) -> dict[str, float]:
     """One send of the seeded issue by `which` ("digest" or "baseline") in a child process, against a fresh
-    contract server; the child's and the server's figures. Every reader exactly once, or it fails."""
+    contract server; the child's and the server's figures. Every reader exactly once, or it fails.
+    `callgrind`, `server_callgrind`: count the child's, the server's instructions into these files."""
     n = int(config.with_name("readers").read_text())
     concurrency = int(config.with_name("concurrency").read_text())
-    server, url = start_server()
+    server, url = start_server(server_callgrind)
     try:
         env = {**os.environ, "DIGEST_SECRET_KEY": SECRET, "SENDGRID_API_KEY": KEY, "DIGEST_SENDGRID_API_URL": url,
                "BENCH_TRACE": "1" if trace else ""}
@@ -422,8 +440,7 @@ def measure(config: Path, which: str, *, trace: bool = False, callgrind: Path | 
         figures = json.loads(out.stdout.strip().splitlines()[-1])
         stats = json.loads(urllib.request.urlopen(f"{url}/_stats").read())
     finally:
-        server.kill()
-        server.wait()
+        stop_server(server, graceful=server_callgrind is not None)
     assert stats["recipients"] == stats["unique"] == n == figures["submitted"], (which, stats, figures)
     return {**figures, "process": process_wall, "process_cpu": process_cpu,
             **{f"server_{k}": v for k, v in stats.items()}}
@@ -472,6 +489,78 @@ def callgrind(sizes: list[int], concurrency: int) -> None:
     print_marginal(counts, small, large, "reader", "1.3x")
 
 
+def callgrind_postgresql(sizes: list[int], concurrency: int) -> None:
+    """The callgrind mode on PostgreSQL: instructions of the three processes a send keeps busy (the sender,
+    PostgreSQL's backends that served it, the contract server), both senders, at two sizes. PostgreSQL runs
+    under callgrind too (its backends are forked, so each is counted in a file of its own); autovacuum is
+    off and each database is vacuumed and analyzed after seeding, so no background work falls into a run.
+    The server's long-lived processes (WAL writer, checkpointer, background writer) are not counted: they
+    write their counts only when the server stops."""
+    from digest.store import close_engines
+    from tests import pgserver
+
+    small, large = sorted(sizes)[:2] if len(sizes) >= 2 else (5_000, 15_000)
+    with tempfile.TemporaryDirectory() as out:
+        folder = Path(out)
+        folder.chmod(0o777)  # postgres runs as `nobody` when this runs as root
+        server = pgserver.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/pg.%p"],
+                                ["autovacuum=off"])
+        totals: dict[tuple[str, int], int] = {}
+        try:
+            pgserver.make_template(server.url)
+            for n in (small, large):
+                for which in ("digest", "baseline"):
+                    name = pgserver.new_name()
+                    url = pgserver.create(server.url, name, template=pgserver.TEMPLATE)
+                    os.environ["DIGEST_DATABASE_URL"] = url
+                    try:
+                        with seeded(n, concurrency) as config:
+                            close_engines()  # the seeding's connections: their backends end before the run
+                            with contextlib.closing(_connect(url)) as db:
+                                db.execute("VACUUM ANALYZE")
+                            before = _settled(folder, server.url, name)
+                            files = {p: folder / f"{p}-{which}-{n}.out" for p in ("sender", "server")}
+                            measure(config, which, callgrind=files["sender"], server_callgrind=files["server"])
+                            backends = _settled(folder, server.url, name) - before
+                        counts = {"sender": instructions(files["sender"]), "server": instructions(files["server"]),
+                                  "postgresql": sum(instructions(f) for f in backends)}
+                    finally:
+                        os.environ.pop("DIGEST_DATABASE_URL", None)
+                        pgserver.drop(server.url, name)
+                    totals[which, n] = sum(counts.values())
+                    print(f"  {which:<8} {n:>7} readers: {totals[which, n]:>15,} instructions (sender "
+                          f"{counts['sender']:,}, PostgreSQL {counts['postgresql']:,} in {len(backends)} "
+                          f"backend(s), server {counts['server']:,})", flush=True)
+        finally:
+            server.stop()
+    print_marginal(totals, small, large, "reader", "1.5x")
+
+
+def _connect(url: str) -> Any:
+    import psycopg
+
+    from tests import pgserver
+
+    return psycopg.connect(pgserver.libpq(url), autocommit=True)
+
+
+def _settled(folder: Path, admin_url: str, name: str) -> set[Path]:
+    """The backends' callgrind files once database `name` has no backend left and no file is being
+    written (a backend writes its file as it exits). Asked over the one admin connection, which lives as
+    long as the server: a connection opened here would add a backend's file of its own to the run."""
+    from tests import pgserver
+
+    while pgserver.connections(admin_url, name):
+        time.sleep(0.1)
+    sizes: dict[Path, int] = {}
+    while True:
+        now = {p: p.stat().st_size for p in folder.glob("pg.*")}
+        if now == sizes:
+            return set(now)
+        sizes = now
+        time.sleep(1.0)
+
+
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
@@ -499,6 +588,11 @@ def main() -> None:
         return baseline(args.baseline, args.url, args.concurrency)
     os.environ.setdefault("DIGEST_SECRET_KEY", SECRET)
     as_installed()
+    if args.postgresql and args.callgrind:
+        print(f"callgrind on PostgreSQL ({load()})")
+        callgrind_postgresql(args.readers or [], args.concurrency)
+        print(f"({load()} at the end)")
+        return
     if args.postgresql or args.database_url:
         args.workers = args.workers or [1]
         return run_workers(args)

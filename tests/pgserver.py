@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -108,8 +108,10 @@ def _remove_stale(parent: Path, min_age: float = 600) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def start() -> Server:
-    """initdb into a temporary folder and start postgres on a free 127.0.0.1 port; raise PostgresUnavailable."""
+def start(wrapper: Sequence[str] = (), options: Sequence[str] = ()) -> Server:
+    """initdb into a temporary folder and start postgres on a free 127.0.0.1 port; raise PostgresUnavailable.
+    `wrapper`: a command postgres runs under (benchmarks/send.py counts its instructions with valgrind);
+    `options`: more settings (`name=value`)."""
     bins = bindir()
     if bins is None:
         raise PostgresUnavailable("PostgreSQL is not installed (scripts/test.sh installs it: apt-get install "
@@ -146,12 +148,12 @@ def start() -> Server:
             port = _free_port()
             log = open(folder / "postgres.log", "ab")  # noqa: SIM115 (the server keeps it for its lifetime)
             process = subprocess.Popen(
-                [str(bins / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
+                [*wrapper, str(bins / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
                  "-c", "listen_addresses=127.0.0.1",
                  # a throwaway server: durability buys nothing, and each test creates and drops a database
                  "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                  # each test's engine keeps a pool until it is collected, and CLI subprocesses open their own
-                 "-c", "max_connections=300"],
+                 "-c", "max_connections=300", *(arg for option in options for arg in ("-c", option))],
                 cwd=folder, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_child_setup(pw))
             log.close()
             url = f"{DRIVER}://postgres:{password}@127.0.0.1:{port}/postgres"
@@ -220,6 +222,12 @@ def drop(admin_url: str, name: str) -> None:
     from psycopg import sql
 
     _admin(admin_url).execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def connections(admin_url: str, name: str) -> int:
+    """How many backends database `name` has now (over the one admin connection, which adds none there)."""
+    return int(_admin(admin_url).execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                         (name,)).fetchone()[0])
 
 
 def wait_for_killed_clients(url: str, timeout: float = 30) -> None:
