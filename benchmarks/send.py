@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +297,7 @@ def send_workers(n: int, concurrency: int, workers: int, admin_url: str, pg: int
     assert stats["recipients"] == stats["unique"] == n, stats
     return {"n": n, "workers": workers, "wall": wall, "seed": seeded, "rate": n / wall,
             "requests": stats["accepted"], "max_in_flight": stats["max_in_flight"], "server_cpu": stats["cpu"],
-            "cpu": cpu, "pg_cpu": pg_cpu}
+            "process_cpu": cpu, "pg_cpu": pg_cpu}
 
 
 def send_baseline(n: int, concurrency: int, admin_url: str, pg: int | None) -> dict[str, float]:
@@ -326,17 +326,16 @@ def run_workers(args: argparse.Namespace) -> None:
     try:
         print(f"{'readers':>8} {'workers':>7} {'send s':>7} {'readers/s':>10} {'seed s':>7} {'requests':>8} "
               f"{'in flight':>9} {'cpu s':>6} {'pg cpu s':>8} {'server cpu s':>12}  load (1/5/15 min)")
-        # per size, for the marginal cost between the smallest and the largest: (send, baseline) wall and CPU
-        walls: dict[int, tuple[list[float], list[float]]] = {}
-        cpus: dict[int, tuple[list[float], list[float]]] = {}
+        # per size, for the marginal cost between the smallest and the largest: the sends (of the first
+        # --workers) and the baselines
+        runs: dict[int, tuple[list[dict[str, float]], list[dict[str, float]]]] = {}
         for n in args.readers or [100_000]:
             ratios: dict[int, list[float]] = {w: [] for w in args.workers}
             cpu_ratios: dict[int, list[float]] = {w: [] for w in args.workers}
-            walls[n], cpus[n] = ([], []), ([], [])
+            runs[n] = ([], [])
             b = send_baseline(n, args.concurrency, admin, pg)
             _print_base(n, b, pg)
-            walls[n][1].append(b["process"])
-            cpus[n][1].append(_cpu_used(b))
+            runs[n][1].append(b)
             for _ in range(max(1, args.repeat)):
                 for w in args.workers:
                     r = send_workers(n, args.concurrency, w, admin, pg)
@@ -344,19 +343,17 @@ def run_workers(args: argparse.Namespace) -> None:
                     # side of it: the baseline alone varied 1.4-2.4 s between runs of one session (issue 16)
                     a = send_baseline(n, args.concurrency, admin, pg)
                     _print_base(n, a, pg)
-                    walls[n][1].append(a["process"])
-                    cpus[n][1].append(_cpu_used(a))
+                    runs[n][1].append(a)
                     around = (b["process"] + a["process"]) / 2
                     ratios[w].append(r["wall"] / around)
                     # the CPU the three processes used (sender, PostgreSQL, contract server): on these two cores
                     # the wall time cannot fall below half of it, whatever runs at once
-                    used = r["cpu"] + r["pg_cpu"] + r["server_cpu"]
+                    used = _cpu_used(r)
                     if w == args.workers[0]:
-                        walls[n][0].append(r["wall"])
-                        cpus[n][0].append(used)
+                        runs[n][0].append(r)
                     cpu_ratios[w].append(used / ((_cpu_used(b) + _cpu_used(a)) / 2))
                     print(f"{r['n']:>8} {r['workers']:>7} {r['wall']:>7.2f} {r['rate']:>10,.0f} {r['seed']:>7.1f} "
-                          f"{r['requests']:>8} {r['max_in_flight']:>9} {r['cpu']:>6.2f} {_pg(r, pg):>8} "
+                          f"{r['requests']:>8} {r['max_in_flight']:>9} {r['process_cpu']:>6.2f} {_pg(r, pg):>8} "
                           f"{r['server_cpu']:>12.2f}  {load()}  (ratio to the baselines around it, {around:.2f} s: "
                           f"{ratios[w][-1]:.2f}x{_cpu_ratio(used, cpu_ratios[w][-1], pg)})", flush=True)
                     b = a
@@ -365,9 +362,10 @@ def run_workers(args: argparse.Namespace) -> None:
                     print(f"{n:>8} readers, --workers {w}, {len(got)} sends: ratio median "
                           f"{statistics.median(got):.2f}x, mean {statistics.fmean(got):.2f}x, "
                           f"{min(got):.2f}-{max(got):.2f}x"
-                          + (f"; CPU ratio median {statistics.median(cpu_ratios[w]):.2f}x" if pg else ""), flush=True)
-        if len(walls) > 1:
-            _print_marginal(walls, cpus, args.workers[0], pg)
+                          + (f"; CPU ratio median {statistics.median(cpu_ratios[w]):.2f}x" if pg is not None else ""),
+                          flush=True)
+        if len(runs) > 1:
+            _print_marginal(runs, args.workers[0], pg)
         print("send s: wall time of `digest send --workers N` (Python start-up, the issue's start, snapshot, "
               "claims, requests, marks, the other workers' start-up); every reader checked exactly once at the "
               "server. base: the minimal sender written in this file (`baseline`), reading the same PostgreSQL "
@@ -380,27 +378,31 @@ def run_workers(args: argparse.Namespace) -> None:
             server.stop()
 
 
-def _print_marginal(walls: dict[int, tuple[list[float], list[float]]], cpus: dict[int, tuple[list[float], list[float]]],
-                    workers: int, pg: int | None) -> None:
+def _print_marginal(runs: dict[int, tuple[list[dict[str, float]], list[dict[str, float]]]], workers: int,
+                    pg: int | None) -> None:
     """The cost of one more reader, between the smallest and the largest size (medians of each): start-up and
-    every other fixed cost cancel, as in the callgrind mode."""
-    small, large = min(walls), max(walls)
+    every other fixed cost cancel, as in the callgrind mode. A send's time is its whole command, as the
+    baseline's `process` is."""
+    small, large = min(runs), max(runs)
 
-    def per_reader(figures: dict[int, tuple[list[float], list[float]]], side: int) -> float:
-        return (statistics.median(figures[large][side]) - statistics.median(figures[small][side])) / (large - small)
+    def per_reader(side: int, figure: Callable[[dict[str, float]], float]) -> float:
+        def median(n: int) -> float:
+            return statistics.median(figure(run) for run in runs[n][side])
+        return (median(large) - median(small)) / (large - small)
 
-    send, base = per_reader(walls, 0), per_reader(walls, 1)
+    send, base = per_reader(0, lambda r: r["wall"]), per_reader(1, lambda b: b["process"])
     line = (f"marginal per reader, {small:,} -> {large:,} readers (medians), --workers {workers}: send "
             f"{send * 1e6:.1f} µs, baseline {base * 1e6:.1f} µs: {send / base:.2f}x")
     if pg is not None:
-        send_cpu, base_cpu = per_reader(cpus, 0), per_reader(cpus, 1)
+        send_cpu, base_cpu = per_reader(0, _cpu_used), per_reader(1, _cpu_used)
         line += (f"; CPU of the three processes {send_cpu * 1e6:.1f} µs against {base_cpu * 1e6:.1f} µs: "
                  f"{send_cpu / base_cpu:.2f}x")
     print(line, flush=True)
 
 
-def _cpu_used(b: dict[str, float]) -> float:
-    return b["process_cpu"] + b["pg_cpu"] + b["server_cpu"]
+def _cpu_used(run: dict[str, float]) -> float:
+    """The three processes' CPU in a run (sender, PostgreSQL, contract server), the send's or a baseline's."""
+    return run["process_cpu"] + run["pg_cpu"] + run["server_cpu"]
 
 
 def _cpu_ratio(used: float, ratio: float, pg: int | None) -> str:
