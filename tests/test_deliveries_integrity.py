@@ -114,3 +114,23 @@ def test_an_erasure_and_a_snapshot_overlapping_on_postgresql_wait_for_each_other
     if not erasure_first:
         assert rows.pop("(erased)") is None  # the row the snapshot was writing: blanked and unlinked
     assert sorted(rows) == emails[1:] and all(rows.values())
+
+
+def test_a_snapshot_in_progress_on_postgresql_does_not_hold_up_a_change_to_a_reader(workdir: Path,
+                                                                                  backend: str) -> None:
+    """The snapshot locks its readers FOR KEY SHARE, which only a deletion (an erasure) waits for: a reader
+    who changes their name or preferences meanwhile is not kept waiting for the whole send's snapshot (FOR
+    NO KEY UPDATE, SQLAlchemy's `key_share=True` without `read=True`, would have)."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: a snapshot and a change cannot overlap")
+    url, issue_id, list_id, emails = _issue(workdir, 3)
+    with session_factory(url)() as s:
+        assert _snapshot(s, issue_id, list_id) == 3  # left open: its locks held
+        with session_factory(url)() as other:
+            other.execute(text("SET LOCAL lock_timeout = '2s'"))
+            changed = other.execute(text("UPDATE subscribers SET name = 'Renamed' WHERE email = :e"),
+                                    {"e": emails[0]}).rowcount  # type: ignore[attr-defined]
+            other.commit()
+        s.commit()
+    assert changed == 1
+    assert sorted(_ledger(url, issue_id)) == sorted(emails)

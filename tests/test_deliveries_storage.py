@@ -127,6 +127,40 @@ def test_a_snapshot_on_postgresql_leaves_the_planner_the_tables_size_and_the_iss
         assert stats == {"issue_id": f"{{{issue_id}}}", "status": "{queued}"}, stats
 
 
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan, its sub-plans included."""
+    return [plan, *(node for child in plan.get("Plans", []) for node in _plan_nodes(child))]
+
+
+def test_a_claim_on_postgresql_finds_its_rows_by_key_without_reading_the_whole_table(
+        workdir: Path, backend: str) -> None:
+    """The claim's UPDATE finds the ids it picked through the primary key, whatever the table's size. Joined
+    to the pick (a CTE, whose size the planner cannot see), its plan was a hash of every queued row of the
+    table: each claim read the whole issue, O(readers) per batch (issue 16)."""
+    if backend != "postgresql":
+        return  # SQLite runs the claim as an IN over the picked ids (`_claim_statement`)
+    url, issue_id, list_id = _readers(workdir, 3000)
+    with session_factory(url)() as s:
+        issue = s.get(IssueRow, issue_id)
+        assert issue is not None
+        assert ledger.snapshot(s, issue, list_id) == 3000  # and analyzed: the plan a send gets
+        s.commit()
+        conn = s.connection()
+        compiled = ledger._claim_statement(True, False, False).compile(dialect=conn.dialect)
+        values = compiled.construct_params({
+            "c_issue": issue_id, "c_after": 0, "c_size": 1000, "c_due_by": None, "c_moment": None, "c_batch": "b",
+            "c_now": issue.snapshot_at, "c_worker": None, "c_lease_until": None, "c_list": list_id})
+        plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", values).scalar_one()[0]["Plan"]
+        s.rollback()
+    update = next(n for n in _plan_nodes(plan) if n.get("Operation") == "Update")
+    assert update["Actual Rows"] == 1000, update  # the 1,000 claimed
+    # what the UPDATE reads of the table to find them: the 1,000 ids by key, not the issue's 3,000 rows
+    reads = [n for n in _plan_nodes(update)[1:] if n.get("Relation Name") == "deliveries" or
+             n.get("Index Name") == "deliveries_pkey"]
+    assert reads and all(n["Actual Rows"] * n["Actual Loops"] <= 1000 for n in reads), reads
+    assert "deliveries_pkey" in {n.get("Index Name") for n in reads}, reads
+
+
 def test_a_batch_spread_over_the_issue_is_read_and_marked_by_its_own_rows_alone(workdir: Path) -> None:
     """A claim of readers queued again (or of one zone's readers) takes ids spread over the issue: found by
     their ids, not their range, and a mark touches none of the rows between them."""
