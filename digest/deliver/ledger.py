@@ -44,6 +44,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -124,11 +125,20 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
             move(issue, IssueStatus.SENDING)
         return 0
     now = utcnow()
+    columns = ["issue_id", "subscriber_id", "email", "status", "updated_at"]
     rows = select(
         literal(issue.id, Delivery.issue_id.type), Subscriber.id, Subscriber.email,
         literal(QUEUED, Delivery.status.type), literal(now, Delivery.updated_at.type),
     ).join(Membership, and_(Membership.subscriber_id == Subscriber.id, Membership.list_id == list_id,
                             Membership.status == MembershipStatus.ACTIVE))
+    # local delivery (`_local`): each reader's zone and moment written by the INSERT itself, not by two more
+    # passes over the issue's rows (one a write of every row, the other of every row again, zone by zone)
+    moments = (issue.send_at, home) if home is not None and issue.send_at is not None else None
+    if moments:
+        zones = _zones(session, list_id, *moments)
+        rows = rows.add_columns(zones.c.zone, zones.c.due_at, zones.c.error).join(
+            zones, zones.c.reader_zone == func.coalesce(Subscriber.timezone, home), isouter=True)
+        columns += ["zone", "due_at", "error"]
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
     # each reader's row FOR KEY SHARE (SQLite, one writer at a time, has no row locks): an erasure, which
@@ -141,8 +151,7 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
     # the rows the INSERT wrote, from the cursor: SQLAlchemy 2 keeps an INSERT's rowcount only when asked
     # (`preserve_rowcount`; without it psycopg's count reads -1), and two counts of the issue's rows around
     # the INSERT were two passes over them
-    added = session.connection().execute(insert(DELIVERIES).from_select(
-        ["issue_id", "subscriber_id", "email", "status", "updated_at"], rows).execution_options(
+    added = session.connection().execute(insert(DELIVERIES).from_select(columns, rows).execution_options(
         preserve_rowcount=True)).rowcount
     if session.connection().dialect.name == "postgresql":
         # the table may have grown by a whole list in one statement, long before autovacuum's next look: with
@@ -155,8 +164,8 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
         session.connection().exec_driver_sql("ANALYZE deliveries (issue_id, status)")
     issue.snapshot_at = now
     move(issue, IssueStatus.SENDING, now=now)
-    if _local(issue, home):
-        set_moments(session, issue.id, issue.send_at, home)  # type: ignore[arg-type]
+    if moments:  # a reader who moved to a zone not seen a moment ago (between `_zones` and the INSERT)
+        set_moments(session, issue.id, *moments)
     return int(added)
 
 
@@ -180,27 +189,48 @@ def snapshot_tally(issue: IssueRow, added: int, home: str | None) -> Tally:
 # -- local delivery: each reader's zone and the moment their copy is due ---------------------------------
 
 
+def _moment(send_at: datetime, home: str, zone: str) -> tuple[str, datetime, str | None]:
+    """A reader's zone as stored, their moment there, and why it is not theirs: a zone this machine does not
+    know (the doors refuse them; a zone database older than the one that stored it) is sent at the
+    publication's moment, and the row says so."""
+    home_tz = ZoneInfo(home)
+    try:
+        return zone, zone_moment(send_at, home_tz, ZoneInfo(zone)), None
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed key a ValueError
+        return home, zone_moment(send_at, home_tz, home_tz), \
+            f"time zone {zone!r} unknown here: due at the publication's moment ({home})"
+
+
+def _zones(session: Session, list_id: int, send_at: datetime, home: str) -> Any:
+    """The zones the list's active readers are in (their own, else `home`), each with what `_moment` makes of
+    it, as a table the snapshot's INSERT joins (one read of the list; a handful of rows)."""
+    reader_zone = func.coalesce(Subscriber.timezone, home)
+    found = set(session.scalars(select(reader_zone).join(Membership, and_(
+        Membership.subscriber_id == Subscriber.id, Membership.list_id == list_id,
+        Membership.status == MembershipStatus.ACTIVE)).distinct()))
+    # a derived table of SELECTs joined by UNION ALL, not a VALUES CTE: SQLAlchemy puts a CTE ahead of the INSERT,
+    # and sqlite3 gives a statement starting with WITH no rowcount; SQLite's VALUES names no columns
+    moments = [(zone, *_moment(send_at, home, zone)) for zone in sorted(found | {home})]
+    return union_all(*(select(literal(zone, Text).label("reader_zone"),
+                              literal(stored, Delivery.zone.type).label("zone"),
+                              literal(due_at, Delivery.due_at.type).label("due_at"),
+                              literal(error, Delivery.error.type).label("error"))
+                       for zone, stored, due_at, error in moments)).subquery("zones")
+
+
 def set_moments(session: Session, issue_id: int, send_at: datetime, home: str) -> None:
-    """Each delivery's zone (the reader's, else `home`) and due_at, the send moment's clock time there. A
-    stored zone this machine does not know (the doors refuse them; a zone database older than the one that
-    stored it) is sent at the publication's moment, and the row says so."""
+    """The zone (the reader's, else `home`) and due_at of each delivery of the issue that has no moment yet:
+    the snapshot writes both with each row (`_zones`); these are the rows of readers who moved to a zone the
+    snapshot had not seen. Found by issue (no index names `due_at`): a few reads of the issue's rows."""
     D = DELIVERIES.c
     conn = session.connection()
     reader_zone = select(Subscriber.timezone).where(Subscriber.id == D.subscriber_id).scalar_subquery()
-    conn.execute(update(DELIVERIES).where(D.issue_id == issue_id, D.zone.is_(None))
-                 .values(zone=func.coalesce(reader_zone, home)))
-    home_tz = ZoneInfo(home)
-    for zone in list(conn.execute(select(D.zone).where(D.issue_id == issue_id).distinct()).scalars()):
-        try:
-            tz = ZoneInfo(zone)
-        except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed key a ValueError
-            conn.execute(update(DELIVERIES).where(D.issue_id == issue_id, D.zone == zone).values(
-                zone=home, error=f"time zone {zone!r} unknown here: due at the publication's moment ({home})"))
-            continue
-        conn.execute(update(DELIVERIES).where(D.issue_id == issue_id, D.zone == zone)
-                     .values(due_at=zone_moment(send_at, home_tz, tz)))
-    conn.execute(update(DELIVERIES).where(D.issue_id == issue_id, D.due_at.is_(None), D.zone == home)
-                 .values(due_at=zone_moment(send_at, home_tz, home_tz)))
+    left = [D.issue_id == issue_id, D.due_at.is_(None)]
+    conn.execute(update(DELIVERIES).where(*left, D.zone.is_(None)).values(zone=func.coalesce(reader_zone, home)))
+    for zone in list(conn.execute(select(D.zone).where(*left).distinct()).scalars()):
+        stored, due_at, error = _moment(send_at, home, zone)
+        conn.execute(update(DELIVERIES).where(*left, D.zone == zone).values(
+            zone=stored, due_at=due_at, **({"error": error} if error else {})))
 
 
 def next_moment(session: Session, issue_id: int) -> datetime | None:
