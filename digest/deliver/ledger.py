@@ -129,15 +129,14 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
     rows = select(
         literal(issue.id, Delivery.issue_id.type), Subscriber.id, Subscriber.email,
         literal(QUEUED, Delivery.status.type), literal(now, Delivery.updated_at.type),
-    ).join(Membership, and_(Membership.subscriber_id == Subscriber.id, Membership.list_id == list_id,
-                            Membership.status == MembershipStatus.ACTIVE))
-    # local delivery (`_local`): each reader's zone and moment written by the INSERT itself, not by two more
-    # passes over the issue's rows (one a write of every row, the other of every row again, zone by zone)
-    moments = (issue.send_at, home) if home is not None and issue.send_at is not None else None
+    ).join(Membership, _active_in(list_id))
+    # local delivery: each reader's zone and moment written by the INSERT itself, not by two more passes over
+    # the issue's rows (one a write of every row, the other of every row again, zone by zone)
+    moments = _local(issue, home)
     if moments:
         zones = _zones(session, list_id, *moments)
         rows = rows.add_columns(zones.c.zone, zones.c.due_at, zones.c.error).join(
-            zones, zones.c.reader_zone == func.coalesce(Subscriber.timezone, home), isouter=True)
+            zones, zones.c.reader_zone == _reader_zone(moments[1]), isouter=True)
         columns += ["zone", "due_at", "error"]
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
@@ -169,9 +168,10 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
     return int(added)
 
 
-def _local(issue: IssueRow, home: str | None) -> bool:
-    """Whether a snapshot taken with `home` gives each reader a zone and a moment (`set_moments`)."""
-    return home is not None and issue.send_at is not None
+def _local(issue: IssueRow, home: str | None) -> tuple[datetime, str] | None:
+    """The send moment and home zone when a snapshot taken with `home` gives each reader a zone and a moment
+    (`_zones`, `set_moments`); None when it does not."""
+    return (issue.send_at, home) if home is not None and issue.send_at is not None else None
 
 
 def unsnapshotted(session: Session, issue: IssueRow) -> bool:
@@ -183,10 +183,21 @@ def unsnapshotted(session: Session, issue: IssueRow) -> bool:
 def snapshot_tally(issue: IssueRow, added: int, home: str | None) -> Tally:
     """`tally` of a ledger that is only the snapshot just taken (`unsnapshotted` before it): `added` readers,
     all queued, none claimed, each with a moment if it was taken for local delivery."""
-    return Tally({QUEUED: added} if added else {}, 0, bool(added) and _local(issue, home))
+    return Tally({QUEUED: added} if added else {}, 0, bool(added) and _local(issue, home) is not None)
 
 
 # -- local delivery: each reader's zone and the moment their copy is due ---------------------------------
+
+
+def _active_in(list_id: int) -> Any:
+    """A subscriber's membership of the list, active: the snapshot's readers (joined from `Subscriber`)."""
+    return and_(Membership.subscriber_id == Subscriber.id, Membership.list_id == list_id,
+                Membership.status == MembershipStatus.ACTIVE)
+
+
+def _reader_zone(home: str) -> Any:
+    """A reader's zone: their own, else the publication's."""
+    return func.coalesce(Subscriber.timezone, home)
 
 
 def _moment(send_at: datetime, home: str, zone: str) -> tuple[str, datetime, str | None]:
@@ -204,10 +215,7 @@ def _moment(send_at: datetime, home: str, zone: str) -> tuple[str, datetime, str
 def _zones(session: Session, list_id: int, send_at: datetime, home: str) -> Any:
     """The zones the list's active readers are in (their own, else `home`), each with what `_moment` makes of
     it, as a table the snapshot's INSERT joins (one read of the list; a handful of rows)."""
-    reader_zone = func.coalesce(Subscriber.timezone, home)
-    found = set(session.scalars(select(reader_zone).join(Membership, and_(
-        Membership.subscriber_id == Subscriber.id, Membership.list_id == list_id,
-        Membership.status == MembershipStatus.ACTIVE)).distinct()))
+    found = set(session.scalars(select(_reader_zone(home)).join(Membership, _active_in(list_id)).distinct()))
     # a derived table of SELECTs joined by UNION ALL, not a VALUES CTE: SQLAlchemy puts a CTE ahead of the INSERT,
     # and sqlite3 gives a statement starting with WITH no rowcount; SQLite's VALUES names no columns
     moments = [(zone, *_moment(send_at, home, zone)) for zone in sorted(found | {home})]
@@ -368,7 +376,8 @@ def _claim_statement(postgresql: bool, local: bool, at_moment: bool) -> Any:
         # the picked rows by primary key, `id = ANY(ARRAY(SELECT id FROM picked))`: the array is computed once
         # and each id is one lookup in deliveries_pkey. Joined to the CTE instead, the planner (which cannot
         # see how few ids a CTE holds) hashed a sequential scan of the whole table for every claim: O(readers)
-        # per batch, 6 ms a claim at 100,000 readers against 2.5 (issue 16)
+        # per batch (issue 16; 100 claims on a 100,000-row table holding dead versions, where it chose the
+        # hash: 2.6-3.1 s joined, 0.86-1.05 s by key)
         picked = func.array(select(ids.c.id).scalar_subquery(), type_=ARRAY(Integer))
         took = (update(DELIVERIES).where(D.id == any_(picked), D.status == QUEUED).values(**stamp)
                 .returning(D.id, D.subscriber_id).cte("took"))
