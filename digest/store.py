@@ -133,9 +133,9 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     # No foreign keys (migration 0016_deliveries_keys): PostgreSQL checks one per row inserted, a query of
     # its own each time, and the two were half of the snapshot's INSERT (issue 16). Every row is written by
-    # `ledger.snapshot` alone, from a join with the subscribers, with the issue's row locked and each
-    # subscriber's FOR KEY SHARE, as the keys' checks locked them; issues are never deleted; an erasure
-    # (`subscribers.lifecycle.erase`) locks the person first, then blanks and unlinks their rows itself
+    # `ledger.snapshot` alone, from a join with the subscribers, with the issue's row locked and erasures held
+    # off until it commits (`subscribers.erasure_lock`); issues are never deleted; an erasure
+    # (`subscribers.lifecycle.erase`) blanks and unlinks the person's rows itself
     issue_id: Mapped[int] = mapped_column(Integer)
     subscriber_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     email: Mapped[str] = mapped_column(String(320))

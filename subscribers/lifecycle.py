@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from digest.errors import DigestError, NotFound
 from digest.store import UTCDateTime, utcnow
+from subscribers import erasure_lock
 from subscribers.addresses import Address as Address
 from subscribers.addresses import InvalidEmail as InvalidEmail
 from subscribers.addresses import normalize as normalize
@@ -219,11 +220,11 @@ def erase(session: Session, email: str, *, reason: str = "erasure request") -> b
     so an address erased before it was ever imported still cannot be added.
     """
     address = normalize(email)
+    # first: after any send's snapshot being written now, so the ledger's rows read below include its rows; a
+    # snapshot that starts meanwhile waits, and then leaves this reader out
+    erasure_lock.erasing(session)
     if session.get(Suppression, address.hash) is None:
         session.add(Suppression(email_hash=address.hash, reason=reason[:64]))
-    # locked first: a send's snapshot holds each reader FOR KEY SHARE until it commits, so the ledger's
-    # rows read below include any it is writing now (the ledger has no foreign key that would unlink them,
-    # migration 0016_deliveries_keys)
     sub = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key).with_for_update())
     if sub is None:
         session.flush()

@@ -56,6 +56,7 @@ from digest.issue_status import IssueStatus, move
 from digest.locks import sender_of
 from digest.moments import zone_moment
 from digest.store import Delivery, IssueRow, ProviderCancel, SendBatch, core_table, utcnow
+from subscribers.erasure_lock import hold_off_erasures
 from subscribers.models import Membership, MembershipStatus, Subscriber
 
 DELIVERIES = core_table(Delivery)
@@ -140,13 +141,10 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
         columns += ["zone", "due_at", "error"]
     already = select(Delivery.subscriber_id).where(Delivery.issue_id == issue.id,
                                                    Delivery.subscriber_id.is_not(None))
-    # each reader's row FOR KEY SHARE (SQLite, one writer at a time, has no row locks): an erasure, which
-    # locks the person FOR UPDATE before it unlinks their deliveries, either waits for this snapshot and then
-    # sees its rows, or went first and the person is not here. The lock the foreign key's check took, one
-    # query per row (migration 0016_deliveries_keys), taken here by the join itself. `read=True`: without it
-    # SQLAlchemy's `key_share` spells FOR NO KEY UPDATE, which also held up every change to a reader (a new
-    # name, a bounce applied) until the whole snapshot committed
-    rows = rows.where(Subscriber.id.not_in(already)).with_for_update(read=True, key_share=True, of=Subscriber)
+    rows = rows.where(Subscriber.id.not_in(already))
+    # no erasure until this commits: one that went first has removed its reader from the join, one after it
+    # blanks and unlinks the rows written here (what the foreign key's check guarded, migration 0016)
+    hold_off_erasures(session)
     # the rows the INSERT wrote, from the cursor: SQLAlchemy 2 keeps an INSERT's rowcount only when asked
     # (`preserve_rowcount`; without it psycopg's count reads -1), and two counts of the issue's rows around
     # the INSERT were two passes over them
