@@ -10,9 +10,6 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from email_validator import EmailNotValidError, validate_email
-from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
-
 from digest.errors import DigestError
 
 
@@ -42,6 +39,8 @@ def normalize(raw: str) -> Address:
     fast = _fast_normalize(text)
     if fast is not None:
         return fast
+    from email_validator import EmailNotValidError, validate_email  # see `_mailbox_names`
+
     try:
         result = validate_email(text, check_deliverability=False)
     except EmailNotValidError as e:
@@ -52,13 +51,24 @@ def normalize(raw: str) -> Address:
 
 _DOT_ATOM = re.compile(r"[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[a-zA-Z0-9_!#$%&'*+\-/=?^`{|}~]+)*\Z")
 _PLAIN_DOMAIN = re.compile(r"[a-zA-Z0-9.\-\u0080-\U0010FFFF]+\Z")
-_MAILBOX_NAMES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 _MAX_LENGTH = 254
+
+
+@lru_cache(maxsize=1)
+def _mailbox_names() -> frozenset[str]:
+    """The local parts email-validator lowercases (postmaster, ...). email-validator is imported on first use:
+    it compiles its patterns as it loads, 20 ms that `digest send`, which imports this module (through
+    subscribers.lifecycle) but validates no address, paid at every start (issue 16)."""
+    from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+
+    return frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
 @lru_cache(maxsize=65536)
 def _domain(domain: str) -> tuple[str, str] | None:
     """(normalised, ASCII) form of a domain as email-validator gives it, or None when it objects."""
+    from email_validator import EmailNotValidError, validate_email  # see `_mailbox_names`
+
     try:
         result = validate_email("a@" + domain, check_deliverability=False)
     except EmailNotValidError:
@@ -68,7 +78,7 @@ def _domain(domain: str) -> tuple[str, str] | None:
 
 def _fast_normalize(text: str) -> Address | None:
     local, at, domain = text.partition("@")
-    if not at or "@" in domain or not _DOT_ATOM.match(local) or local.lower() in _MAILBOX_NAMES \
+    if not at or "@" in domain or not _DOT_ATOM.match(local) or local.lower() in _mailbox_names() \
             or not _PLAIN_DOMAIN.match(domain):
         return None
     forms = _domain(domain)

@@ -267,7 +267,8 @@ def test_plain_parameters_convert_as_typers_own(tmp_path: Path) -> None:
 
 def test_sending_a_built_issue_imports_no_source_fetcher(workdir: Path) -> None:
     """`digest send` of an approved issue renders and sends; it fetches nothing, so it imports neither the
-    sources' fetchers (httpx, feedparser) nor the collecting that uses them (issue 16: the send's start-up)."""
+    sources' fetchers (httpx, feedparser) nor the collecting that uses them, and it validates no address, so
+    not email-validator either (issue 16: the send's start-up)."""
     env = {**os.environ, "DIGEST_SECRET_KEY": SECRET}
     for args in (["subscribers", "add", "reader@example.com", "--confirmed", "--source", "test"],
                  ["draft", "--offline"], ["approve"]):
@@ -276,7 +277,8 @@ def test_sending_a_built_issue_imports_no_source_fetcher(workdir: Path) -> None:
         assert done.returncode == 0, (args, done.stdout, done.stderr)
     text, modules = _imported("send", cwd=workdir)
     assert "submitted 1," in text and "status sent" in text  # the probe sent the approved issue
-    assert _heavy(modules, ("httpx", "feedparser", "digest.sources.collect", "digest.sources.fetch")) == []
+    assert _heavy(modules, ("httpx", "feedparser", "digest.sources.collect", "digest.sources.fetch",
+                            "email_validator")) == []
 
 
 def test_a_command_closes_its_database_before_the_interpreter_exits(workdir: Path, database_url: str) -> None:
