@@ -134,7 +134,7 @@ class Delivery(Base):
     # No foreign keys (migration 0016_deliveries_keys): PostgreSQL checks one per row inserted, a query of
     # its own each time, and the two were half of the snapshot's INSERT (issue 16). Every row is written by
     # `ledger.snapshot` alone, from a join with the subscribers, with the issue's row locked and erasures held
-    # off until it commits (`subscribers.erasure_lock`); issues are never deleted; an erasure
+    # off until it commits (`digest.locks.hold_off_erasures`); issues are never deleted; an erasure
     # (`subscribers.lifecycle.erase`) blanks and unlinks the person's rows itself
     issue_id: Mapped[int] = mapped_column(Integer)
     subscriber_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -16,8 +16,8 @@ from sqlalchemy import Select, String, Table, case, cast, delete, insert, litera
 from sqlalchemy.orm import Session
 
 from digest.errors import DigestError, NotFound
+from digest.locks import erasing
 from digest.store import UTCDateTime, utcnow
-from subscribers import erasure_lock
 from subscribers.addresses import Address as Address
 from subscribers.addresses import InvalidEmail as InvalidEmail
 from subscribers.addresses import normalize as normalize
@@ -221,11 +221,12 @@ def erase(session: Session, email: str, *, reason: str = "erasure request") -> b
     """
     address = normalize(email)
     # first: after any send's snapshot being written now, so the ledger's rows read below include its rows; a
-    # snapshot that starts meanwhile waits, and then leaves this reader out
-    erasure_lock.erasing(session)
+    # snapshot that starts meanwhile waits, and then leaves this reader out. It also orders two erasures, so
+    # the person needs no row lock of their own
+    erasing(session)
     if session.get(Suppression, address.hash) is None:
         session.add(Suppression(email_hash=address.hash, reason=reason[:64]))
-    sub = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key).with_for_update())
+    sub = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key))
     if sub is None:
         session.flush()
         return False

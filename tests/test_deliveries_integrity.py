@@ -1,7 +1,7 @@
 """The ledger has no foreign keys (migration 0016_deliveries_keys: PostgreSQL checked each row the
 snapshot inserted with a query of its own). What they guarded still holds: every row names a reader who
 existed when it was written, and an erased reader is unlinked from every row, even one a send is writing
-while the erasure runs (the snapshot holds off erasures until it commits, subscribers.erasure_lock)."""
+while the erasure runs (the snapshot holds off erasures until it commits, digest.locks.hold_off_erasures)."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_a_snapshot_in_progress_on_postgresql_does_not_hold_up_a_change_to_a_rea
 
 
 def test_a_snapshot_on_postgresql_writes_nothing_to_its_readers_rows(workdir: Path, backend: str) -> None:
-    """Issue 16: what holds an erasure off is one lock (subscribers.erasure_lock), not a row lock on each
+    """Issue 16: what holds an erasure off is one lock (digest.locks.hold_off_erasures), not a row lock on each
     reader, which PostgreSQL writes into the row itself (its xmax): a write of every reader's row, a tenth
     of the snapshot's time at 100,000 readers."""
     if backend != "postgresql":

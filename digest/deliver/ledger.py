@@ -53,10 +53,9 @@ from sqlalchemy.orm import Session
 from digest.deliver.protocol import Outcome
 from digest.errors import DeliveryError
 from digest.issue_status import IssueStatus, move
-from digest.locks import sender_of
+from digest.locks import hold_off_erasures, sender_of
 from digest.moments import zone_moment
 from digest.store import Delivery, IssueRow, ProviderCancel, SendBatch, core_table, utcnow
-from subscribers.erasure_lock import hold_off_erasures
 from subscribers.models import Membership, MembershipStatus, Subscriber
 
 DELIVERIES = core_table(Delivery)
