@@ -65,6 +65,7 @@ class Editions:
         self.issue = issue
         self.clicked = frozenset(appeal_clicked)
         self._cache: dict[str, Rendered] = {}
+        self._warmed: dict[str, Rendered] = {}  # made ahead (`warm`), counted when first used
         self._specs: dict[str, tuple[frozenset[str] | None, Appeal | None]] = {}
         self._lock = threading.Lock()
         self.renders = 0
@@ -131,10 +132,18 @@ class Editions:
             with self._lock:
                 rendered = self._cache.get(key)
                 if rendered is None:
-                    rendered = render_issue(self.settings, self.issue_for(key), edition=key)
+                    rendered = self._warmed.pop(key, None) or render_issue(self.settings, self.issue_for(key),
+                                                                           edition=key)
                     self._cache[key] = rendered
                     self.renders += 1
         return rendered
+
+    def warm(self) -> None:
+        """Render the editor's edition ahead, while the send's snapshot is written (`deliver.loop`): most
+        readers get it. Counted in `renders` only once a reader does."""
+        with self._lock:
+            if DEFAULT not in self._cache and DEFAULT not in self._warmed:
+                self._warmed[DEFAULT] = render_issue(self.settings, self.issue, edition=DEFAULT)
 
     @property
     def keys(self) -> list[str]:

@@ -15,17 +15,19 @@ from datetime import datetime, tzinfo
 from functools import lru_cache
 from html import escape, unescape
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-import jinja2
-import jinja2.runtime
-from mjml import mjml2html
 
 from digest.config import Settings, public_url_problem
 from digest.models import Issue
 from digest.resources import TEMPLATES
 from digest.wording import plural
 from subscribers.links import NO_READER, ReaderLinks
+
+if TYPE_CHECKING:  # Jinja2 and mjml are imported by the first render: `digest send` renders once the
+    # snapshot is being written (digest.deliver.loop._warm), not before its first statement (issue 16)
+    import jinja2
+    import jinja2.runtime
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SUBJECT_MAX = 78
@@ -77,9 +79,9 @@ def longdate(value: datetime, tz: tzinfo | None = None) -> str:
     return f"{value.day} {value:%B %Y}"
 
 
-@jinja2.pass_context
 def _longdate(context: jinja2.runtime.Context, value: datetime) -> str:
-    """The template filter: in the zone the render was given (`tz` in the context), else as stored."""
+    """The template filter (given the render's context: `environment`): in the zone the render was given
+    (`tz` in the context), else as stored."""
     tz = context.get("tz")
     return longdate(value, tz if isinstance(tz, tzinfo) else None)
 
@@ -110,6 +112,8 @@ def wrap(value: str, width: int = 72, indent: str = "", first: str | None = None
 
 @lru_cache(maxsize=4)
 def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "mjml", "j2"),
@@ -117,7 +121,7 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
-    env.filters.update(longdate=_longdate, paragraphs=paragraphs, wrap=wrap)
+    env.filters.update(longdate=jinja2.pass_context(_longdate), paragraphs=paragraphs, wrap=wrap)
     return env
 
 
@@ -128,6 +132,8 @@ def _text_env(templates: Path = TEMPLATES) -> jinja2.Environment:
 
 def compile_mjml(template: str, context: Mapping[str, object], templates: Path = TEMPLATES) -> str:
     """Render an MJML Jinja2 template and compile it to HTML."""
+    from mjml import mjml2html
+
     source = environment(templates).get_template(template).render(**context)
     return mjml2html(source, disable_comments=True)
 

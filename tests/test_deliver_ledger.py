@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import re
@@ -320,6 +321,39 @@ class _Accepts:
     def close(self) -> None:
         pass
 
+
+
+class _WarmsAndFails(_Accepts):
+    """Whose `warm` fails (an import or a connection it makes ahead could): the send goes on without it."""
+
+    def __init__(self) -> None:
+        self.warmed_in: list[str] = []
+        self.made: list[object] = []
+        self.collected_while_sending: list[bool] = []
+
+    def warm(self) -> None:
+        self.warmed_in.append(threading.current_thread().name)
+        self.made = [object()]  # what warming leaves behind (modules, an edition) lives as long as the send
+        raise RuntimeError("could not warm up")
+
+    def send(self, messages: list[Message]) -> list[Outcome]:
+        # frozen (gc.freeze) like everything else made before the first batch: no full collection scans it
+        self.collected_while_sending.append(any(o is self.made for o in gc.get_objects()))
+        return super().send(messages)
+
+
+def test_a_fresh_send_warms_its_parts_in_a_thread_of_their_own_and_a_failure_there_stops_nothing(
+        workdir: Path) -> None:
+    """Issue 16: the transport's imports and the editor's edition are made while the database writes the
+    snapshot (digest.deliver.loop._warm); the edition made ahead is the one the readers get, counted once."""
+    settings = load_settings(workdir / "digest.toml")
+    migrate(settings.database_url)
+    seed_readers(settings, 25)
+    transport = _WarmsAndFails()
+    outcome = send(settings, transport=transport)
+    assert transport.warmed_in == ["send-warm"]
+    assert transport.collected_while_sending == [False, False, False]
+    assert outcome.report is not None and outcome.report.submitted == 25 and outcome.editions == 1
 
 def _send_watched(workdir: Path, readers: int, name: str, listener: Callable[..., None]) -> None:
     """`readers` readers sent in batches of 10 (`_Accepts`), with `listener` on the engine's event `name`."""

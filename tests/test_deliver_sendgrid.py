@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -258,6 +261,19 @@ def test_missing_key_fails_in_one_line_before_anything_is_claimed(workdir: Path,
         assert s.scalar(select(func.count()).select_from(IssueRow).where(IssueRow.status == "sending")) == 0
     assert server.stats()["requests"] == 0
 
+
+
+@pytest.mark.slow  # a fresh interpreter, to see what it imports
+def test_making_the_transport_leaves_the_sendgrid_package_for_later(sg: Settings) -> None:
+    """Issue 16: `digest send` makes its transport first (a missing key fails before anything changes); the
+    package's 20 ms import waits for `warm`, which the send loop calls while the snapshot is written."""
+    code = ("import sys; from digest.config import load_settings; from digest.deliver import make_transport; "
+            "t = make_transport(load_settings(sys.argv[1])); made = 'sendgrid' in sys.modules; t.warm(); "
+            "print(made, 'sendgrid' in sys.modules); t.close()")
+    done = subprocess.run([sys.executable, "-c", code, str(sg.path)], capture_output=True, text=True, timeout=120,
+                          env=os.environ)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
 
 def test_unreachable_api_stops_and_requeues(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sendgrid_config(workdir)

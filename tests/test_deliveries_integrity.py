@@ -151,3 +151,72 @@ def test_a_snapshot_on_postgresql_writes_nothing_to_its_readers_rows(workdir: Pa
         s.commit()
         after = s.execute(marks).all()
     assert len(after) == 5 and after == before, "the snapshot locked its readers' rows"
+
+
+# -- a large snapshot on PostgreSQL: two halves, written by two connections at once (ledger._copy) -----------
+
+
+def _halves(workdir: Path, monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[str, int, int, list[str]]:
+    """n active readers and 2 who left, ids spread wide enough that the snapshot is written in two halves."""
+    monkeypatch.setattr(ledger, "SPLIT_SPAN", 4)
+    url, issue_id, list_id, emails = _issue(workdir, n)
+    left = seed_readers(load_settings(workdir / "digest.toml"), 2, domain="left.example", status="unsubscribed")
+    assert left and emails
+    return url, issue_id, list_id, emails
+
+
+def test_a_large_snapshot_on_postgresql_is_written_by_two_transactions_each_active_reader_once(
+        workdir: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: the snapshot is one INSERT")
+    url, issue_id, list_id, emails = _halves(workdir, monkeypatch, 9)
+    with session_factory(url)() as s:
+        assert _snapshot(s, issue_id, list_id) == 9
+        s.commit()
+        writers = s.scalar(text("SELECT count(DISTINCT xmin::text) FROM deliveries WHERE issue_id = :i"),
+                           {"i": issue_id})
+    assert writers == 2, "one transaction wrote the whole snapshot"
+    rows = _ledger(url, issue_id)
+    assert sorted(rows) == sorted(emails) and len(set(rows.values())) == 9
+
+
+def test_a_snapshot_whose_own_half_fails_after_the_other_half_committed_is_completed_by_the_next_run(
+        workdir: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upper half commits on its own connection; the issue's transaction then fails (here: after its
+    INSERT, before its commit). The issue keeps no `snapshot_at`, and the next snapshot adds exactly the
+    readers missing."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: the snapshot is one INSERT")
+    url, issue_id, list_id, emails = _halves(workdir, monkeypatch, 9)
+    copy = ledger._copy
+
+    def copy_then_fail(*args: object) -> int:
+        copy(*args)  # type: ignore[arg-type]
+        raise RuntimeError("the process failed before the issue's transaction committed")
+
+    monkeypatch.setattr(ledger, "_copy", copy_then_fail)
+    with session_factory(url)() as s, pytest.raises(RuntimeError):
+        _snapshot(s, issue_id, list_id)
+    upper = _ledger(url, issue_id)
+    assert 0 < len(upper) < 9, "the upper half was not committed on its own"
+    monkeypatch.setattr(ledger, "_copy", copy)
+    with session_factory(url)() as s:
+        assert s.get_one(IssueRow, issue_id).snapshot_at is None
+        assert _snapshot(s, issue_id, list_id) == 9 - len(upper)
+        s.commit()
+    rows = _ledger(url, issue_id)
+    assert sorted(rows) == sorted(emails) and len(set(rows.values())) == 9
+
+
+def test_an_erasure_waits_for_both_halves_of_a_snapshot_and_blanks_the_row_the_other_connection_wrote(
+        workdir: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time: a snapshot and an erasure cannot overlap")
+    url, issue_id, list_id, emails = _halves(workdir, monkeypatch, 9)
+    erased: list[bool] = []
+    _overlap(url, lambda s: _snapshot(s, issue_id, list_id),
+             lambda s: erased.append(lifecycle.erase(s, emails[-1])))  # the highest id: the upper half's
+    assert erased == [True]
+    rows = _ledger(url, issue_id)
+    assert rows.pop("(erased)") is None
+    assert sorted(rows) == sorted(emails[:-1]) and all(rows.values())

@@ -72,6 +72,17 @@ def test_readers_without_preferences_share_the_editors_edition(cfg: Settings, is
     assert editions.renders == 1
 
 
+
+def test_the_editors_edition_made_ahead_is_counted_once_a_reader_gets_it(cfg: Settings, issue: Issue) -> None:
+    """`warm` renders it while the send's snapshot is written (digest.deliver.loop): the send's first batch
+    then finds it made, and a send none of whose readers get it does not count it."""
+    editions = Editions(cfg, issue)
+    editions.warm()
+    assert editions.renders == 0 and editions.keys == []
+    made = editions.get()
+    assert editions.renders == 1 and editions.get() is made and editions(reader(3)) is made
+    assert made.html == Editions(cfg, issue).get().html
+
 def test_preferences_put_their_articles_first_and_keep_only_their_listings(cfg: Settings, issue: Issue) -> None:
     editions = Editions(cfg, issue)
     key = editions.key(reader(1, ["fitness ", "Venues"]))

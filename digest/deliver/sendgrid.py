@@ -30,12 +30,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from python_http_client.exceptions import HTTPError
-from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Category, From, Header, HtmlContent, Mail, PlainTextContent, ReplyTo, Subject
-from tenacity import RetryCallState
 
 from digest import retry
 from digest.config import ENV_SENDGRID_API_KEY, Settings
@@ -43,6 +40,9 @@ from digest.deliver.protocol import Message, Outcome, Rows, SendStopped
 from digest.deliver.wire import Wire
 from digest.errors import ConfigError
 from digest.render import PLAIN_NAME, Rendered
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 _NO_EDITION = Rendered("", "", "", "")  # a pattern's stand-in reader: personalization_json reads no edition
 
@@ -332,11 +332,9 @@ class SendGridTransport:
             attempts=self.max_retries + 1, first=self.backoff, retry_on=self._retryable, throttled=_throttled,
             max_throttled=MAX_THROTTLED, server_delay=self._reset_delay, max_server_delay=MAX_RATE_WAIT,
             sleep=sleep, before_sleep=self._pause_everyone_if_throttled)
-        # the library's request headers (its Authorization: Bearer, User-Agent, Accept), sent over our own
-        # keep-alive connections: its urllib client opens a connection per request (digest.deliver.wire)
-        headers = dict(SendGridAPIClient(api_key=sg.api_key, host=sg.api_url).client.request_headers)
-        headers["Content-Type"] = CONTENT_TYPE
-        self._wire = Wire(sg.api_url, headers, self.timeout)
+        self._api_key = sg.api_key
+        self._wire_made: Wire | None = None  # `_wire`, made on first use
+        self._wire_lock = threading.Lock()
         # batch ids asked for ahead, in the background, while the loop builds the previous claim: a POST
         # /v3/mail/batch per request, made serially, was most of the loop's waiting (issue 16). An id handed
         # out and never used holds nothing: it is recorded with a claim before any request carries it.
@@ -346,11 +344,33 @@ class SendGridTransport:
         self._pause_lock = threading.Lock()
         self._shared_json: dict[tuple[int, int, Common], tuple[str, int]] = {}
 
+    def warm(self) -> None:
+        """Import the sendgrid package and make the connections' headers now (`deliver.loop` calls it while
+        the database writes the snapshot and this process has nothing else to do): 20 ms of `digest send`'s
+        start otherwise, before its first statement (issue 16)."""
+        _ = self._wire  # the package, its mail helpers (`shared`) with it
+
+    @property
+    def _wire(self) -> Wire:
+        """The keep-alive connections, with the library's request headers (its Authorization: Bearer,
+        User-Agent, Accept): its urllib client opens a connection per request (digest.deliver.wire)."""
+        if self._wire_made is None:
+            with self._wire_lock:
+                if self._wire_made is None:
+                    from sendgrid import SendGridAPIClient
+
+                    headers = dict(SendGridAPIClient(api_key=self._api_key, host=self.api_url).client.request_headers)
+                    headers["Content-Type"] = CONTENT_TYPE
+                    self._wire_made = Wire(self.api_url, headers, self.timeout)
+        return self._wire_made
+
     # -- the request ---------------------------------------------------------------------------------
 
     def shared(self, edition: Rendered, issue_number: int, common: Common = ()) -> dict[str, Any]:
         """Everything but the personalizations, built with the library's helpers (once per edition and
         headers: `shared_json` keeps it); `common`: the headers every reader of the request has."""
+        from sendgrid.helpers.mail import Category, From, Header, HtmlContent, Mail, PlainTextContent, ReplyTo, Subject
+
         pub = self.settings.publication
         mail = Mail(from_email=From(pub.from_email, display_name(pub.from_name or pub.name) or None),
                     subject=Subject(edition.subject), plain_text_content=PlainTextContent(edition.text),
@@ -731,7 +751,8 @@ class SendGridTransport:
             self._batch_pool.shutdown(wait=True)
             self._batch_pool = None
             self._batches_ahead.clear()
-        self._wire.close()
+        if self._wire_made is not None:
+            self._wire_made.close()
 
 
 def check_shared(body: dict[str, Any]) -> None:
