@@ -132,18 +132,19 @@ class Editions:
             with self._lock:
                 rendered = self._cache.get(key)
                 if rendered is None:
-                    rendered = self._warmed.pop(key, None) or render_issue(self.settings, self.issue_for(key),
-                                                                           edition=key)
-                    self._cache[key] = rendered
+                    rendered = self._cache[key] = self._warmed.pop(key) if key in self._warmed else self._render(key)
                     self.renders += 1
         return rendered
+
+    def _render(self, key: str) -> Rendered:
+        return render_issue(self.settings, self.issue_for(key), edition=key)
 
     def warm(self) -> None:
         """Render the editor's edition ahead, while the send's snapshot is written (`deliver.loop`): most
         readers get it. Counted in `renders` only once a reader does."""
         with self._lock:
             if DEFAULT not in self._cache and DEFAULT not in self._warmed:
-                self._warmed[DEFAULT] = render_issue(self.settings, self.issue, edition=DEFAULT)
+                self._warmed[DEFAULT] = self._render(DEFAULT)
 
     @property
     def keys(self) -> list[str]:

@@ -146,7 +146,7 @@ def snapshot(session: Session, issue: IssueRow, list_id: int, *, home: str | Non
     # blanks and unlinks the rows written here (what the foreign key's check guarded, migration 0016)
     hold_off_erasures(session)
     added = _copy(session, list_id, columns, rows)
-    if session.connection().dialect.name == "postgresql":
+    if _is_postgresql(session):
         # the table may have grown by a whole list in one statement, long before autovacuum's next look: with
         # the planner's old view of it (a few rows) each claim's UPDATE scanned every row, 250 ms a claim at
         # 100,000 readers instead of 7 ms (ANALYZE may run inside a transaction). The claim's plan needs the
@@ -172,7 +172,7 @@ def _copy(session: Session, list_id: int, columns: list[str], rows: Any) -> int:
     On PostgreSQL a large list is written in two halves at once (subscriber ids below and from the middle of
     the list's span), the upper one by a second connection in its own transaction: the sending process
     waits idle meanwhile, and PostgreSQL gives each backend its own core (the INSERT at 100,000 readers
-    0.38-0.39 s -> 0.27-0.28 s, with migration 0018_deliveries_ids_ahead; issue 16). What that changes, and
+    0.39-0.45 s -> 0.27-0.28 s, with migration 0018_deliveries_ids_ahead; issue 16). What that changes, and
     why it holds:
     - The upper half commits before the issue's transaction, which waits for it. If that transaction then
       fails, or the process dies, the issue has rows but no `snapshot_at`: the next run's snapshot adds the
@@ -190,7 +190,7 @@ def _copy(session: Session, list_id: int, columns: list[str], rows: Any) -> int:
         # the INSERT were two passes over them
         return insert(DELIVERIES).from_select(columns, rows.where(*where)).execution_options(preserve_rowcount=True)
 
-    middle = _middle(session, list_id) if conn.dialect.name == "postgresql" else None
+    middle = _middle(session, list_id) if _is_postgresql(session) else None
     if middle is None:
         return int(conn.execute(statement()).rowcount)
 

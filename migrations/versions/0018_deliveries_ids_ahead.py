@@ -2,15 +2,15 @@
 
 Revision ID: 0018_deliveries_ids_ahead
 Revises: 0017_deliveries_room
-Create Date: 2026-12-04 17:40:00
+Create Date: 2026-12-04 16:35:00
 
 A snapshot writes one row per reader, each with an id from `deliveries_id_seq`. With the default cache
 of 1, every nextval() locks the sequence's page, and every 32nd writes WAL; a large list's snapshot is
 written by two connections at once (`digest.deliver.ledger._copy`), whose rows then took ids in turns, both
 inserting into the same rightmost page of the primary key and of ix_deliveries_issue_id. With CACHE 1000
 each backend takes a thousand ids at a time ("CREATE SEQUENCE", PostgreSQL docs): the two halves write
-their own runs of ids, and each row's id costs no lock. At 100,000 readers, one INSERT 0.39-0.40 s ->
-0.38-0.39 s, the two halves 0.30-0.32 s -> 0.27-0.28 s and their CPU 0.50-0.52 s -> 0.46-0.48 s
+their own runs of ids, and each row's id costs no lock. At 100,000 readers, one INSERT 0.39-0.45 s ->
+0.38-0.39 s, the two halves 0.30-0.34 s -> 0.27-0.28 s and their CPU 0.50-0.57 s -> 0.46-0.48 s
 (docs/delivery.md, Speed, the fourteenth round).
 
 What it costs: ids a backend took and did not use are skipped (at most 999 per connection that inserted),
